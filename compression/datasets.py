@@ -1,0 +1,193 @@
+"""Datasets for calibration, training and evaluation, bound to a model's inputs.
+
+An `.npz` holds one array per model input (plus optional `labels`). An array of the input's
+rank holds samples along axis 0 (the batch axis); an array of rank + 1 holds one complete
+input per entry of its leading axis, which is how fixed-batch and state inputs get samples.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from compression.errors import DatasetMismatchError
+from compression.model_info import TensorSpec
+
+LABELS = "labels"
+Layout = Literal["batched", "stacked"]
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Load every array of an npz; pickled object arrays are refused (they can run code)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DatasetMismatchError(f"not a readable .npz file: {exc}") from exc
+
+
+def describe_arrays(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, object]]:
+    return {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in arrays.items()}
+
+
+def count_samples(arrays: dict[str, np.ndarray]) -> int:
+    """Leading-axis length shared by all arrays; an upload with ragged arrays is refused."""
+    lengths = {name: a.shape[0] if a.ndim else 0 for name, a in arrays.items()}
+    if not lengths:
+        raise DatasetMismatchError("the .npz holds no arrays")
+    if len(set(lengths.values())) != 1:
+        detail = ", ".join(f"{name}: {n}" for name, n in lengths.items())
+        raise DatasetMismatchError(f"arrays disagree on the number of samples (leading axis): {detail}")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise DatasetMismatchError("the arrays hold no samples (leading axis is empty or scalars)")
+    return n
+
+
+@dataclass
+class Dataset:
+    """Arrays validated against a model's inputs, with a single layout shared by every input."""
+
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    layout: Layout
+    synthetic: bool = False
+
+    @property
+    def n_samples(self) -> int:
+        return next(iter(self.arrays.values())).shape[0]
+
+    @classmethod
+    def from_npz(cls, path: Path, inputs: list[TensorSpec]) -> Dataset:
+        return cls.bind(read_npz(path), inputs)
+
+    @classmethod
+    def bind(cls, arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> Dataset:
+        arrays = dict(arrays)
+        labels = arrays.pop(LABELS, None)
+        expected = {spec.name for spec in inputs}
+        missing = sorted(expected - arrays.keys())
+        extra = sorted(arrays.keys() - expected)
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing arrays for model inputs {missing}")
+            if extra:
+                parts.append(f"arrays {extra} match no model input")
+            raise DatasetMismatchError(
+                f"dataset does not match the model: {'; '.join(parts)} "
+                f"(model inputs: {sorted(expected)}; optional extra array: '{LABELS}')"
+            )
+        layouts: dict[str, Layout] = {}
+        bound: dict[str, np.ndarray] = {}
+        for spec in inputs:
+            layouts[spec.name], bound[spec.name] = _bind_array(arrays[spec.name], spec)
+        if len(set(layouts.values())) != 1:
+            raise DatasetMismatchError(
+                f"inputs mix layouts {layouts}: give every input either its own rank (samples along the "
+                "batch axis) or rank + 1 (one complete input per leading entry)"
+            )
+        n = count_samples(bound)
+        if labels is not None and labels.shape[0] != n:
+            raise DatasetMismatchError(f"'{LABELS}' has {labels.shape[0]} entries but the inputs hold {n} samples")
+        return cls(arrays=bound, labels=labels, layout=next(iter(layouts.values())))
+
+    @classmethod
+    def synthetic_for(cls, inputs: list[TensorSpec], n_samples: int, seed: int = 0) -> Dataset:
+        """Inputs drawn from the declared shapes, for when the user gave no data."""
+        rng = np.random.default_rng(seed)
+        arrays: dict[str, np.ndarray] = {}
+        batched = all(spec.shape and not isinstance(spec.shape[0], int) for spec in inputs)
+        for spec in inputs:
+            dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+            shape = [n_samples, *dims[1:]] if batched else [n_samples, *dims]
+            arrays[spec.name] = _random_array(rng, shape, np.dtype(spec.dtype))
+        return cls(arrays=arrays, labels=None, layout="batched" if batched else "stacked", synthetic=True)
+
+    def take(self, n: int) -> Dataset:
+        if n >= self.n_samples:
+            return self
+        labels = None if self.labels is None else self.labels[:n]
+        arrays = {name: a[:n] for name, a in self.arrays.items()}
+        return Dataset(arrays=arrays, labels=labels, layout=self.layout, synthetic=self.synthetic)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        """Feeds for onnxruntime: slices of the batch axis, or one stacked entry at a time."""
+        step = batch_size if self.layout == "batched" else 1
+        for start in range(0, self.n_samples, step):
+            stop = start + step
+            labels = None if self.labels is None else self.labels[start:stop]
+            if self.layout == "batched":
+                yield {name: a[start:stop] for name, a in self.arrays.items()}, labels
+            else:
+                yield {name: a[start] for name, a in self.arrays.items()}, labels
+
+    def first_feed(self, batch_size: int) -> dict[str, np.ndarray]:
+        return next(self.batches(batch_size))[0]
+
+
+def _bind_array(array: np.ndarray, spec: TensorSpec) -> tuple[Layout, np.ndarray]:
+    rank = len(spec.shape)
+    if array.ndim == rank:
+        layout: Layout = "batched"
+        per_sample = list(spec.shape[1:])
+        actual = list(array.shape[1:])
+    elif array.ndim == rank + 1:
+        layout = "stacked"
+        per_sample = list(spec.shape)
+        actual = list(array.shape[1:])
+    else:
+        raise DatasetMismatchError(
+            f"array '{spec.name}' has shape {list(array.shape)} (rank {array.ndim}); input '{spec.name}' "
+            f"has shape {spec.shape} (rank {rank}): give rank {rank} or {rank + 1}"
+        )
+    for axis, (want, got) in enumerate(zip(per_sample, actual, strict=True)):
+        if isinstance(want, int) and want > 0 and want != got:
+            raise DatasetMismatchError(
+                f"array '{spec.name}' has shape {list(array.shape)} but input '{spec.name}' needs "
+                f"{spec.shape}: dimension {axis + (0 if layout == 'stacked' else 1)} should be {want}, got {got}"
+            )
+    return layout, _cast(array, spec)
+
+
+def _cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    want = np.dtype(spec.dtype)
+    if array.dtype == want:
+        return array
+    same_kind = (array.dtype.kind in "fc") == (want.kind in "fc")
+    if not same_kind or array.dtype.kind in "OSUV":
+        raise DatasetMismatchError(f"array '{spec.name}' has dtype {array.dtype.name}; input needs {want.name}")
+    return array.astype(want)
+
+
+def _random_array(rng: np.random.Generator, shape: list[int], dtype: np.dtype) -> np.ndarray:
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.integers(0, 10, shape).astype(dtype)
+
+
+@dataclass
+class DatasetBundle:
+    """The job's datasets by role; each is optional and passes say which they need."""
+
+    calibration: Dataset | None = None
+    train: Dataset | None = None
+    eval: Dataset | None = None
+
+    @classmethod
+    def load(cls, paths: dict[str, Path | None], inputs: list[TensorSpec]) -> DatasetBundle:
+        loaded: dict[str, Dataset | None] = {}
+        for role in ("calibration", "train", "eval"):
+            path = paths.get(role)
+            try:
+                loaded[role] = Dataset.from_npz(path, inputs) if path else None
+            except DatasetMismatchError as exc:
+                raise DatasetMismatchError(f"{role} dataset: {exc.message}") from exc
+        return cls(**loaded)

@@ -1,0 +1,1 @@
+"""Measurements that prove what a compression gained and lost."""

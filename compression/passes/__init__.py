@@ -1,0 +1,3 @@
+"""Every compression method as a registered pass; importing this package registers them all."""
+
+from compression.passes import quantize  # noqa: F401

@@ -1,0 +1,187 @@
+"""Runs a spec's steps in order and records metrics after each, then proves the result against the input.
+
+A sink may also define `step_started(index, type)` and `step_finished(index, StepMetrics)`;
+the service uses them to keep per-step status in the job record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from compression.datasets import DatasetBundle
+from compression.errors import CompressionError, InvalidModelError, StepFailedError
+from compression.metrics.evaluation import Evaluator
+from compression.metrics.fidelity import Fidelity
+from compression.metrics.latency import LatencyStats, measure_latency
+from compression.metrics.model_stats import model_stats
+from compression.passes.base import NullProgress, PassContext, ProgressSink
+from compression.passes.registry import create_pass
+from compression.settings import EngineSettings
+from compression.spec import CompressionSpec
+
+FINAL_STAGE = "evaluate"
+
+
+class ModelMetrics(BaseModel):
+    size_bytes: int
+    parameters: int
+    latency: LatencyStats | None = None
+    accuracy: float | None = None
+
+
+class StepMetrics(BaseModel):
+    index: int
+    type: str
+    changed: bool
+    wall_time_s: float
+    size_bytes: int
+    parameters: int
+    fidelity: Fidelity | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobMetrics(BaseModel):
+    input: ModelMetrics
+    output: ModelMetrics
+    ratios: dict[str, float | None]
+    fidelity: Fidelity
+    steps: list[StepMetrics]
+    wall_time_s: float
+
+
+class PipelineResult(BaseModel):
+    model_path: Path
+    metrics: JobMetrics
+
+
+class StepSink:
+    """Maps a step's own 0..1 progress onto the whole pipeline's and tags it with the stage."""
+
+    def __init__(self, sink: ProgressSink, index: int, total: int, stage: str) -> None:
+        self.sink, self.index, self.total, self.stage = sink, index, total, stage
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        self.sink.progress((self.index + fraction) / self.total, message or self.stage)
+
+    def event(self, message: str, data: dict[str, Any] | None = None) -> None:
+        self.sink.event(message, {"stage": self.stage, **(data or {})})
+
+    def check_cancelled(self) -> None:
+        self.sink.check_cancelled()
+
+
+def _ratio(new: float | None, old: float | None) -> float | None:
+    return None if new is None or not old else new / old
+
+
+def run_pipeline(
+    model_path: Path,
+    spec: CompressionSpec,
+    datasets: DatasetBundle,
+    work_dir: Path,
+    sink: ProgressSink | None = None,
+    settings: EngineSettings | None = None,
+    model_resolver: Callable[[str], Path] | None = None,
+) -> PipelineResult:
+    sink = sink or NullProgress()
+    settings = settings or EngineSettings()
+    started = time.perf_counter()
+    total = len(spec.steps) + 1
+    ctx = PassContext(
+        work_dir=work_dir,
+        original_model=model_path,
+        datasets=datasets,
+        sink=sink,
+        settings=settings,
+        model_resolver=model_resolver,
+    )
+    sink.progress(0.0, "prepare")
+    evaluator = ctx.reference()
+    if evaluator.dataset.synthetic:
+        sink.event("no eval dataset: fidelity is measured on synthetic inputs drawn from the declared shapes")
+
+    current = model_path
+    step_metrics: list[StepMetrics] = []
+    for index, step in enumerate(spec.steps):
+        sink.check_cancelled()
+        step_sink = StepSink(sink, index, total, stage=f"{index}:{step.type}")
+        _notify(sink, "step_started", index, step.type)
+        ctx.sink, ctx.step_index = step_sink, index
+        step_sink.progress(0.0)
+        step_started = time.perf_counter()
+        try:
+            result = create_pass(step).run(current, ctx)
+        except CompressionError:
+            raise
+        except Exception as exc:  # a library failure inside a pass: report it as this step's failure
+            raise StepFailedError(f"step {index} ({step.type}) failed: {type(exc).__name__}: {exc}") from exc
+        metrics = StepMetrics(
+            index=index,
+            type=step.type,
+            changed=result.changed,
+            wall_time_s=time.perf_counter() - step_started,
+            fidelity=_step_fidelity(evaluator, result.model_path, index, step.type) if result.changed else None,
+            details=result.metrics,
+            **model_stats(result.model_path),
+        )
+        step_metrics.append(metrics)
+        _notify(sink, "step_finished", index, metrics)
+        step_sink.progress(1.0)
+        current = result.model_path
+
+    ctx.sink = StepSink(sink, len(spec.steps), total, stage=FINAL_STAGE)
+    ctx.sink.progress(0.0, "measure fidelity and latency")
+    fidelity = evaluator.fidelity(current)
+    sink.check_cancelled()
+    feed = evaluator.latency_feed()
+    latency_in, latency_out = measure_latency(
+        [model_path, current],
+        feed,
+        runs=settings.latency_runs,
+        warmup=settings.latency_warmup,
+        threads=settings.latency_threads,
+        batch_size=evaluator.latency_batch_size,
+    )
+    input_metrics = ModelMetrics(
+        **model_stats(model_path),
+        latency=latency_in,
+        accuracy=fidelity.accuracy.input if fidelity.accuracy else None,
+    )
+    output_metrics = ModelMetrics(
+        **model_stats(current),
+        latency=latency_out,
+        accuracy=fidelity.accuracy.output if fidelity.accuracy else None,
+    )
+    metrics = JobMetrics(
+        input=input_metrics,
+        output=output_metrics,
+        ratios={
+            "size": _ratio(output_metrics.size_bytes, input_metrics.size_bytes),
+            "parameters": _ratio(output_metrics.parameters, input_metrics.parameters),
+            "latency": _ratio(latency_out.median_ms, latency_in.median_ms),
+        },
+        fidelity=fidelity,
+        steps=step_metrics,
+        wall_time_s=time.perf_counter() - started,
+    )
+    ctx.sink.progress(1.0, "done")
+    return PipelineResult(model_path=current, metrics=metrics)
+
+
+def _step_fidelity(evaluator: Evaluator, model_path: Path, index: int, step_type: str) -> Fidelity:
+    """Every step's model must load and run: a pass that breaks the graph fails its own step."""
+    try:
+        return evaluator.fidelity(model_path)
+    except InvalidModelError as exc:
+        raise StepFailedError(f"step {index} ({step_type}) produced a model that does not run: {exc.message}") from exc
+
+
+def _notify(sink: ProgressSink, hook: str, *args: Any) -> None:
+    method = getattr(sink, hook, None)
+    if method is not None:
+        method(*args)

@@ -1,0 +1,1 @@
+"""Quantization methods; each mode is a module, dispatched by the quantize pass."""

@@ -1,0 +1,58 @@
+"""Graph rewrites that let onnxruntime's quantizer reach weights it would otherwise skip."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+
+def gemm_to_matmul(model: ir.Model) -> int:
+    """Rewrite plain Gemm (alpha=beta=1, no transA, constant B) as MatMul + Add.
+
+    Dynamic quantization has an integer kernel for MatMul but not for Gemm, so without this
+    the largest weights of most classifiers stay float32.
+    """
+    rewritten = 0
+    graph = model.graph
+    for node in list(graph):
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx"):
+            continue
+        attrs = node.attributes
+        alpha = attrs["alpha"].as_float() if "alpha" in attrs else 1.0
+        beta = attrs["beta"].as_float() if "beta" in attrs else 1.0
+        trans_a = attrs["transA"].as_int() if "transA" in attrs else 0
+        trans_b = attrs["transB"].as_int() if "transB" in attrs else 0
+        a, b = node.inputs[0], node.inputs[1]
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        if alpha != 1.0 or beta != 1.0 or trans_a or b is None or b.const_value is None or not b.is_initializer():
+            continue
+        weight = b
+        if trans_b:
+            array = np.ascontiguousarray(b.const_value.numpy().T)
+            weight = ir.Value(name=f"{b.name}_T", const_value=ir.tensor(array, name=f"{b.name}_T"))
+            weight.shape = ir.Shape(array.shape)
+            weight.dtype = b.dtype
+            graph.register_initializer(weight)
+        base = node.name or f"Gemm_{rewritten}"
+        matmul = ir.node("MatMul", [a, weight], name=f"{base}_matmul")
+        new_nodes = [matmul]
+        result = matmul.outputs[0]
+        if c is not None:
+            add = ir.node("Add", [result, c], name=f"{base}_bias")
+            new_nodes.append(add)
+            result = add.outputs[0]
+        old = node.outputs[0]
+        result.name, result.shape, result.type = old.name, old.shape, old.type
+        old.name = None
+        graph.insert_before(node, new_nodes)
+        old.replace_all_uses_with(result, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        rewritten += 1
+    _drop_unused_initializers(graph)
+    return rewritten
+
+
+def _drop_unused_initializers(graph: ir.Graph) -> None:
+    for name, value in list(graph.initializers.items()):
+        if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+            del graph.initializers[name]
