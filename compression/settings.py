@@ -14,3 +14,6 @@ class EngineSettings(BaseModel):
     eval_batch_size: int = Field(256, ge=1)
     synthetic_samples: int = Field(64, ge=1, description="samples drawn from declared shapes without eval data")
     seed: int = 0
+    # prune step (compression/passes/prune.py)
+    prune_activation_samples: int = Field(256, ge=1, description="samples scored for activation importance")
+    prune_min_channels: int = Field(1, ge=1, description="structured pruning never leaves a group narrower")

@@ -1,0 +1,121 @@
+"""The `prune` step: magnitude and N:M zeroing, or structured channel removal that shrinks the graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, model_validator
+
+from compression.metrics.macs import count_macs
+from compression.metrics.model_stats import gzip_size, model_stats
+from compression.passes.base import CompressionPass, PassContext, PassResult, StepConfig
+from compression.passes.registry import register_pass
+from compression.pruning.structured import structured_prune
+from compression.pruning.unstructured import unstructured_prune
+
+
+class PruneBase(StepConfig):
+    type: Literal["prune"] = "prune"
+    exclude: list[str] = Field(default_factory=list, description="node names whose weights stay untouched")
+
+
+class MagnitudePruneConfig(PruneBase):
+    """Zero the smallest-magnitude weights of Conv/Gemm/MatMul; shapes stay, zeros compress."""
+
+    method: Literal["magnitude"]
+    sparsity: float = Field(ge=0.0, le=1.0, description="fraction of the chosen weights set to zero")
+    scope: Literal["global", "layer"] = Field("global", description="one threshold for all layers, or per layer")
+    skip_first_last: bool = Field(True, description="leave the first and last weighted layers dense")
+
+
+class NMPruneConfig(PruneBase):
+    """Keep `n` of every `m` consecutive weights along the input-channel axis (2:4 by default)."""
+
+    method: Literal["n_m"]
+    n: int = Field(2, ge=1)
+    m: int = Field(4, ge=2)
+    sparsity: float | None = Field(None, description="optional; must equal 1 - n/m when given")
+    skip_first_last: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> NMPruneConfig:
+        if self.n >= self.m:
+            raise ValueError(f"n ({self.n}) must be smaller than m ({self.m})")
+        if self.sparsity is not None and abs(self.sparsity - (1 - self.n / self.m)) > 1e-9:
+            raise ValueError(f"sparsity {self.sparsity} contradicts {self.n}:{self.m} (which is {1 - self.n / self.m})")
+        return self
+
+
+class StructuredPruneConfig(PruneBase):
+    """Remove whole output channels/features and everything coupled to them; the graph gets smaller."""
+
+    method: Literal["structured"]
+    sparsity: float = Field(ge=0.0, le=1.0, description="fraction of channels removed per prunable group")
+    importance: Literal["l1", "l2", "activation"] = Field(
+        "l1", description="weight magnitude over the group's layers, or mean |activation| on calibration/train data"
+    )
+    round_to: int = Field(1, ge=1, description="keep channel counts a multiple of this")
+
+
+PruneConfig = Annotated[
+    Union[MagnitudePruneConfig, NMPruneConfig, StructuredPruneConfig],  # noqa: UP007
+    Field(discriminator="method"),
+]
+
+
+def _facts(path: Path) -> dict[str, int]:
+    return {**model_stats(path), "gzip_bytes": gzip_size(path), "macs": count_macs(path)["macs"]}
+
+
+@register_pass
+class PrunePass(CompressionPass):
+    step_type = "prune"
+    config_model = PruneConfig
+
+    def run(self, model_path: Path, ctx: PassContext) -> PassResult:
+        config = self.config
+        out = ctx.new_model_path(f"prune_{config.method}")
+        ctx.progress(0.05, f"prune ({config.method})")
+        before = _facts(model_path)
+        details: dict[str, Any]
+        if isinstance(config, StructuredPruneConfig):
+            dataset = None
+            if config.importance == "activation":
+                dataset = ctx.require("calibration", "train", purpose="structured pruning with activation importance")
+            details = structured_prune(
+                model_path,
+                out,
+                sparsity=config.sparsity,
+                importance=config.importance,
+                round_to=config.round_to,
+                min_channels=ctx.settings.prune_min_channels,
+                exclude=config.exclude,
+                dataset=dataset,
+                batch_size=ctx.settings.eval_batch_size,
+                max_samples=ctx.settings.prune_activation_samples,
+                check_cancelled=ctx.check_cancelled,
+            )
+            changed = details["channels_removed"] > 0
+            for skipped in details["skipped"]:
+                ctx.event("group left unpruned", **skipped)
+        else:
+            details = unstructured_prune(
+                model_path,
+                out,
+                method=config.method,
+                sparsity=getattr(config, "sparsity", None) or 0.0,
+                scope=getattr(config, "scope", "global"),
+                n=getattr(config, "n", 2),
+                m=getattr(config, "m", 4),
+                exclude=config.exclude,
+                skip_first_last=config.skip_first_last,
+            )
+            changed = details["achieved_sparsity"] > 0
+        ctx.check_cancelled()
+        ctx.progress(0.9, "measuring the pruned model")
+        after = _facts(out)
+        metrics = {"method": config.method, **details, "before": before, "after": after}
+        metrics["parameter_ratio"] = after["parameters"] / before["parameters"] if before["parameters"] else None
+        metrics["macs_ratio"] = after["macs"] / before["macs"] if before["macs"] else None
+        return PassResult(model_path=out, changed=changed, metrics=metrics)
