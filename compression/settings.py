@@ -14,6 +14,20 @@ class EngineSettings(BaseModel):
     eval_batch_size: int = Field(256, ge=1)
     synthetic_samples: int = Field(64, ge=1, description="samples drawn from declared shapes without eval data")
     seed: int = 0
+    # quantize step (compression/quantization): budget floors, search limits, speed checks
+    quant_min_output_cosine: float = Field(0.98, ge=0, le=1, description="per-output cosine floor vs the input")
+    quant_min_channel_cosine: float = Field(0.9, ge=0, le=1, description="floor per last-axis channel (small outputs)")
+    quant_min_conv_reduction: int = Field(32, ge=1, description="Convs reducing over fewer values stay float")
+    quant_eval_samples: int = Field(1000, ge=1, description="eval samples for budget checks and sensitivity")
+    quant_exclusion_rounds: int = Field(6, ge=1, description="max re-quantizations while keeping nodes in float")
+    quant_latency_runs: int = Field(30, ge=3, description="interleaved timed runs per candidate in speed checks")
+    quant_min_speedup: float = Field(1.02, ge=1, description="auto: a candidate must be this much faster than the input")
+    quant_weight_only_min_elements: int = Field(
+        65536, ge=1, description="auto tries 4-bit weight-only when a MatMul weight has at least this many values"
+    )
+    quant_slowdown_tolerance: float = Field(
+        1.05, ge=1, description="explicit modes: latency ratio above which the input model is returned instead"
+    )
     # prune step (compression/passes/prune.py)
     prune_activation_samples: int = Field(256, ge=1, description="samples scored for activation importance")
     prune_min_channels: int = Field(1, ge=1, description="structured pruning never leaves a group narrower")

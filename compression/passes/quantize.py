@@ -1,33 +1,53 @@
-"""The `quantize` step: one config per mode, discriminated by `mode`."""
+"""The `quantize` step: dynamic, static, weight-only, fp16 and auto, never returning a regression.
+
+Every mode runs the same loop (compression/quantization/search.py): quantize, load and run the
+result, check the budget, keep the most sensitive nodes in float until it holds. When no quantized
+model meets the budget, or it is slower than the input, the step returns a copy of its input.
+"""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Any
 
-from pydantic import Field
-
-from compression.passes.base import CompressionPass, PassContext, PassResult, StepConfig
+from compression.metrics.evaluation import Evaluator
+from compression.passes.base import CompressionPass, PassContext, PassResult
 from compression.passes.registry import register_pass
-from compression.quantization.dynamic import dynamic_quantize
+from compression.quantization.auto import run_auto
+from compression.quantization.budget import Budget
+from compression.quantization.config import (
+    AutoQuantizeConfig,
+    DynamicQuantizeConfig,
+    Fp16QuantizeConfig,
+    QuantizeBase,
+    QuantizeConfig,
+    StaticQuantizeConfig,
+    WeightOnlyQuantizeConfig,
+)
+from compression.quantization.modes import make_quantizer
+from compression.quantization.search import BudgetSearch
+from compression.quantization.speed import interleaved_latency
+
+__all__ = [
+    "AutoQuantizeConfig",
+    "DynamicQuantizeConfig",
+    "Fp16QuantizeConfig",
+    "QuantizeBase",
+    "QuantizeConfig",
+    "QuantizePass",
+    "StaticQuantizeConfig",
+    "WeightOnlyQuantizeConfig",
+]
 
 
-class QuantizeBase(StepConfig):
-    type: Literal["quantize"] = "quantize"
-    nodes_to_exclude: list[str] = Field(default_factory=list, description="node names kept in float")
-    op_types_to_exclude: list[str] = Field(default_factory=list, description="op types kept in float")
-
-
-class DynamicQuantizeConfig(QuantizeBase):
-    """int8 weights, activations quantized at run time: no calibration data needed."""
-
-    mode: Literal["dynamic"]
-    weight_type: Literal["int8", "uint8"] = "int8"
-    per_channel: bool = False
-
-
-QuantizeConfig = Annotated[Union[DynamicQuantizeConfig], Field(discriminator="mode")]  # noqa: UP007
+def step_evaluator(model_path: Path, ctx: PassContext) -> Evaluator:
+    """Reference outputs of this step's input on the job's eval data (synthetic inputs without it)."""
+    reference = ctx.reference()
+    if model_path == ctx.original_model and reference.dataset.n_samples <= ctx.settings.quant_eval_samples:
+        return reference
+    return Evaluator(model_path, reference.dataset.take(ctx.settings.quant_eval_samples), ctx.settings)
 
 
 @register_pass
@@ -37,18 +57,58 @@ class QuantizePass(CompressionPass):
 
     def run(self, model_path: Path, ctx: PassContext) -> PassResult:
         config = self.config
-        out = ctx.new_model_path(f"quantize_{config.mode}")
-        ctx.progress(0.05, f"quantize ({config.mode})")
+        ctx.progress(0.02, f"quantize ({config.mode})")
+        evaluator = step_evaluator(model_path, ctx)
         with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
-            details = dynamic_quantize(
-                model_path,
-                out,
-                Path(tmp),
-                weight_type=config.weight_type,
-                per_channel=config.per_channel,
-                nodes_to_exclude=config.nodes_to_exclude,
-                op_types_to_exclude=config.op_types_to_exclude,
-                report=ctx.event,
+            if isinstance(config, AutoQuantizeConfig):
+                chosen, metrics = run_auto(model_path, config, ctx, evaluator, Path(tmp))
+            else:
+                chosen, metrics = self._run_mode(model_path, ctx, evaluator, Path(tmp))
+        _drop_attempts(ctx, keep=chosen)
+        ctx.progress(1.0)
+        if chosen is None:
+            ctx.event(metrics["reason"])
+            return _keep_input(model_path, ctx, metrics)
+        metrics["input_model_returned"] = False
+        return PassResult(model_path=chosen, changed=True, metrics=metrics)
+
+    def _run_mode(
+        self, model_path: Path, ctx: PassContext, evaluator: Evaluator, work: Path
+    ) -> tuple[Path | None, dict[str, Any]]:
+        config = self.config
+        budget = Budget.from_settings(config.max_accuracy_drop, ctx.settings)
+        result = BudgetSearch(make_quantizer(config, ctx, work), ctx, evaluator, budget, f"quantize_{config.mode}").run(
+            model_path
+        )
+        metrics: dict[str, Any] = {**result.summary(), "budget": budget.model_dump()}
+        if not result.ok:
+            metrics["reason"] = "the quantized model is outside the budget even with nodes kept in float: " + "; ".join(
+                result.best.verdict.reasons
             )
-        ctx.check_cancelled()
-        return PassResult(model_path=out, changed=True, metrics={"mode": config.mode, **details})
+            return None, metrics
+        if config.speed_guard:
+            ctx.progress(0.9, "checking the quantized model is not slower")
+            before, after = interleaved_latency([model_path, result.best.path], evaluator, ctx.settings)
+            ratio = after.median_ms / before.median_ms
+            metrics.update(input_latency_ms=before.median_ms, latency_ms=after.median_ms, latency_ratio=ratio)
+            if ratio > ctx.settings.quant_slowdown_tolerance:
+                metrics["reason"] = (
+                    f"the quantized model is slower than the input ({ratio:.2f}x latency); returning the input "
+                    "model (set speed_guard: false to get it anyway)"
+                )
+                return None, metrics
+        return result.best.path, metrics
+
+
+def _keep_input(model_path: Path, ctx: PassContext, metrics: dict[str, Any]) -> PassResult:
+    copy = ctx.new_model_path("quantize_input")
+    shutil.copyfile(model_path, copy)
+    metrics["input_model_returned"] = True
+    return PassResult(model_path=copy, changed=False, metrics=metrics)
+
+
+def _drop_attempts(ctx: PassContext, keep: Path | None) -> None:
+    """Delete this step's rejected attempts so the work dir holds only models a step returned."""
+    for path in ctx.work_dir.glob(f"step{ctx.step_index}_*quantize*"):
+        if path != keep:
+            path.unlink(missing_ok=True)

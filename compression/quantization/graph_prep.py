@@ -56,3 +56,24 @@ def _drop_unused_initializers(graph: ir.Graph) -> None:
     for name, value in list(graph.initializers.items()):
         if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
             del graph.initializers[name]
+
+
+def lift_constants(model: ir.Model, min_elements: int) -> int:
+    """Turn `Constant` weights into initializers, subgraphs included.
+
+    onnxruntime's quantizers only look at initializers, so weights that Paddle and some PyTorch
+    exports keep in `Constant` nodes would silently stay float.
+    """
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+    before = _count_constants(model.graph)
+    LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=min_elements)(model)
+    return before - _count_constants(model.graph)
+
+
+def _count_constants(graph: ir.Graph) -> int:
+    return sum(1 for node in ir.traversal.RecursiveGraphIterator(graph) if node.op_type == "Constant")
+
+
+def default_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))

@@ -1,0 +1,117 @@
+"""The quantize step's config: one pydantic model per mode, discriminated by `mode`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator
+
+from compression.passes.base import StepConfig
+
+
+class QuantizeBase(StepConfig):
+    type: Literal["quantize"] = "quantize"
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="node names kept in float")
+    op_types_to_exclude: list[str] = Field(default_factory=list, description="op types kept in float")
+    max_accuracy_drop: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="budget as a fraction (0.01 = one point of accuracy, or of top-1 agreement without labels); "
+        "when set, the most sensitive nodes are kept in float until it is met",
+    )
+    speed_guard: bool = Field(
+        True, description="return the input model when the quantized one is not faster (measured interleaved)"
+    )
+
+
+class DynamicQuantizeConfig(QuantizeBase):
+    """int8 weights, activations quantized at run time: no calibration data needed."""
+
+    mode: Literal["dynamic"]
+    weight_type: Literal["int8", "uint8"] = "int8"
+    per_channel: bool = False
+    conv: Literal["int8_weights", "integer", "float"] = Field(
+        "int8_weights",
+        description="Conv handling: int8 storage with float compute (default; dynamic ConvInteger is several "
+        "times slower than float Conv on CPU), 'integer' for ConvInteger, 'float' to leave Conv untouched",
+    )
+
+
+class StaticQuantizeConfig(QuantizeBase):
+    """int8 weights and activations, activation ranges calibrated on the job's calibration data."""
+
+    mode: Literal["static"]
+    format: Literal["qdq", "qoperator"] = "qdq"
+    per_channel: bool = True
+    calibration_method: Literal["minmax", "entropy", "percentile", "distribution"] = "minmax"
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8", description="uint8 activations hit onnxruntime's fast u8s8 kernels on x86"
+    )
+    weight_type: Literal["int8", "uint8"] = "int8"
+    calibration_samples: int = Field(512, ge=1, description="samples of the calibration dataset used")
+    synthetic_calibration: bool = Field(
+        False, description="calibrate on random inputs when the job has no calibration data (flagged in metrics)"
+    )
+    keep_small_convs_float: bool = Field(
+        True, description="keep Conv nodes with a tiny reduction (e.g. a 1-channel stem) in float: int8 is slower"
+    )
+
+
+class WeightOnlyQuantizeConfig(QuantizeBase):
+    """Block-wise 4/8-bit weights for MatMul (and Gather) via onnxruntime's MatMulNBits quantizer."""
+
+    mode: Literal["weight_only"]
+    bits: Literal[4, 8] = 4
+    block_size: int = Field(32, ge=16, description="weights per quantization block along K (power of 2, >= 16)")
+    symmetric: bool = True
+    algorithm: Literal["rtn", "hqq", "gptq"] = "rtn"
+    op_types: list[Literal["MatMul", "Gather"]] = Field(default_factory=lambda: ["MatMul"])
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
+        None, description="MatMulNBits compute type (4 = int8 compute, fastest on CPU); None = onnxruntime default"
+    )
+    calibration_samples: int = Field(128, ge=1, description="samples used by gptq")
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"block_size must be a power of 2 (16, 32, 64, 128, ...), got {value}")
+        return value
+
+
+class Fp16QuantizeConfig(QuantizeBase):
+    """float16 weights and compute; inputs and outputs stay float32 unless `keep_io_types` is false."""
+
+    mode: Literal["fp16"]
+    keep_io_types: bool = True
+    speed_guard: bool = Field(
+        False, description="off by default: fp16 is a size/GPU choice and CPU kernels are mostly float32"
+    )
+
+
+AutoCandidate = Literal["static", "dynamic", "weight_only", "fp16"]
+
+
+class AutoQuantizeConfig(QuantizeBase):
+    """Try the modes that fit the graph; return the fastest that meets the budget, else the input."""
+
+    mode: Literal["auto"]
+    max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0, description="budget as a fraction (0.01 = one point)")
+    candidates: list[AutoCandidate] | None = Field(
+        None, description="modes to try; default chosen from the graph's operators"
+    )
+    synthetic_calibration: bool = False
+
+
+QuantizeConfig = Annotated[
+    Union[  # noqa: UP007
+        DynamicQuantizeConfig,
+        StaticQuantizeConfig,
+        WeightOnlyQuantizeConfig,
+        Fp16QuantizeConfig,
+        AutoQuantizeConfig,
+    ],
+    Field(discriminator="mode"),
+]
+ModeConfig = DynamicQuantizeConfig | StaticQuantizeConfig | WeightOnlyQuantizeConfig | Fp16QuantizeConfig

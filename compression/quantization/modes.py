@@ -1,0 +1,280 @@
+"""One quantizer per mode: prepare the graph once, then quantize it with a given exclusion list.
+
+The budget search re-quantizes with growing exclusions, so preparation (shape inference, opset
+upgrade, Constant lifting) is split from the quantizer call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+from compression.datasets import Dataset
+from compression.passes.base import PassContext
+from compression.quantization.calibration import DatasetReader, calibration_dataset
+from compression.quantization.config import (
+    DynamicQuantizeConfig,
+    Fp16QuantizeConfig,
+    ModeConfig,
+    StaticQuantizeConfig,
+    WeightOnlyQuantizeConfig,
+)
+from compression.quantization.conv_weights import conv_weights_to_int8
+from compression.quantization.prepare import Prepared, prepare
+
+QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+    "distribution": CalibrationMethod.Distribution,
+}
+
+
+class ModeQuantizer(ABC):
+    """Quantizes a prepared model; `quantizable_ops` is what the sensitivity ranking may keep in float."""
+
+    quantizable_ops: frozenset[str] = frozenset()
+
+    def __init__(self, config: ModeConfig, ctx: PassContext, work: Path) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.work = work
+        self.details: dict[str, Any] = {}
+
+    def report(self, message: str) -> None:
+        self.ctx.event(message)
+
+    @abstractmethod
+    def prepare(self, src: Path) -> Prepared: ...
+
+    @abstractmethod
+    def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None: ...
+
+    def candidate_nodes(self, prepared: Prepared) -> list[str]:
+        """Names of the prepared graph's nodes this mode turns into quantized ops."""
+        model = onnx.load(str(prepared.path), load_external_data=False)
+        initializers = {init.name for init in model.graph.initializer}
+        excluded_types = set(self.config.op_types_to_exclude)
+        return [
+            node.name
+            for node in model.graph.node
+            if node.name
+            and node.op_type in self.quantizable_ops
+            and node.op_type not in excluded_types
+            and self._has_weight(node, initializers)
+        ]
+
+    def _has_weight(self, node: onnx.NodeProto, initializers: set[str]) -> bool:
+        return True
+
+
+def _ops(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+class DynamicQuantizer(ModeQuantizer):
+    quantizable_ops = _ops("MatMul", "Conv", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
+    config: DynamicQuantizeConfig
+
+    def prepare(self, src: Path) -> Prepared:
+        return prepare(src, self.work / "prep", self.report, per_channel=self.config.per_channel, rewrite_gemm=True)
+
+    def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
+        from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+        skip = set(self.config.op_types_to_exclude)
+        if self.config.conv != "integer":
+            skip.add("Conv")
+        op_types = [op for op in IntegerOpsRegistry if op not in skip]
+        # excluded Gemm nodes keep their exclusion under the MatMul name the rewrite gave them
+        names = [*exclude, *(f"{name}_matmul" for name in exclude)]
+        stage = self.work / "dynamic.onnx"
+        quantize_dynamic(
+            prepared.path,
+            stage,
+            op_types_to_quantize=op_types,
+            per_channel=self.config.per_channel and prepared.per_channel_ok,
+            weight_type=QUANT_TYPES[self.config.weight_type],
+            nodes_to_exclude=names or None,
+        )
+        model = ir.load(stage)
+        if self.config.conv == "int8_weights" and "Conv" not in self.config.op_types_to_exclude:
+            stored = conv_weights_to_int8(model, set(exclude))
+            self.details["conv_int8_storage"] = stored
+        ir.save(model, dst)
+
+    def _has_weight(self, node: onnx.NodeProto, initializers: set[str]) -> bool:
+        return node.op_type != "Conv" or self.config.conv == "integer"
+
+
+class StaticQuantizer(ModeQuantizer):
+    quantizable_ops = _ops(
+        "Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
+        "Concat", "Sigmoid", "LeakyRelu", "Softmax", "Resize", "Transpose", "Reshape", "Split", "Gather",
+        "ConvTranspose", "InstanceNormalization", "LayerNormalization", "Where", "Pad",
+    )  # fmt: skip
+    config: StaticQuantizeConfig
+
+    def __init__(self, config: StaticQuantizeConfig, ctx: PassContext, work: Path) -> None:
+        super().__init__(config, ctx, work)
+        self.calibration: Dataset | None = None
+
+    def prepare(self, src: Path) -> Prepared:
+        self.calibration, synthetic = calibration_dataset(
+            self.ctx, src, self.config.synthetic_calibration, "static quantization"
+        )
+        self.details["synthetic_calibration"] = synthetic
+        prepared = prepare(src, self.work / "prep", self.report, per_channel=self.config.per_channel)
+        if self.config.keep_small_convs_float:
+            small = small_convs(prepared.path, self.ctx.settings.quant_min_conv_reduction)
+            if small:
+                self.report(f"keeping {len(small)} Conv node(s) with a tiny reduction in float (int8 is slower)")
+                self.details["small_convs_kept_float"] = small
+            prepared.details["always_exclude"] = small
+        return prepared
+
+    def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
+        assert self.calibration is not None
+        config = self.config
+        reader = DatasetReader(self.calibration, config.calibration_samples)
+        op_types = None
+        if config.op_types_to_exclude:
+            from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+            registry = QDQRegistry if config.format == "qdq" else QLinearOpsRegistry
+            op_types = [op for op in registry if op not in set(config.op_types_to_exclude)]
+        always = prepared.details.get("always_exclude", [])
+        quantize_static(
+            prepared.path,
+            dst,
+            reader,
+            quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
+            op_types_to_quantize=op_types,
+            per_channel=config.per_channel and prepared.per_channel_ok,
+            activation_type=QUANT_TYPES[config.activation_type],
+            weight_type=QUANT_TYPES[config.weight_type],
+            nodes_to_exclude=[*exclude, *always] or None,
+            calibrate_method=CALIBRATION_METHODS[config.calibration_method],
+            calibration_providers=["CPUExecutionProvider"],
+        )
+
+    def _has_weight(self, node: onnx.NodeProto, initializers: set[str]) -> bool:
+        return node.op_type not in ("Conv", "MatMul", "Gemm") or any(name in initializers for name in node.input[1:])
+
+
+def small_convs(path: Path, min_reduction: int) -> list[str]:
+    """Conv nodes whose per-output reduction (in-channels per group x kernel area) is below `min_reduction`.
+
+    A 1-channel 3x3 stem reduces over 9 values: onnxruntime's QLinearConv is slower than its float
+    NCHWc Conv there, so quantizing it costs speed for almost no size.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in shapes:
+            continue
+        dims = shapes[node.input[1]]
+        reduction = 1
+        for d in dims[1:]:
+            reduction *= d
+        if reduction < min_reduction and node.name:
+            found.append(node.name)
+    return found
+
+
+class WeightOnlyQuantizer(ModeQuantizer):
+    config: WeightOnlyQuantizeConfig
+
+    @property
+    def quantizable_ops(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset(self.config.op_types)
+
+    def prepare(self, src: Path) -> Prepared:
+        if self.config.algorithm == "gptq":
+            self.calibration, synthetic = calibration_dataset(self.ctx, src, False, "gptq weight-only quantization")
+        return prepare(src, self.work / "prep", self.report, optimize=False)
+
+    def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            GPTQWeightOnlyQuantConfig,
+            HQQWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+
+        config = self.config
+        op_types = tuple(op for op in config.op_types if op not in set(config.op_types_to_exclude))
+        if config.algorithm == "hqq":
+            algo = HQQWeightOnlyQuantConfig(
+                block_size=config.block_size, bits=config.bits, op_types_to_quantize=op_types
+            )
+        elif config.algorithm == "gptq":
+            reader = DatasetReader(self.calibration, config.calibration_samples)
+            algo = GPTQWeightOnlyQuantConfig(
+                calibration_data_reader=reader, block_size=config.block_size, op_types_to_quantize=op_types
+            )
+        else:
+            algo = DefaultWeightOnlyQuantConfig(
+                block_size=config.block_size,
+                is_symmetric=config.symmetric,
+                accuracy_level=config.accuracy_level,
+                op_types_to_quantize=op_types,
+                bits=config.bits,
+            )
+        model = onnx.load(str(prepared.path))
+        quantizer = MatMulNBitsQuantizer(
+            model,
+            bits=config.bits,
+            block_size=config.block_size,
+            is_symmetric=config.symmetric,
+            accuracy_level=config.accuracy_level,
+            nodes_to_exclude=exclude,
+            op_types_to_quantize=op_types,
+            algo_config=algo,
+        )
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+    def _has_weight(self, node: onnx.NodeProto, initializers: set[str]) -> bool:
+        return any(name in initializers for name in node.input)
+
+
+class Fp16Quantizer(ModeQuantizer):
+    """float16 everywhere except excluded nodes; onnxruntime's converter keeps unsafe ops float32."""
+
+    quantizable_ops = _ops(
+        "Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "LayerNormalization", "Softmax", "LSTM", "GRU"
+    )
+    config: Fp16QuantizeConfig
+
+    def prepare(self, src: Path) -> Prepared:
+        return prepare(src, self.work / "prep", self.report, optimize=False)
+
+    def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+        model = onnx.load(str(prepared.path))
+        converted = convert_float_to_float16(
+            model,
+            keep_io_types=self.config.keep_io_types,
+            op_block_list=[*DEFAULT_OP_BLOCK_LIST, *self.config.op_types_to_exclude],
+            node_block_list=exclude or None,
+        )
+        onnx.save(converted, str(dst))
+
+
+def make_quantizer(config: ModeConfig, ctx: PassContext, work: Path) -> ModeQuantizer:
+    classes: dict[str, type[ModeQuantizer]] = {
+        "dynamic": DynamicQuantizer,
+        "static": StaticQuantizer,
+        "weight_only": WeightOnlyQuantizer,
+        "fp16": Fp16Quantizer,
+    }
+    return classes[config.mode](config, ctx, work)

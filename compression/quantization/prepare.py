@@ -1,0 +1,65 @@
+"""Graph preparation every mode shares, so the quantizer sees every weight and emits a loadable model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from compression.quantization.graph_prep import gemm_to_matmul, lift_constants
+from compression.quantization.opset import PER_CHANNEL_MIN_OPSET, ensure_opset
+from compression.quantization.preprocess import preprocess
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    path: Path
+    per_channel_ok: bool = True
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(
+    src: Path,
+    work: Path,
+    report: Report,
+    *,
+    per_channel: bool = False,
+    optimize: bool = True,
+    rewrite_gemm: bool = False,
+    min_constant_elements: int = 16,
+) -> Prepared:
+    """Lift Constant weights, upgrade the opset for per-channel, pre-process, optionally rewrite Gemm."""
+    work.mkdir(parents=True, exist_ok=True)
+    details: dict[str, Any] = {}
+    model = ir.load(src)
+    lifted = lift_constants(model, min_constant_elements)
+    path = src
+    if lifted:
+        report(f"turned {lifted} Constant node(s) into initializers so their weights get quantized")
+        details["constants_lifted"] = lifted
+        path = work / "lifted.onnx"
+        ir.save(model, path)
+    per_channel_ok = True
+    if per_channel:
+        path, per_channel_ok = ensure_opset(path, work / "opset.onnx", PER_CHANNEL_MIN_OPSET, report)
+        if not per_channel_ok:
+            report("falling back to per-tensor quantization: the model cannot be upgraded to opset 13")
+            details["per_channel_fallback"] = "opset upgrade failed; per-tensor used"
+    if optimize:
+        pre = preprocess(path, work / "preprocessed.onnx", report)
+        details["preprocessed"] = pre != path
+        path = pre
+    if rewrite_gemm:
+        model = ir.load(path)
+        rewritten = gemm_to_matmul(model)
+        if rewritten:
+            report(f"rewrote {rewritten} Gemm node(s) as MatMul+Add so their weights get int8 kernels")
+            details["gemm_rewritten"] = rewritten
+            path = work / "gemm_rewritten.onnx"
+            ir.save(model, path)
+    return Prepared(path=path, per_channel_ok=per_channel_ok, details=details)

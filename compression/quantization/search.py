@@ -1,0 +1,160 @@
+"""Quantize, check the budget, and keep nodes in float until it is met (collapsed outputs first)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from compression.errors import InvalidModelError
+from compression.metrics.evaluation import Evaluator
+from compression.metrics.fidelity import Fidelity
+from compression.passes.base import PassContext
+from compression.quantization.budget import Budget, Verdict, judge
+from compression.quantization.modes import ModeQuantizer
+from compression.quantization.prepare import Prepared
+from compression.quantization.sensitivity import NodeSensitivity, rank_nodes
+
+
+@dataclass
+class Attempt:
+    path: Path | None
+    fidelity: Fidelity | None
+    verdict: Verdict
+    excluded: list[str]
+
+
+@dataclass
+class SearchResult:
+    mode: str
+    best: Attempt
+    attempts: int
+    sensitivity: list[NodeSensitivity] = field(default_factory=list)
+    output_guard: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.best.path is not None and self.best.verdict.ok
+
+    def summary(self) -> dict[str, Any]:
+        verdict = self.best.verdict
+        return {
+            "mode": self.mode,
+            "within_budget": self.ok,
+            "reasons": verdict.reasons,
+            "budget_metric": verdict.metric,
+            "drop": verdict.drop,
+            "nodes_kept_float": self.best.excluded,
+            "kept_float_for_collapsed_outputs": self.output_guard,
+            "quantization_attempts": self.attempts,
+            "sensitivity": [s.model_dump() for s in self.sensitivity],
+            **self.details,
+        }
+
+
+class BudgetSearch:
+    """Runs one mode's quantizer with a growing float-exclusion list until the budget verdict passes."""
+
+    def __init__(
+        self, quantizer: ModeQuantizer, ctx: PassContext, evaluator: Evaluator, budget: Budget, stem: str
+    ) -> None:
+        self.quantizer, self.ctx, self.evaluator, self.budget, self.stem = quantizer, ctx, evaluator, budget, stem
+        self.attempts = 0
+
+    def _attempt(self, prepared: Prepared, exclude: list[str]) -> Attempt:
+        self.ctx.check_cancelled()
+        self.attempts += 1
+        dst = self.ctx.new_model_path(self.stem)
+        self.quantizer.quantize(prepared, dst, exclude)
+        try:
+            fidelity = self.evaluator.fidelity(dst)
+        except InvalidModelError as exc:  # every returned model must load and run
+            return Attempt(None, None, Verdict(ok=False, reasons=[exc.message]), exclude)
+        return Attempt(dst, fidelity, judge(fidelity, self.budget), exclude)
+
+    def run(self, src: Path) -> SearchResult:
+        mode = self.quantizer.config.mode
+        prepared = self.quantizer.prepare(src)
+        user = list(self.quantizer.config.nodes_to_exclude)
+        attempt = self._attempt(prepared, user)
+        result = SearchResult(mode=mode, best=attempt, attempts=0, details=self.quantizer.details)
+        if attempt.verdict.ok:
+            return self._done(result, prepared)
+        candidates = self.quantizer.candidate_nodes(prepared)
+        excluded = list(user)
+        if attempt.verdict.collapsed_outputs:
+            guard = producers(prepared.path, attempt.verdict.collapsed_outputs, set(candidates))
+            guard = [name for name in guard if name not in excluded]
+            if guard:
+                self.ctx.event(
+                    "keeping the producers of collapsed outputs in float",
+                    outputs=attempt.verdict.collapsed_outputs,
+                    nodes=guard,
+                )
+                result.output_guard = guard
+                excluded += guard
+                attempt = self._attempt(prepared, excluded)
+                result.best = attempt
+                if attempt.verdict.ok:
+                    return self._done(result, prepared)
+        if attempt.path is None:
+            return self._done(result, prepared)
+        ranked = rank_nodes(
+            prepared.path,
+            attempt.path,
+            [c for c in candidates if c not in excluded],
+            self.evaluator.dataset.take(self.ctx.settings.quant_eval_samples),
+            self.quantizer.work / "sensitivity",
+            self.ctx.settings.latency_threads,
+        )
+        result.sensitivity = ranked
+        order = [s.node for s in ranked]
+        rounds = self.ctx.settings.quant_exclusion_rounds
+        group = max(1, math.ceil(len(order) / rounds))
+        for start in range(0, len(order), group):
+            excluded += order[start : start + group]
+            self.ctx.event("keeping the most sensitive nodes in float", nodes=order[start : start + group])
+            attempt = self._attempt(prepared, excluded)
+            if attempt.verdict.ok:
+                result.best = attempt
+                break
+            result.best = attempt
+        return self._done(result, prepared)
+
+    def _done(self, result: SearchResult, prepared: Prepared) -> SearchResult:
+        result.attempts = self.attempts
+        result.details = {**prepared.details, **self.quantizer.details}
+        result.details.pop("always_exclude", None)
+        return result
+
+
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Gather"})
+
+
+def producers(path: Path, outputs: list[str], candidates: set[str]) -> list[str]:
+    """Candidate nodes between each output and the nearest weighted op upstream (that op included).
+
+    A Concat that joins boxes and scores shares one quantization scale, so the walk goes on through
+    activation ops (Concat, Sigmoid, Reshape) up to the Conv/MatMul that computes the values.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    by_output = {out: node for node in model.graph.node for out in node.output}
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = list(outputs)
+    while stack:
+        name = stack.pop()
+        node = by_output.get(name)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.name in candidates:
+            found.append(node.name)
+        if node.op_type in WEIGHTED_OPS:
+            continue
+        stack.extend(i for i in node.input if i)
+    return found
