@@ -36,8 +36,11 @@ def describe_arrays(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, object
 
 
 def count_samples(arrays: dict[str, np.ndarray]) -> int:
+    return count_samples_of({name: a.shape[0] if a.ndim else 0 for name, a in arrays.items()})
+
+
+def count_samples_of(lengths: dict[str, int]) -> int:
     """Leading-axis length shared by all arrays; an upload with ragged arrays is refused."""
-    lengths = {name: a.shape[0] if a.ndim else 0 for name, a in arrays.items()}
     if not lengths:
         raise DatasetMismatchError("the .npz holds no arrays")
     if len(set(lengths.values())) != 1:
@@ -47,6 +50,41 @@ def count_samples(arrays: dict[str, np.ndarray]) -> int:
     if n == 0:
         raise DatasetMismatchError("the arrays hold no samples (leading axis is empty or scalars)")
     return n
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def describe_npz(path: Path) -> tuple[dict[str, dict[str, object]], int]:
+    """Shapes and dtypes of an .npz's arrays read from the .npy headers only, and its sample count."""
+    arrays: dict[str, dict[str, object]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    raise DatasetMismatchError(f"unexpected member {member!r}: an .npz holds only .npy arrays")
+                with archive.open(member) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    read_header = _HEADER_READERS.get(version)
+                    if read_header is None:
+                        raise DatasetMismatchError(f"array {member[:-4]!r} uses an unknown .npy format {version}")
+                    shape, _, dtype = read_header(handle, max_header_size=1 << 20)
+                if dtype.hasobject:
+                    raise DatasetMismatchError(f"array {member[:-4]!r} holds Python objects; use numeric arrays")
+                arrays[member[:-4]] = {"shape": list(shape), "dtype": dtype.name}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DatasetMismatchError(f"not a readable .npz file: {exc}") from exc
+    lengths = {name: info["shape"][0] if info["shape"] else 0 for name, info in arrays.items()}
+    return arrays, count_samples_of(lengths)
+
+
+def check_compatible(arrays: dict[str, dict[str, object]], inputs: list[TensorSpec]) -> None:
+    """Validate stored array shapes against a model's inputs without loading the data."""
+    views = {
+        name: np.broadcast_to(np.zeros((), dtype=np.dtype(str(info["dtype"]))), tuple(info["shape"]))
+        for name, info in arrays.items()
+    }
+    Dataset.bind(views, inputs, cast=False)
 
 
 @dataclass
@@ -67,7 +105,7 @@ class Dataset:
         return cls.bind(read_npz(path), inputs)
 
     @classmethod
-    def bind(cls, arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> Dataset:
+    def bind(cls, arrays: dict[str, np.ndarray], inputs: list[TensorSpec], cast: bool = True) -> Dataset:
         arrays = dict(arrays)
         labels = arrays.pop(LABELS, None)
         expected = {spec.name for spec in inputs}
@@ -86,7 +124,11 @@ class Dataset:
         layouts: dict[str, Layout] = {}
         bound: dict[str, np.ndarray] = {}
         for spec in inputs:
-            layouts[spec.name], bound[spec.name] = _bind_array(arrays[spec.name], spec)
+            if cast:
+                layouts[spec.name], bound[spec.name] = _bind_array(arrays[spec.name], spec)
+            else:
+                array = arrays[spec.name]
+                layouts[spec.name], bound[spec.name] = _layout_for(spec.name, array.shape, array.dtype, spec), array
         if len(set(layouts.values())) != 1:
             raise DatasetMismatchError(
                 f"inputs mix layouts {layouts}: give every input either its own rank (samples along the "
@@ -131,38 +173,38 @@ class Dataset:
         return next(self.batches(batch_size))[0]
 
 
-def _bind_array(array: np.ndarray, spec: TensorSpec) -> tuple[Layout, np.ndarray]:
+def _layout_for(name: str, shape: tuple[int, ...], dtype: np.dtype, spec: TensorSpec) -> Layout:
+    """Which layout an array of this shape has for the input, or a message saying what to change."""
     rank = len(spec.shape)
-    if array.ndim == rank:
+    if len(shape) == rank:
         layout: Layout = "batched"
         per_sample = list(spec.shape[1:])
-        actual = list(array.shape[1:])
-    elif array.ndim == rank + 1:
+    elif len(shape) == rank + 1:
         layout = "stacked"
         per_sample = list(spec.shape)
-        actual = list(array.shape[1:])
     else:
         raise DatasetMismatchError(
-            f"array '{spec.name}' has shape {list(array.shape)} (rank {array.ndim}); input '{spec.name}' "
+            f"array '{name}' has shape {list(shape)} (rank {len(shape)}); input '{spec.name}' "
             f"has shape {spec.shape} (rank {rank}): give rank {rank} or {rank + 1}"
         )
-    for axis, (want, got) in enumerate(zip(per_sample, actual, strict=True)):
+    for axis, (want, got) in enumerate(zip(per_sample, shape[1:], strict=True)):
         if isinstance(want, int) and want > 0 and want != got:
             raise DatasetMismatchError(
-                f"array '{spec.name}' has shape {list(array.shape)} but input '{spec.name}' needs "
-                f"{spec.shape}: dimension {axis + (0 if layout == 'stacked' else 1)} should be {want}, got {got}"
+                f"array '{name}' has shape {list(shape)} but input '{spec.name}' needs {spec.shape}: "
+                f"array dimension {axis + 1} should be {want}, got {got}"
             )
-    return layout, _cast(array, spec)
+    want_dtype = np.dtype(spec.dtype)
+    if dtype != want_dtype and ((dtype.kind in "fc") != (want_dtype.kind in "fc") or dtype.kind in "OSUV"):
+        raise DatasetMismatchError(
+            f"array '{name}' has dtype {dtype.name}; input '{spec.name}' needs {want_dtype.name}"
+        )
+    return layout
 
 
-def _cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+def _bind_array(array: np.ndarray, spec: TensorSpec) -> tuple[Layout, np.ndarray]:
+    layout = _layout_for(spec.name, array.shape, array.dtype, spec)
     want = np.dtype(spec.dtype)
-    if array.dtype == want:
-        return array
-    same_kind = (array.dtype.kind in "fc") == (want.kind in "fc")
-    if not same_kind or array.dtype.kind in "OSUV":
-        raise DatasetMismatchError(f"array '{spec.name}' has dtype {array.dtype.name}; input needs {want.name}")
-    return array.astype(want)
+    return layout, array if array.dtype == want else array.astype(want)
 
 
 def _random_array(rng: np.random.Generator, shape: list[int], dtype: np.dtype) -> np.ndarray:

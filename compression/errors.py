@@ -33,5 +33,13 @@ class StepFailedError(CompressionError):
     code = "step_failed"
 
 
-class JobCanceledError(Exception):
-    """Raised by a pass's cancellation check; not a CompressionError because it is not a failure."""
+class JobInterrupted(Exception):  # noqa: N818
+    """Control flow, not failure: the caller stopped the job; passes must let it propagate."""
+
+
+class JobCanceledError(JobInterrupted):
+    """Raised by a pass's cancellation check when the user canceled the job."""
+
+
+class MissingModelError(CompressionError):
+    code = "missing_model"

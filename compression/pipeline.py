@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from compression.datasets import DatasetBundle
-from compression.errors import CompressionError, InvalidModelError, StepFailedError
+from compression.errors import CompressionError, InvalidModelError, JobInterrupted, StepFailedError
 from compression.metrics.evaluation import Evaluator
 from compression.metrics.fidelity import Fidelity
 from compression.metrics.latency import LatencyStats, measure_latency
@@ -116,7 +116,7 @@ def run_pipeline(
         step_started = time.perf_counter()
         try:
             result = create_pass(step).run(current, ctx)
-        except CompressionError:
+        except (CompressionError, JobInterrupted):
             raise
         except Exception as exc:  # a library failure inside a pass: report it as this step's failure
             raise StepFailedError(f"step {index} ({step.type}) failed: {type(exc).__name__}: {exc}") from exc

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from compression.datasets import Dataset, DatasetBundle
-from compression.errors import MissingDatasetError
+from compression.errors import MissingDatasetError, MissingModelError
 from compression.metrics.evaluation import Evaluator
 from compression.model_info import inspect_model
 from compression.settings import EngineSettings
@@ -82,7 +82,7 @@ class PassContext:
             return self.model_resolver(reference)
         path = Path(reference)
         if not path.is_file():
-            raise MissingDatasetError(f"model {reference!r} not found")
+            raise MissingModelError(f"model {reference!r} not found: give a path to an .onnx file")
         return path
 
     def new_model_path(self, stem: str) -> Path:

@@ -1,0 +1,178 @@
+"""Submit, poll, list, cancel jobs and download their artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from app import job_store
+from app.api.deps import SessionDep, SettingsDep, StoreDep
+from app.job_views import decode_cursor, encode_cursor, event_out, job_out, page_query
+from app.models import DatasetRecord, Job, JobEvent, ModelRecord, new_id
+from app.schemas import JobCreate, JobEventOut, JobOut, JobPage, JobStatus
+from app.storage import job_artifact_key
+from compression.datasets import check_compatible
+from compression.errors import DatasetMismatchError
+from compression.model_info import ModelInfo
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+ARTIFACTS = {"model.onnx": "application/octet-stream", "metrics.json": "application/json"}
+
+
+def _unprocessable(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+
+
+def _get_job(session: SessionDep, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id!r} not found")
+    return job
+
+
+def _check_references(session: SessionDep, body: JobCreate) -> None:
+    """Unknown ids and datasets that cannot feed the model are refused before anything is queued."""
+    model = session.get(ModelRecord, body.model_id)
+    if model is None:
+        raise _unprocessable(f"model_id {body.model_id!r} not found: upload the model with POST /v1/models first")
+    inputs = ModelInfo.model_validate(model.info).inputs
+    for role, dataset_id in body.datasets.model_dump().items():
+        if dataset_id is None:
+            continue
+        dataset = session.get(DatasetRecord, dataset_id)
+        if dataset is None:
+            raise _unprocessable(f"datasets.{role}: dataset {dataset_id!r} not found")
+        try:
+            check_compatible(dataset.arrays, inputs)
+        except DatasetMismatchError as exc:
+            raise _unprocessable(f"datasets.{role} ({dataset_id}): {exc.message}") from exc
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobOut:
+    """Queue a job. With an `Idempotency-Key` header, the same key and body return the same job."""
+    if len(body.steps) > settings.max_steps:
+        raise _unprocessable(f"{len(body.steps)} steps given; at most {settings.max_steps} (setting MAX_STEPS)")
+    request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    if idempotency_key:
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            return _replay(existing, request_hash, response)
+    _check_references(session, body)
+    steps = [
+        {"index": i, "type": step.type, "config": step.model_dump(mode="json"), "status": "pending", "metrics": None}
+        for i, step in enumerate(body.steps)
+    ]
+    job = Job(
+        id=new_id(),
+        model_id=body.model_id,
+        spec={"steps": [step["config"] for step in steps]},
+        datasets=body.datasets.model_dump(),
+        steps=steps,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    session.add(job)
+    job_store.add_event(session, job.id, "queued", "job queued")
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the race
+        session.rollback()
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is None:
+            raise
+        return _replay(existing, request_hash, response)
+    from workers.celery_app import enqueue_job
+
+    try:
+        enqueue_job(settings, job.id)
+    except Exception as exc:  # the broker is down: fail the job rather than leave it queued forever
+        job_store.fail_without_claim(session, job.id, "broker_unavailable", f"could not queue the job: {exc}")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"the job broker is not answering ({type(exc).__name__}); retry later"
+        ) from exc
+    return job_out(job)
+
+
+def _replay(job: Job, request_hash: str, response: Response) -> JobOut:
+    if job.request_hash != request_hash:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            "Idempotency-Key was already used with a different request body; use a new key for a new job",
+        )
+    response.headers["Idempotent-Replayed"] = "true"
+    return job_out(job)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    settings: SettingsDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1)] = 20,
+    cursor: str | None = None,
+) -> JobPage:
+    limit = min(limit, settings.jobs_page_limit)
+    if cursor:
+        try:
+            decode_cursor(cursor)
+        except Exception as exc:
+            raise _unprocessable("cursor is not one this API returned: pass next_cursor unchanged") from exc
+    rows = list(session.scalars(page_query(status_filter, cursor, limit)))
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return JobPage(items=[job_out(job) for job in rows[:limit]], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: SessionDep) -> JobOut:
+    return job_out(_get_job(session, job_id))
+
+
+@router.get("/{job_id}/events", response_model=list[JobEventOut])
+def get_events(
+    job_id: str, session: SessionDep, after: Annotated[int, Query(description="only events with a larger id")] = 0
+) -> list[JobEventOut]:
+    _get_job(session, job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id)
+    return [event_out(event) for event in session.scalars(query)]
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobOut:
+    """A queued job ends `canceled` and never runs; a running one stops at its next check."""
+    outcome = job_store.request_cancel(session, job_id)
+    if outcome == "missing":
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id!r} not found")
+    job = _get_job(session, job_id)
+    session.refresh(job)
+    if outcome == "finished":
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id!r} already {job.status}; nothing to cancel")
+    return job_out(job)
+
+
+@router.get("/{job_id}/artifacts/{name}")
+def get_artifact(job_id: str, name: str, session: SessionDep, store: StoreDep) -> StreamingResponse:
+    if name not in ARTIFACTS:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no artifact {name!r}; artifacts: {sorted(ARTIFACTS)}")
+    job = _get_job(session, job_id)
+    key = job_artifact_key(job.id, name)
+    if job.status != "succeeded" or not store.exists(key):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} does not exist yet: the job is {job.status}")
+    headers = {
+        "Content-Length": str(store.size(key)),
+        "Content-Disposition": f'attachment; filename="{job.id}-{name}"',
+    }
+    return StreamingResponse(store.stream(key), media_type=ARTIFACTS[name], headers=headers)

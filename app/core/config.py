@@ -1,0 +1,98 @@
+"""Service settings, read from the environment (and `.env`); every limit lives here with a sane default."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, computed_field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from compression.settings import EngineSettings
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="root for the embedded database, broker and artifacts")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the job store; default SQLite in DATA_DIR")
+    broker_url: str | None = Field(None, description="Celery broker; default kombu's SQLAlchemy transport on SQLite")
+    queue_name: str = Field("compress", description="Celery queue the api publishes to and workers consume")
+    artifact_store: Literal["local", "s3"] = "local"
+    artifacts_dir: Path | None = Field(None, description="local artifact root; default DATA_DIR/artifacts")
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated bearer tokens; empty disables auth"
+    )
+    max_model_bytes: int = Field(2048 * MiB, description="upload limit for .onnx files (413 past it)")
+    max_dataset_bytes: int = Field(1024 * MiB, description="upload limit for .npz datasets (413 past it)")
+    max_steps: int = Field(16, ge=1, description="steps allowed in one job spec")
+    jobs_page_limit: int = Field(100, ge=1, description="largest page of GET /v1/jobs")
+
+    worker_concurrency: int = Field(1, ge=1, description="jobs one worker runs at once (they are CPU-bound)")
+    job_soft_time_limit: int = Field(3600, ge=1, description="seconds before a job is asked to stop (fails)")
+    job_hard_time_limit: int = Field(3900, ge=1, description="seconds before the worker process is killed")
+    broker_visibility_timeout: int = Field(
+        4200, ge=1, description="Redis: seconds before an unacked task is redelivered; keep above the hard limit"
+    )
+    job_lease_seconds: int = Field(60, ge=2, description="a running job whose heartbeat is older is taken over")
+    job_heartbeat_seconds: float = Field(10.0, gt=0, description="how often a worker renews its lease")
+    job_max_attempts: int = Field(3, ge=1, description="runs of one job (crashes included) before it fails")
+    cancel_poll_seconds: float = Field(0.5, gt=0, description="how often a running job reads its cancel flag")
+
+    latency_runs: int = Field(50, ge=3)
+    latency_warmup: int = Field(5, ge=0)
+    latency_threads: int = Field(1, ge=1)
+    latency_batch_size: int = Field(32, ge=1)
+    eval_max_samples: int = Field(2000, ge=1)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: comma-separated
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None and self.broker_url is None
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'jobs.sqlite').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def work_dir(self) -> Path:
+        return (self.data_dir / "work").resolve()
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(
+            latency_runs=self.latency_runs,
+            latency_warmup=self.latency_warmup,
+            latency_threads=self.latency_threads,
+            latency_batch_size=self.latency_batch_size,
+            eval_max_samples=self.eval_max_samples,
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,197 @@
+"""Job state transitions, each a compare-and-set in the database so redelivered tasks never run a job twice.
+
+`queued -> running` claims the job with a new attempt number; every later write names that attempt,
+so a worker that lost its lease (crashed, partitioned, killed) can no longer change the job.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.models import Job, JobEvent, utcnow
+
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    kind: str,
+    message: str,
+    *,
+    attempt: int = 0,
+    progress: float | None = None,
+    stage: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        JobEvent(job_id=job_id, attempt=attempt, kind=kind, message=message, progress=progress, stage=stage, data=data)
+    )
+
+
+def claim(session: Session, job_id: str, worker: str, lease: timedelta) -> tuple[str, int]:
+    """Try to start the job: returns (outcome, attempt); outcome is claimed|finished|busy|canceled|missing.
+
+    A running job whose heartbeat is older than the lease belongs to a dead worker and is taken over.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        return "missing", 0
+    if job.status in TERMINAL:
+        return ("canceled" if job.status == "canceled" else "finished"), job.attempt
+    previous_attempt, previous_status = job.attempt, job.status  # the UPDATE below refreshes `job`
+    now = utcnow()
+    stale_before = now - lease
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.attempt == previous_attempt,
+            or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale_before)),
+        )
+        .values(
+            status="running",
+            attempt=previous_attempt + 1,
+            worker=worker,
+            heartbeat_at=now,
+            started_at=job.started_at or now,
+        )
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return "busy", previous_attempt
+    attempt = previous_attempt + 1
+    takeover = previous_status == "running"
+    add_event(
+        session,
+        job_id,
+        "started",
+        f"attempt {attempt} started on {worker}" + (" (took over from a worker that stopped)" if takeover else ""),
+        attempt=attempt,
+    )
+    session.commit()
+    return "claimed", attempt
+
+
+def _owned(job_id: str, attempt: int):  # noqa: ANN202
+    return (Job.id == job_id) & (Job.attempt == attempt) & (Job.status == "running")
+
+
+def heartbeat(session: Session, job_id: str, attempt: int) -> bool:
+    """Renew the lease; False means another attempt owns the job now."""
+    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(heartbeat_at=utcnow()))
+    session.commit()
+    return result.rowcount == 1
+
+
+def update_progress(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    *,
+    progress: float | None = None,
+    stage: str | None = None,
+    steps: list[Any] | None = None,
+    event: tuple[str, str, dict[str, Any] | None] | None = None,
+) -> bool:
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = progress
+    if stage is not None:
+        values["stage"] = stage
+    if steps is not None:
+        values["steps"] = steps
+    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values))
+    if result.rowcount == 1 and event is not None:
+        kind, message, data = event
+        add_event(session, job_id, kind, message, attempt=attempt, progress=progress, stage=stage, data=data)
+    session.commit()
+    return result.rowcount == 1
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    status: str,
+    *,
+    metrics: dict[str, Any] | None = None,
+    error: tuple[str, str] | None = None,
+    steps: list[Any] | None = None,
+) -> bool:
+    """End the job once: only the attempt that owns it may, and only from `running`."""
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "heartbeat_at": None}
+    if status == "succeeded":
+        values["progress"] = 1.0
+        values["stage"] = "done"
+    if metrics is not None:
+        values["metrics"] = metrics
+    if steps is not None:
+        values["steps"] = steps
+    if error is not None:
+        values["error_code"], values["error_message"] = error
+    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values))
+    if result.rowcount == 1:
+        message = f"job {status}" + (f": {error[1]}" if error else "")
+        add_event(session, job_id, status, message, attempt=attempt, progress=values.get("progress"))
+    session.commit()
+    return result.rowcount == 1
+
+
+def fail_without_claim(session: Session, job_id: str, code: str, message: str) -> bool:
+    """Fail a job that is not running under a live attempt (used when attempts are exhausted)."""
+    job = session.get(Job, job_id)
+    if job is None or job.status in TERMINAL:
+        return False
+    attempt, current = job.attempt, job.status
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status == current)
+        .values(status="failed", finished_at=utcnow(), error_code=code, error_message=message, heartbeat_at=None)
+    )
+    if result.rowcount == 1:
+        add_event(session, job_id, "failed", f"job failed: {message}", attempt=attempt)
+    session.commit()
+    return result.rowcount == 1
+
+
+def request_cancel(session: Session, job_id: str) -> str:
+    """Cancel: a queued job ends at once and never runs; a running one is flagged and stops at its next check.
+
+    Returns the outcome: canceled|requested|finished|missing.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        return "missing"
+    if job.status in TERMINAL:
+        return "finished"
+    if job.status == "queued":
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(status="canceled", finished_at=utcnow(), cancel_requested=True)
+        )
+        if result.rowcount == 1:
+            add_event(session, job_id, "canceled", "canceled before it started")
+            session.commit()
+            return "canceled"
+        session.rollback()
+        return request_cancel(session, job_id)  # it started meanwhile: flag the running job instead
+    session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    add_event(session, job_id, "cancel_requested", "cancel requested; the job stops at its next check")
+    session.commit()
+    return "requested"
+
+
+def is_cancel_requested(session: Session, job_id: str) -> bool:
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def stale_running_jobs(session: Session, lease: timedelta, now: datetime | None = None) -> list[str]:
+    stale_before = (now or utcnow()) - lease
+    query = select(Job.id).where(Job.status == "running", Job.heartbeat_at < stale_before)
+    return list(session.scalars(query))

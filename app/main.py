@@ -1,0 +1,35 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from app.api.deps import require_api_key
+from app.api.routes import datasets, health, jobs, models
+from app.core.config import Settings, get_settings
+from app.core.db import init_db
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        init_db(settings)
+        yield
+
+    app = FastAPI(
+        title="onnx-compress",
+        version="0.1.0",
+        description="Upload an ONNX model and a compression spec; poll the job; download the compressed model "
+        "with metrics proving size, latency and accuracy gained and lost.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(health.router)
+    authed = [Depends(require_api_key)]
+    for router in (models.router, datasets.router, jobs.router):
+        app.include_router(router, dependencies=authed)
+    return app

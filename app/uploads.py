@@ -1,0 +1,122 @@
+"""Multipart uploads streamed straight to disk: never held whole in memory, refused past the size limit."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import HTTPException, Request, status
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+@dataclass
+class ReceivedFile:
+    path: Path
+    filename: str
+    size_bytes: int
+    sha256: str
+
+
+class _FilePart:
+    """Collects one multipart part's headers and writes the wanted field's bytes to a temp file."""
+
+    def __init__(self, field: str, directory: Path, limit: int) -> None:
+        self.field, self.directory, self.limit = field, directory, limit
+        self.header_field = b""
+        self.header_value = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.handle = None
+        self.path: Path | None = None
+        self.filename = ""
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.found = False
+
+    def on_part_begin(self) -> None:
+        self.headers = {}
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.header_field.lower()] = self.header_value
+        self.header_field = self.header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self.headers.get(b"content-disposition", b""))
+        if params.get(b"name", b"").decode() == self.field and not self.found:
+            self.found = True
+            self.filename = params.get(b"filename", b"upload").decode(errors="replace")
+            fd, name = tempfile.mkstemp(dir=self.directory, prefix=".upload-")
+            self.handle, self.path = os.fdopen(fd, "wb"), Path(name)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.handle is None:
+            return
+        chunk = data[start:end]
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise UploadTooLarge
+        self.handle.write(chunk)
+        self.digest.update(chunk)
+
+    def on_part_end(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def discard(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _too_large(limit: int, what: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        f"{what} is larger than the limit of {limit} bytes (setting {'MAX_MODEL_BYTES' if what == 'model' else 'MAX_DATASET_BYTES'})",
+    )
+
+
+async def receive_file(request: Request, field: str, directory: Path, limit: int, what: str) -> ReceivedFile:
+    content_type, params = parse_options_header(request.headers.get("content-type"))
+    if content_type != b"multipart/form-data" or b"boundary" not in params:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"send the {what} as multipart/form-data with the file in the field '{field}'",
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 1024 * 1024:
+        raise _too_large(limit, what)
+    directory.mkdir(parents=True, exist_ok=True)
+    part = _FilePart(field, directory, limit)
+    callbacks = {name: getattr(part, name) for name in dir(part) if name.startswith("on_")}
+    parser = MultipartParser(params[b"boundary"], callbacks)
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except UploadTooLarge:
+        part.discard()
+        raise _too_large(limit, what) from None
+    except Exception as exc:
+        part.discard()
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"malformed multipart body: {exc}") from exc
+    part.on_part_end()
+    if not part.found or part.path is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"no file in the multipart field '{field}'")
+    if part.size == 0:
+        part.discard()
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"the uploaded {what} file is empty")
+    return ReceivedFile(path=part.path, filename=part.filename, size_bytes=part.size, sha256=part.digest.hexdigest())

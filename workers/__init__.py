@@ -1,0 +1,1 @@
+"""Celery glue: load a job's inputs, run the engine, store results, report progress."""

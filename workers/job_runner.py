@@ -1,0 +1,147 @@
+"""Runs one job: claim it, fetch its inputs, run the engine, store artifacts, record the outcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from app import job_store
+from app.core.config import Settings
+from app.core.db import session_scope
+from app.models import DatasetRecord, Job, ModelRecord
+from app.storage import ArtifactStore, get_store, job_artifact_key
+from compression.datasets import DatasetBundle
+from compression.errors import CompressionError, JobCanceledError, MissingDatasetError, MissingModelError
+from compression.model_info import inspect_model
+from compression.pipeline import run_pipeline
+from compression.spec import CompressionSpec
+from workers.progress import Heartbeat, JobProgressSink, LeaseLost
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["succeeded", "failed", "canceled", "skipped", "busy", "lost"]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_job(job_id: str, settings: Settings) -> Outcome:
+    lease = timedelta(seconds=settings.job_lease_seconds)
+    with session_scope(settings) as session:
+        outcome, attempt = job_store.claim(session, job_id, worker_name(), lease)
+        if outcome == "canceled":
+            job_store.add_event(session, job_id, "skipped", "task received for a canceled job; not started")
+        if outcome != "claimed":
+            return "busy" if outcome == "busy" else "skipped"
+        job = session.get(Job, job_id)
+        assert job is not None
+        steps = job.steps
+        if attempt > settings.job_max_attempts:
+            message = (
+                f"the job was interrupted {attempt - 1} times (worker crash or hard time limit); "
+                f"giving up after JOB_MAX_ATTEMPTS={settings.job_max_attempts}"
+            )
+            job_store.finish(session, job_id, attempt, "failed", error=("too_many_attempts", message))
+            return "failed"
+
+    sink = JobProgressSink(settings, job_id, attempt, steps)
+    work_dir = settings.work_dir / job_id / f"attempt{attempt}"
+    try:
+        with Heartbeat(settings, job_id, attempt, sink):
+            metrics = _execute(job_id, settings, sink, work_dir)
+        return _finish(settings, job_id, attempt, sink, "succeeded", metrics=metrics)
+    except LeaseLost:
+        log.warning("job %s attempt %s lost its lease; another worker runs it now", job_id, attempt)
+        return "lost"
+    except JobCanceledError:
+        return _finish(settings, job_id, attempt, sink, "canceled", error=("canceled", "canceled by request"))
+    except CompressionError as exc:
+        if isinstance(exc.__cause__, SoftTimeLimitExceeded):
+            return _finish(settings, job_id, attempt, sink, "failed", error=_time_limit(settings))
+        return _finish(settings, job_id, attempt, sink, "failed", error=(exc.code, exc.message))
+    except SoftTimeLimitExceeded:
+        return _finish(settings, job_id, attempt, sink, "failed", error=_time_limit(settings))
+    except Exception as exc:
+        log.exception("job %s failed with an internal error", job_id)
+        error = ("internal_error", f"{type(exc).__name__}: {exc}"[:2000])
+        return _finish(settings, job_id, attempt, sink, "failed", error=error)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _time_limit(settings: Settings) -> tuple[str, str]:
+    return "time_limit", f"the job ran longer than JOB_SOFT_TIME_LIMIT={settings.job_soft_time_limit} s"
+
+
+def _finish(
+    settings: Settings,
+    job_id: str,
+    attempt: int,
+    sink: JobProgressSink,
+    status: Literal["succeeded", "failed", "canceled"],
+    metrics: dict | None = None,
+    error: tuple[str, str] | None = None,
+) -> Outcome:
+    steps = sink.steps if status == "succeeded" else sink.mark_unfinished(status)
+    with session_scope(settings) as session:
+        owned = job_store.finish(session, job_id, attempt, status, metrics=metrics, error=error, steps=steps)
+    return status if owned else "lost"
+
+
+def _execute(job_id: str, settings: Settings, sink: JobProgressSink, work_dir: Path) -> dict:
+    store = get_store(settings)
+    inputs_dir = work_dir / "inputs"
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        model = session.get(ModelRecord, job.model_id)
+        assert model is not None
+        spec = CompressionSpec.model_validate(job.spec)
+        dataset_keys = {}
+        for role, dataset_id in job.datasets.items():
+            if dataset_id:
+                record = session.get(DatasetRecord, dataset_id)
+                if record is None:
+                    raise MissingDatasetError(f"{role} dataset {dataset_id!r} no longer exists")
+                dataset_keys[role] = record.storage_key
+        model_storage_key = model.storage_key
+    sink.progress(0.0, "fetch inputs")
+    model_path = store.fetch(model_storage_key, inputs_dir / "model.onnx")
+    paths = {role: store.fetch(key, inputs_dir / f"{role}.npz") for role, key in dataset_keys.items()}
+    datasets = DatasetBundle.load(paths, inspect_model(model_path).inputs)
+    sink.check_cancelled()
+    result = run_pipeline(
+        model_path,
+        spec,
+        datasets,
+        work_dir / "steps",
+        sink=sink,
+        settings=settings.engine_settings(),
+        model_resolver=lambda ref: _resolve_model(settings, store, ref, inputs_dir),
+    )
+    metrics = result.metrics.model_dump(mode="json")
+    metrics_path = work_dir / "metrics.json"
+    metrics_path.write_text(json.dumps({"job_id": job_id, **metrics}, indent=2))
+    sink.check_cancelled()
+    store.put_file(job_artifact_key(job_id, "model.onnx"), result.model_path)
+    store.put_file(job_artifact_key(job_id, "metrics.json"), metrics_path)
+    return metrics
+
+
+def _resolve_model(settings: Settings, store: ArtifactStore, model_id: str, directory: Path) -> Path:
+    """A step that names another uploaded model (a distillation student) gets it by id."""
+    with session_scope(settings) as session:
+        record = session.get(ModelRecord, model_id)
+        if record is None:
+            raise MissingModelError(f"model {model_id!r} not found: upload it with POST /v1/models")
+        key = record.storage_key
+    return store.fetch(key, directory / f"model-{model_id}.onnx")
