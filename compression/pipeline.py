@@ -92,6 +92,7 @@ def run_pipeline(
     settings = settings or EngineSettings()
     started = time.perf_counter()
     total = len(spec.steps) + 1
+    work_dir.mkdir(parents=True, exist_ok=True)
     ctx = PassContext(
         work_dir=work_dir,
         original_model=model_path,

@@ -1,0 +1,70 @@
+"""Service stacks for tests: embedded (`serve`) and production (api + worker on PostgreSQL and Redis)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.stack import (
+    ServiceProcess,
+    drop_postgres_schema,
+    free_port,
+    postgres_schema,
+    production_env,
+)
+
+FAST = {"LATENCY_RUNS": "10", "LATENCY_WARMUP": "2"}
+
+
+class Stack:
+    """Running service processes plus what a test needs to start more workers on the same backend."""
+
+    def __init__(self, env: dict[str, str], root: Path) -> None:
+        self.env, self.root = env, root
+        self.processes: list[ServiceProcess] = []
+        self.api: ServiceProcess | None = None
+
+    def start_api(self, command: str = "api") -> ServiceProcess:
+        self.api = ServiceProcess(command, self.env, self.root / f"{command}.log", port=free_port()).start()
+        self.processes.append(self.api)
+        self.api.wait_http_ready()
+        return self.api
+
+    def start_worker(self, **extra_env: str) -> ServiceProcess:
+        name = f"worker{len(self.processes)}"
+        worker = ServiceProcess("worker", {**self.env, **extra_env}, self.root / f"{name}.log").start()
+        self.processes.append(worker)
+        worker.wait_worker_ready()
+        return worker
+
+    def client(self) -> httpx.Client:
+        assert self.api is not None
+        return httpx.Client(base_url=self.api.url, timeout=30)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+@pytest.fixture(scope="module")
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("embedded")
+    stack = Stack({"DATA_DIR": str(root / "data"), **FAST}, root)
+    stack.start_api("serve")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def production_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """PostgreSQL + Redis config with an api running; tests start and kill workers themselves."""
+    root = tmp_path_factory.mktemp("production")
+    schema = postgres_schema()
+    stack = Stack(production_env(root / "data", schema, **FAST), root)
+    stack.start_api("api")
+    yield stack
+    stack.stop()
+    drop_postgres_schema(schema)

@@ -1,0 +1,124 @@
+"""Real service processes for tests: `onnx-compress serve|api|worker` started as users start them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def postgres_schema() -> str:
+    """A fresh schema per test run, so parallel runs on one server never see each other's jobs."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    return schema
+
+
+def drop_postgres_schema(schema: str) -> None:
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def production_env(data_dir: Path, schema: str, **extra: str) -> dict[str, str]:
+    user_host_db = POSTGRES_DSN.removeprefix("postgresql://")
+    return {
+        "DATA_DIR": str(data_dir),
+        "DATABASE_URL": f"postgresql+psycopg://{user_host_db}?options=-csearch_path%3D{schema}",
+        "BROKER_URL": REDIS_URL,
+        "QUEUE_NAME": f"q_{schema}",
+        **extra,
+    }
+
+
+@dataclass
+class ServiceProcess:
+    command: str
+    env: dict[str, str]
+    log_path: Path
+    port: int | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> ServiceProcess:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        args = [sys.executable, "-m", "app.cli", self.command]
+        if self.port is not None:
+            args += ["--port", str(self.port)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        # its own process group, so a kill takes the Celery pool children with it
+        self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_http_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            self._check_alive()
+            try:
+                return httpx.get(f"{self.url}/livez", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout, f"{self.command} on port {self.port}")
+
+    def wait_worker_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            self._check_alive()
+            return " ready." in self.log()
+
+        wait_until(ready, timeout, f"celery worker ({self.log_path})")
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"{self.command} exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)

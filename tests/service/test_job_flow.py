@@ -1,0 +1,86 @@
+"""The whole flow over HTTP against real worker processes: embedded, and PostgreSQL + Redis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests.service.client import download, poll, submit, upload
+from tests.service.conftest import Stack
+
+
+def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    return float(np.mean(logits.argmax(1) == y))
+
+
+def run_digits_flow(stack: Stack, digits_cnn, tmp_path: Path) -> dict:
+    eval_npz = tmp_path / "digits_eval.npz"
+    digits_cnn.write_npz(eval_npz, split="test")
+    with stack.client() as client:
+        model = upload(client, "/v1/models", digits_cnn.path)
+        assert model["opset"] == 17
+        assert model["inputs"] == [{"name": "input", "shape": ["batch", 1, 8, 8], "dtype": "float32"}]
+        assert model["op_counts"]["Conv"] == 2
+        assert model["size_bytes"] == digits_cnn.path.stat().st_size
+        dataset = upload(client, "/v1/datasets", eval_npz)
+        assert dataset["n_samples"] == len(digits_cnn.y_test) and dataset["has_labels"]
+
+        job = submit(
+            client,
+            {
+                "model_id": model["id"],
+                "steps": [{"type": "quantize", "mode": "dynamic"}],
+                "datasets": {"eval": dataset["id"]},
+            },
+        )
+        assert job["status"] == "queued" and job["steps"][0]["status"] == "pending"
+        missing = client.get(f"/v1/jobs/{job['id']}/artifacts/model.onnx")
+        assert missing.status_code == 404
+
+        job = poll(client, job["id"])
+        assert job["status"] == "succeeded", job["error"]
+        assert job["progress"] == 1.0 and job["attempt"] == 1
+        assert job["steps"][0]["status"] == "succeeded" and job["steps"][0]["metrics"]["changed"]
+
+        out_model = download(client, job["urls"]["model"], tmp_path / "compressed.onnx")
+        metrics = json.loads(download(client, job["urls"]["metrics"], tmp_path / "metrics.json").read_text())
+        events = client.get(f"/v1/jobs/{job['id']}/events").json()
+
+    kinds = [event["kind"] for event in events]
+    assert kinds[0] == "queued" and kinds[1] == "started" and kinds[-1] == "succeeded"
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+
+    before = onnx_accuracy(digits_cnn.path, digits_cnn.x_test, digits_cnn.y_test)
+    after = onnx_accuracy(out_model, digits_cnn.x_test, digits_cnn.y_test)
+    assert after >= before - 0.01, (before, after)
+    assert out_model.stat().st_size <= 0.35 * digits_cnn.path.stat().st_size
+
+    assert metrics["job_id"] == job["id"]
+    assert metrics["output"]["size_bytes"] == out_model.stat().st_size
+    assert metrics["fidelity"]["synthetic"] is False
+    assert metrics["fidelity"]["accuracy"]["output"] == pytest.approx(after)
+    assert metrics["input"]["latency"]["median_ms"] > 0 and metrics["output"]["latency"]["p90_ms"] > 0
+    assert metrics["steps"][0]["wall_time_s"] > 0
+    assert job["metrics"]["ratios"] == metrics["ratios"]
+    return job
+
+
+def test_embedded_flow(embedded_stack: Stack, digits_cnn, tmp_path: Path) -> None:
+    run_digits_flow(embedded_stack, digits_cnn, tmp_path)
+
+
+def test_production_flow(production_backend: Stack, digits_cnn, tmp_path: Path) -> None:
+    worker = production_backend.start_worker()
+    try:
+        run_digits_flow(production_backend, digits_cnn, tmp_path)
+        with production_backend.client() as client:
+            ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+    finally:
+        worker.stop()
