@@ -31,3 +31,8 @@ class EngineSettings(BaseModel):
     # prune step (compression/passes/prune.py)
     prune_activation_samples: int = Field(256, ge=1, description="samples scored for activation importance")
     prune_min_channels: int = Field(1, ge=1, description="structured pruning never leaves a group narrower")
+    # distill step (compression/training): bounds on the torch training the step runs
+    distill_threads: int = Field(1, ge=1, description="torch (and teacher onnxruntime) threads while distilling")
+    distill_max_epochs: int = Field(200, ge=1, description="largest 'epochs' a distill step may ask for")
+    distill_max_train_samples: int = Field(100_000, ge=1, description="train samples used by distill (first N)")
+    distill_max_target_mb: int = Field(2048, ge=1, description="memory cap on the cached teacher outputs")

@@ -2,3 +2,4 @@
 
 from compression.passes import quantize  # noqa: F401
 from compression.passes import prune  # noqa: F401
+from compression.passes import distill  # noqa: F401

@@ -1,0 +1,118 @@
+"""The `distill` step: retrain the student graph's weights against the job's original model (the teacher).
+
+torch is imported only inside `run`, so the engine and the service start without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+from pydantic import BaseModel, ConfigDict, Field
+
+from compression.metrics.latency import measure_latency
+from compression.metrics.model_stats import model_stats
+from compression.passes.base import CompressionPass, PassContext, PassResult, StepConfig
+from compression.passes.registry import register_pass
+
+
+class Hint(BaseModel):
+    """An intermediate tensor the student should reproduce (MSE), named in each graph; shapes must match."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str = Field(min_length=1, description="tensor name in the teacher graph")
+    student: str = Field(min_length=1, description="tensor name in the student graph")
+
+
+class DistillConfig(StepConfig):
+    """Train the student graph's weights against the job's original model (the teacher)."""
+
+    type: Literal["distill"] = "distill"
+    student: str = Field("current", description="'current' (the pipeline's model so far) or an uploaded model id")
+    epochs: int = Field(10, ge=1, description="passes over the train dataset (capped by distill_max_epochs)")
+    batch_size: int = Field(64, ge=1, description="samples per optimizer step (stacked data: entries per step)")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="AdamW peak learning rate, cosine-decayed to 0")
+    weight_decay: float = Field(0.0, ge=0)
+    temperature: float = Field(4.0, gt=0, description="softens both distributions in the KL term")
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the KL term; 1 - alpha weighs cross-entropy")
+    hints: list[Hint] = Field(default_factory=list, description="intermediate tensors matched with MSE")
+    hint_weight: float = Field(1.0, ge=0, description="weight of each hint loss")
+    output_loss: dict[str, Literal["kl", "mse"]] = Field(
+        default_factory=dict, description="per-output override of the automatic kl (class scores) / mse choice"
+    )
+    batchnorm: Literal["auto", "train", "frozen"] = Field(
+        "auto", description="BatchNormalization: batch statistics while training (auto: for batched data) or frozen"
+    )
+    frozen: list[str] = Field(default_factory=list, description="initializer names to keep fixed")
+    seed: int = Field(0, description="shuffling seed: the same seed gives the same weights")
+
+
+@register_pass
+class DistillPass(CompressionPass):
+    step_type = "distill"
+    config_model = DistillConfig
+
+    def run(self, model_path: Path, ctx: PassContext) -> PassResult:
+        config: DistillConfig = self.config  # type: ignore[assignment]
+        train = ctx.require("train", purpose="distillation")
+        student_path = model_path if config.student == "current" else ctx.resolve_model(config.student)
+        ctx.progress(0.0, "distill: teacher targets")
+        from compression.training.distiller import distill  # lazy: torch loads only when a distill step runs
+
+        outcome = distill(ctx.original_model, student_path, train, ctx.datasets.eval, config, ctx.settings, ctx)
+        out = ctx.new_model_path("distill")
+        onnx.save(outcome.model, str(out))
+        ctx.check_cancelled()
+        ctx.progress(0.92, "distill: measure teacher and student")
+        return PassResult(
+            model_path=out, changed=True, metrics=_metrics(ctx, config.student, student_path, out, outcome)
+        )
+
+
+def _metrics(ctx: PassContext, student: str, student_path: Path, out: Path, outcome: Any) -> dict[str, Any]:
+    """Teacher vs student (before and after): size, parameters, latency, accuracy, agreement, loss curve."""
+    reference = ctx.reference()
+    settings = ctx.settings
+    before, after = reference.fidelity(student_path), reference.fidelity(out)
+    teacher_latency, student_latency = measure_latency(
+        [ctx.original_model, out],
+        reference.latency_feed(),
+        runs=settings.latency_runs,
+        warmup=settings.latency_warmup,
+        threads=settings.latency_threads,
+        batch_size=reference.latency_batch_size,
+    )
+    teacher_stats, student_stats = model_stats(ctx.original_model), model_stats(out)
+    epochs = outcome.history[1:]
+    return {
+        "student": student,
+        "teacher": {**teacher_stats, "latency_ms": teacher_latency.median_ms, "accuracy": _acc(after, "input")},
+        "student_before": {"accuracy": _acc(before, "output"), "top1_agreement": before.top1_agreement},
+        "student_after": {
+            **student_stats,
+            "latency_ms": student_latency.median_ms,
+            "accuracy": _acc(after, "output"),
+            "top1_agreement": after.top1_agreement,
+        },
+        "ratios": {
+            "size": student_stats["size_bytes"] / teacher_stats["size_bytes"],
+            "parameters": student_stats["parameters"] / max(teacher_stats["parameters"], 1),
+            "latency": student_latency.median_ms / teacher_latency.median_ms if teacher_latency.median_ms else None,
+        },
+        "best_epoch": outcome.best_epoch,
+        "selection_metric": outcome.metric_name,
+        "selected_on": outcome.eval_on,
+        "losses": outcome.losses,
+        "trainable_parameters": outcome.trainable_parameters,
+        "loss_curve": [
+            {"epoch": r.epoch, "train_loss": r.train_loss, "eval_loss": r.eval_loss, "eval_metric": r.eval_metric}
+            for r in outcome.history
+        ],
+        "seconds_per_epoch": sum(r.seconds for r in epochs) / len(epochs) if epochs else 0.0,
+    }
+
+
+def _acc(fidelity: Any, side: str) -> float | None:
+    return getattr(fidelity.accuracy, side) if fidelity.accuracy is not None else None

@@ -1,0 +1,314 @@
+"""The training loop: the student graph learns from the teacher's targets (and labels), best epoch kept."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import onnx
+import torch
+
+from compression.datasets import Dataset
+from compression.errors import CompressionError, DatasetMismatchError
+from compression.settings import EngineSettings
+from compression.training import losses
+from compression.training.graph_module import OnnxGraphModule
+from compression.training.plan import OutputLoss, plan_losses
+from compression.training.teacher import teacher_targets
+from compression.training.weights import write_back
+
+if TYPE_CHECKING:  # the config lives with the pass; importing it here at run time would be circular
+    from compression.passes.distill import DistillConfig
+
+
+class TrainingHooks(Protocol):
+    def progress(self, fraction: float, message: str | None = None) -> None: ...
+
+    def event(self, message: str, **data: Any) -> None: ...
+
+    def check_cancelled(self) -> None: ...
+
+
+class QuietHooks:
+    """Hooks for direct library use (benches, tests): no progress, no events, never cancelled."""
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        pass
+
+    def event(self, message: str, **data: Any) -> None:
+        pass
+
+    def check_cancelled(self) -> None:
+        pass
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float | None
+    agreement: float | None
+
+    def metric(self) -> tuple[str, float]:
+        """The number 'best epoch' maximises: label accuracy, else teacher agreement, else -loss."""
+        if self.accuracy is not None:
+            return "accuracy", self.accuracy
+        if self.agreement is not None:
+            return "teacher_agreement", self.agreement
+        return "neg_loss", -self.loss
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float | None
+    eval_loss: float
+    eval_metric: float
+    seconds: float
+
+
+@dataclass
+class DistillOutcome:
+    model: onnx.ModelProto
+    best_epoch: int
+    metric_name: str
+    history: list[EpochRecord] = field(default_factory=list)
+    losses: list[dict[str, Any]] = field(default_factory=list)
+    trainable_parameters: int = 0
+    eval_on: str = "eval"
+
+
+@dataclass
+class _Data:
+    """One dataset with its teacher targets, served as torch feeds for batched or stacked layouts."""
+
+    dataset: Dataset
+    targets: dict[str, np.ndarray]
+
+    @property
+    def n(self) -> int:
+        return self.dataset.n_samples
+
+    def feeds(self, index: np.ndarray) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
+        """Inputs, teacher targets and labels for a batch (batched) or one entry (stacked, a 1-element index)."""
+        pick = index if self.dataset.layout == "batched" else int(index[0])
+        inputs = {name: torch.from_numpy(np.ascontiguousarray(a[pick])) for name, a in self.dataset.arrays.items()}
+        targets = {name: torch.from_numpy(np.ascontiguousarray(a[pick])) for name, a in self.targets.items()}
+        labels = self.dataset.labels
+        return inputs, targets, None if labels is None else torch.from_numpy(np.ascontiguousarray(labels[pick]))
+
+    def chunks(self, order: np.ndarray, batch_size: int) -> Iterator[list[np.ndarray]]:
+        """Per optimizer step, the forwards to run: one batch, or one forward per stacked entry."""
+        for start in range(0, len(order), batch_size):
+            part = order[start : start + batch_size]
+            yield [part] if self.dataset.layout == "batched" else [part[i : i + 1] for i in range(len(part))]
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_inputs(module: OnnxGraphModule, dataset: Dataset, role: str) -> None:
+    arrays = sorted(dataset.arrays)
+    if sorted(module.input_names) != arrays:
+        raise DatasetMismatchError(
+            f"the {role} dataset has arrays {arrays} but the student model's inputs are {sorted(module.input_names)}: "
+            "upload a dataset with one array per student input (plus optional 'labels')"
+        )
+
+
+class Distiller:
+    """Holds the student module, the loss plan and the data; `run` trains and returns the best weights."""
+
+    def __init__(
+        self,
+        teacher_path: Path,
+        student_path: Path,
+        train: Dataset,
+        eval_data: Dataset | None,
+        config: DistillConfig,
+        settings: EngineSettings,
+        hooks: TrainingHooks,
+    ) -> None:
+        if config.epochs > settings.distill_max_epochs:
+            raise CompressionError(
+                f"epochs={config.epochs} exceeds the limit distill_max_epochs={settings.distill_max_epochs}"
+            )
+        self.config, self.settings, self.hooks = config, settings, hooks
+        self.student_proto = onnx.load(str(student_path))
+        teacher_proto = onnx.load(str(teacher_path), load_external_data=False)
+        bn_train = config.batchnorm == "train" or (config.batchnorm == "auto" and train.layout == "batched")
+        self.module = OnnxGraphModule(self.student_proto, frozen=config.frozen, bn_train=bn_train)
+        _check_inputs(self.module, train, "train")
+        train = train.take(settings.distill_max_train_samples)
+        self.eval_on = "eval" if eval_data is not None else "train"
+        eval_data = (eval_data or train).take(settings.eval_max_samples)
+        _check_inputs(self.module, eval_data, self.eval_on)
+        hint_names = [h.teacher for h in config.hints]
+        max_bytes = settings.distill_max_target_mb << 20
+        batch = settings.eval_batch_size
+        self.train = _Data(
+            train, teacher_targets(teacher_path, train, hint_names, settings.distill_threads, batch, max_bytes)
+        )
+        self.eval = _Data(
+            eval_data, teacher_targets(teacher_path, eval_data, hint_names, settings.distill_threads, batch, max_bytes)
+        )
+        self.plans = plan_losses(
+            self.student_proto,
+            teacher_proto,
+            self.train.targets,
+            train.labels,
+            train.layout == "stacked",
+            config.output_loss,
+        )
+        extra = {p.student_tensor for p in self.plans if p.student_tensor != p.student_output}
+        extra |= {h.student for h in config.hints}
+        self.module.set_extra_outputs(sorted(extra))
+
+    def loss(
+        self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        config = self.config
+        total = torch.zeros(())
+        for plan in self.plans:
+            student, teacher = out[plan.student_tensor], targets[plan.teacher_output]
+            if plan.kind == "mse":
+                total = total + losses.mse(student, teacher)
+                continue
+            kd = losses.kd_kl(student, _teacher_logits(teacher, plan), config.temperature, plan.axis)
+            if plan.use_labels and labels is not None:
+                ce = losses.cross_entropy(student, labels, plan.axis)
+                total = total + config.alpha * kd + (1.0 - config.alpha) * ce
+            else:
+                total = total + kd
+        for hint in config.hints:
+            student, teacher = out[hint.student], targets[hint.teacher]
+            if student.shape != teacher.shape:
+                raise CompressionError(
+                    f"hint teacher {hint.teacher!r} has shape {list(teacher.shape)} but student {hint.student!r} "
+                    f"has {list(student.shape)}: hints need tensors of the same shape"
+                )
+            total = total + config.hint_weight * losses.mse(student, teacher)
+        return total
+
+    def evaluate(self) -> EvalResult:
+        self.module.eval()
+        label_plan = next((p for p in self.plans if p.use_labels), None)
+        kl_plan = label_plan or next((p for p in self.plans if p.kind == "kl"), None)
+        total_loss, seen, correct, agree, rows = 0.0, 0, 0, 0, 0
+        step = self.settings.eval_batch_size if self.eval.dataset.layout == "batched" else 1
+        with torch.no_grad():
+            for start in range(0, self.eval.n, step):
+                index = np.arange(start, min(start + step, self.eval.n))
+                inputs, targets, labels = self.eval.feeds(index)
+                out = self.module(inputs)
+                total_loss += float(self.loss(out, targets, labels)) * len(index)
+                seen += len(index)
+                if kl_plan is not None:
+                    pred = _argmax_rows(out[kl_plan.student_tensor], kl_plan.axis)
+                    agree += int((pred == _argmax_rows(targets[kl_plan.teacher_output], kl_plan.axis)).sum())
+                    rows += pred.numel()
+                    if label_plan is not None and labels is not None:
+                        correct += int((pred == labels.reshape(-1)).sum())
+        accuracy = correct / rows if label_plan is not None and self.eval.dataset.labels is not None and rows else None
+        return EvalResult(loss=total_loss / max(seen, 1), accuracy=accuracy, agreement=agree / rows if rows else None)
+
+    def run(self) -> DistillOutcome:
+        config, hooks = self.config, self.hooks
+        with _torch_threads(self.settings.distill_threads):
+            torch.manual_seed(config.seed)
+            rng = np.random.default_rng(config.seed)
+            params = [p for p in self.module.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+            steps_per_epoch = math.ceil(self.train.n / config.batch_size)
+            total_steps = max(1, config.epochs * steps_per_epoch)
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total_steps) / total_steps))
+            )
+            start = time.perf_counter()
+            first = self.evaluate()
+            metric_name, best_metric = first.metric()
+            best_key = (best_metric, -first.loss)
+            best_epoch, best_state = 0, copy.deepcopy(self.module.state_dict())
+            history = [EpochRecord(0, None, first.loss, best_metric, time.perf_counter() - start)]
+            hooks.event("distill: student before training", epoch=0, eval_loss=first.loss, **{metric_name: best_metric})
+            done = 0
+            for epoch in range(1, config.epochs + 1):
+                started = time.perf_counter()
+                self.module.train()
+                running, count = 0.0, 0
+                for forwards in self.train.chunks(rng.permutation(self.train.n), config.batch_size):
+                    hooks.check_cancelled()
+                    optimizer.zero_grad(set_to_none=True)
+                    for index in forwards:
+                        inputs, targets, labels = self.train.feeds(index)
+                        loss = self.loss(self.module(inputs), targets, labels)
+                        (loss / len(forwards)).backward()
+                        running += loss.item() * len(index)
+                        count += len(index)
+                    optimizer.step()
+                    schedule.step()
+                    done += 1
+                    hooks.progress(0.05 + 0.85 * done / total_steps, f"distill epoch {epoch}/{config.epochs}")
+                result = self.evaluate()
+                _, metric = result.metric()
+                seconds = time.perf_counter() - started
+                history.append(EpochRecord(epoch, running / max(count, 1), result.loss, metric, seconds))
+                if (metric, -result.loss) > best_key:
+                    best_key, best_epoch = (metric, -result.loss), epoch
+                    best_state = copy.deepcopy(self.module.state_dict())
+                hooks.event(
+                    f"distill epoch {epoch}/{config.epochs}",
+                    epoch=epoch,
+                    train_loss=round(running / max(count, 1), 6),
+                    eval_loss=round(result.loss, 6),
+                    **{metric_name: round(metric, 6)},
+                    seconds=round(seconds, 3),
+                )
+            self.module.load_state_dict(best_state)
+        return DistillOutcome(
+            model=write_back(self.student_proto, self.module.trained_values()),
+            best_epoch=best_epoch,
+            metric_name=metric_name,
+            history=history,
+            losses=[{"output": p.student_output, "kind": p.kind, "labels": p.use_labels} for p in self.plans],
+            trainable_parameters=sum(p.numel() for p in self.module.parameters()),
+            eval_on=self.eval_on,
+        )
+
+
+def _teacher_logits(teacher: torch.Tensor, plan: OutputLoss) -> torch.Tensor:
+    """Probabilities become log-probabilities, which softmax maps back to the same distribution."""
+    if plan.teacher_form == "probs":
+        return torch.log(teacher.float().clamp_min(1e-12))
+    return teacher
+
+
+def _argmax_rows(scores: torch.Tensor, axis: int) -> torch.Tensor:
+    moved = torch.movedim(scores, axis, -1)
+    return moved.reshape(-1, moved.shape[-1]).argmax(dim=1)
+
+
+def distill(
+    teacher_path: Path,
+    student_path: Path,
+    train: Dataset,
+    eval_data: Dataset | None,
+    config: DistillConfig,
+    settings: EngineSettings,
+    hooks: TrainingHooks,
+) -> DistillOutcome:
+    """Train `student_path`'s weights against `teacher_path`; the returned model is the student graph, retrained."""
+    return Distiller(teacher_path, student_path, train, eval_data, config, settings, hooks).run()

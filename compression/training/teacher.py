@@ -1,0 +1,61 @@
+"""Teacher targets computed once with onnxruntime: its outputs plus any hinted intermediate tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from compression.datasets import Dataset
+from compression.errors import CompressionError, InvalidModelError
+
+
+def graph_tensor_names(graph: onnx.GraphProto) -> set[str]:
+    names = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(name for name in node.output if name)
+    return names
+
+
+def teacher_targets(
+    teacher_path: Path,
+    dataset: Dataset,
+    extra: Sequence[str],
+    threads: int,
+    batch_size: int,
+    max_bytes: int,
+) -> dict[str, np.ndarray]:
+    """Every output and `extra` tensor of the teacher over `dataset`, one leading entry per sample."""
+    model = onnx.load(str(teacher_path))
+    outputs = [v.name for v in model.graph.output]
+    unknown = sorted(set(extra) - graph_tensor_names(model.graph))
+    if unknown:
+        raise CompressionError(f"hints name tensors {unknown} that the teacher graph does not have")
+    for name in extra:
+        if name not in outputs:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+            outputs.append(name)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise InvalidModelError(f"onnxruntime cannot load the teacher: {str(exc).splitlines()[0][:500]}") from exc
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+    used = 0
+    for feed, _ in dataset.batches(batch_size):
+        for name, value in zip(outputs, session.run(outputs, feed), strict=True):
+            value = np.asarray(value)
+            collected[name].append(value if dataset.layout == "batched" else value[None, ...])
+            used += value.nbytes
+        if used > max_bytes:
+            raise CompressionError(
+                f"teacher targets exceed {max_bytes >> 20} MB (distill_max_target_mb): use fewer train samples, "
+                "fewer hints, or raise the setting"
+            )
+    return {name: np.concatenate(parts, axis=0) for name, parts in collected.items()}
