@@ -222,10 +222,13 @@ def _pad(xs: Inputs, node: NodeInfo) -> Tensor:
     if mode == "constant":
         return F.pad(x, torch_pads, mode="constant", value=value)
     torch_mode = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
-    spatial = 2 * (rank - 2)
-    if any(torch_pads[spatial:]):
-        raise ValueError(f"Pad node {node.name!r}: {mode} padding of the batch or channel axis is not supported")
-    return F.pad(x, torch_pads[:spatial], mode=torch_mode)
+    while torch_pads and torch_pads[-2:] == [0, 0]:  # torch pads only trailing axes in these modes
+        torch_pads = torch_pads[:-2]
+    if len(torch_pads) // 2 >= rank:
+        raise ValueError(f"Pad node {node.name!r}: {mode} padding of every axis is not supported")
+    squeeze = rank - len(torch_pads) // 2 < 2  # torch wants a leading batch/channel axis
+    y = F.pad(x.unsqueeze(0) if squeeze else x, torch_pads, mode=torch_mode)
+    return y.squeeze(0) if squeeze else y
 
 
 @register("Resize", "Upsample")
@@ -269,3 +272,27 @@ def _topk(xs: Inputs, node: NodeInfo) -> OpOutput:
 @register("NonZero")
 def _nonzero(xs: Inputs, node: NodeInfo) -> Tensor:
     return torch.nonzero(xs[0]).t().contiguous()
+
+
+@register("ScatterElements")
+def _scatter_elements(xs: Inputs, node: NodeInfo) -> Tensor:
+    data, indices, updates = xs[0], xs[1].long(), xs[2]
+    axis = node.attr("axis", 0) % data.dim()
+    indices = torch.where(indices < 0, indices + data.shape[axis], indices)
+    reduction = node.attr("reduction", "none")
+    if reduction == "none":
+        return torch.scatter(data, axis, indices, updates)
+    torch_reduce = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}[reduction]
+    return torch.scatter_reduce(data, axis, indices, updates, reduce=torch_reduce)
+
+
+@register("ScatterND")
+def _scatter_nd(xs: Inputs, node: NodeInfo) -> Tensor:
+    data, indices, updates = xs[0], xs[1].long(), xs[2]
+    if node.attr("reduction", "none") != "none":
+        raise ValueError(f"ScatterND node {node.name!r}: only reduction='none' is supported")
+    depth = indices.shape[-1]
+    flat_index = indices.reshape(-1, depth)
+    out = data.clone()
+    out[tuple(flat_index.t())] = updates.reshape(-1, *data.shape[depth:])
+    return out
