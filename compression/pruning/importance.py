@@ -37,6 +37,16 @@ def magnitude_scores(group: Group, norm: Literal["l1", "l2"]) -> np.ndarray:
     return np.sqrt(total) if norm == "l2" else total
 
 
+def consumer_inputs(group: Group) -> list[tuple[ir.Value, int, int, int]]:
+    """The group's tensors as its consuming layers read them (after activations, pooling, flattening).
+
+    Pre-activation tensors would mislead: a channel a ReLU always silences has large |x| before it.
+    """
+    read = {slot.node.inputs[0] for slot in group.slots if slot.role == "weight_in"}
+    chosen = [entry for entry in group.tensors if entry[0] in read]
+    return chosen or group.tensors
+
+
 def activation_scores(
     model: ir.Model,
     groups: list[Group],
@@ -48,7 +58,7 @@ def activation_scores(
     """Mean |activation| per channel over every tensor each group spans, on up to `max_samples` samples."""
     wanted: dict[str, list[tuple[int, int, int, int]]] = {}
     for group in groups:
-        for value, axis, offset, block in group.tensors:
+        for value, axis, offset, block in consumer_inputs(group):
             if value.name and not value.is_graph_input():
                 wanted.setdefault(value.name, []).append((group.id, axis, offset, block))
     sums: dict[int, np.ndarray] = {g.id: np.zeros(g.size) for g in groups}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 
@@ -22,9 +23,60 @@ def load_for_pruning(path: Path) -> ir.Model:
     except Exception as exc:
         raise InvalidModelError(f"cannot read the ONNX model: {str(exc).splitlines()[0][:300]}") from exc
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    fold_constant_reshapes(model)
     with contextlib.suppress(Exception):  # best effort: the analysis copes with unknown shapes
         common.ShapeInferencePass()(model)
     return model
+
+
+_FOLDABLE = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Identity", "Cast"})
+
+
+def fold_constant_reshapes(model: ir.Model) -> int:
+    """Replace shape-only ops on constants (e.g. a bias reshaped to [1,C,1,1]) by the resulting initializer.
+
+    Exporters (Paddle, some TF converters) emit these; without folding, the bias looks computed and
+    the channel group it belongs to could not be pruned.
+    """
+    folded = 0
+    graph = model.graph
+    for node in list(graph):
+        if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+            continue
+        arrays = [weight_array(v) for v in node.inputs if v is not None]
+        if not arrays or any(a is None for a in arrays) or not node.inputs[0].is_initializer():
+            continue
+        data = arrays[0]
+        out = node.outputs[0]
+        if node.op_type == "Reshape":
+            if "allowzero" in node.attributes and node.attributes["allowzero"].as_int():
+                continue
+            target = [int(d) if d != 0 else data.shape[i] for i, d in enumerate(arrays[1])]
+            result = data.reshape(target)
+        elif node.op_type in ("Unsqueeze", "Squeeze"):
+            axes = list(node.attributes["axes"].as_ints()) if "axes" in node.attributes else None
+            if axes is None and len(arrays) > 1:
+                axes = [int(a) for a in arrays[1]]
+            if node.op_type == "Unsqueeze":
+                result = data
+                for axis in sorted(a % (data.ndim + len(axes)) for a in axes):
+                    result = np.expand_dims(result, axis)
+            else:
+                result = np.squeeze(data, axis=None if axes is None else tuple(axes))
+        elif node.op_type == "Cast":
+            result = data.astype(ir.DataType(node.attributes["to"].as_int()).numpy())
+        else:
+            result = data
+        value = ir.Value(
+            name=out.name, shape=ir.Shape(result.shape), type=ir.TensorType(ir.DataType.from_numpy(result.dtype))
+        )
+        value.const_value = ir.tensor(np.ascontiguousarray(result), name=out.name)
+        out.name = None
+        graph.register_initializer(value)
+        out.replace_all_uses_with(value, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        folded += 1
+    return folded
 
 
 def save_model(model: ir.Model, path: Path) -> None:
