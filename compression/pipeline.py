@@ -147,6 +147,7 @@ def run_pipeline(
         warmup=settings.latency_warmup,
         threads=settings.latency_threads,
         batch_size=evaluator.latency_batch_size,
+        check=sink.check_cancelled,
     )
     input_metrics = ModelMetrics(
         **model_stats(model_path),

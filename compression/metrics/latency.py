@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +22,26 @@ class LatencyStats(BaseModel):
 
 
 def measure_latency(
-    paths: list[Path], feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int, batch_size: int
+    paths: list[Path],
+    feed: dict[str, np.ndarray],
+    runs: int,
+    warmup: int,
+    threads: int,
+    batch_size: int,
+    check: Callable[[], None] | None = None,
 ) -> list[LatencyStats]:
-    """Round-robin one run of each model per round: drift in machine load is shared, not attributed."""
+    """Round-robin one run of each model per round: drift in machine load is shared, not attributed.
+
+    `check` (a cancellation check) is called every few rounds so long measurements stay cancelable.
+    """
     sessions = [make_session(path, threads) for path in paths]
     for session in sessions:
         for _ in range(warmup):
             session.run(None, feed)
     timings: list[list[float]] = [[] for _ in sessions]
-    for _ in range(runs):
+    for round_index in range(runs):
+        if check is not None and round_index % 16 == 0:
+            check()
         for index, session in enumerate(sessions):
             start = time.perf_counter()
             session.run(None, feed)

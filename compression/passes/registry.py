@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import Field
+from pydantic import Discriminator, Tag
 
 from compression.passes.base import CompressionPass, StepConfig
 
@@ -22,12 +22,26 @@ def registered_passes() -> dict[str, type[CompressionPass]]:
     return dict(_PASSES)
 
 
+def _step_type(value: Any) -> str | None:
+    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+
+
 def step_config_union() -> Any:
-    """A union of every registered config, discriminated by `type` (nested unions discriminate by mode)."""
-    members = tuple(cls.config_model for cls in _PASSES.values())
-    if len(members) == 1:
-        return members[0]
-    return Annotated[Union[members], Field(discriminator="type")]  # noqa: UP007
+    """A union of every registered config, discriminated by `type` (nested unions discriminate by mode).
+
+    A callable discriminator keeps the OpenAPI schema valid with nested unions and lets the error
+    for an unknown type list the valid ones.
+    """
+    members = tuple(Annotated[cls.config_model, Tag(name)] for name, cls in _PASSES.items())
+    valid = ", ".join(repr(name) for name in _PASSES)
+    return Annotated[
+        Union[members],  # noqa: UP007
+        Discriminator(
+            _step_type,
+            custom_error_type="unknown_step_type",
+            custom_error_message=f"unknown or missing step 'type'; valid types: {valid}",
+        ),
+    ]
 
 
 def create_pass(config: StepConfig) -> CompressionPass:
