@@ -53,6 +53,7 @@ class StaticQuantizeConfig(QuantizeBase):
     synthetic_calibration: bool = Field(
         False, description="calibrate on random inputs when the job has no calibration data (flagged in metrics)"
     )
+    float_bias: bool = Field(True, description="keep biases float32 (smaller than int32 + scale; same kernels)")
     keep_small_convs_float: bool = Field(
         True, description="keep Conv nodes with a tiny reduction (e.g. a 1-channel stem) in float: int8 is slower"
     )

@@ -14,12 +14,14 @@ import onnx_ir as ir
 from compression.quantization.graph_prep import _drop_unused_initializers
 
 
-def conv_weights_to_int8(model: ir.Model, exclude: set[str]) -> int:
-    """Replace each float32 constant Conv weight with int8 * per-channel scale; returns how many."""
+def conv_weights_to_int8(model: ir.Model, exclude: set[str], only: set[str] | None = None) -> int:
+    """Replace float32 constant Conv weights (all, or those named in `only`) with int8 * per-channel scale."""
     graph = model.graph
     done = 0
     for node in list(graph):
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or node.name in exclude:
+            continue
+        if only is not None and node.name not in only:
             continue
         weight = node.inputs[1]
         if weight is None or weight.const_value is None or not weight.is_initializer():

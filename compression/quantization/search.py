@@ -34,6 +34,7 @@ class SearchResult:
     attempts: int
     sensitivity: list[NodeSensitivity] = field(default_factory=list)
     output_guard: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -51,6 +52,7 @@ class SearchResult:
             "nodes_kept_float": self.best.excluded,
             "kept_float_for_collapsed_outputs": self.output_guard,
             "quantization_attempts": self.attempts,
+            "attempt_history": self.history,
             "sensitivity": [s.model_dump() for s in self.sensitivity],
             **self.details,
         }
@@ -76,12 +78,21 @@ class BudgetSearch:
             return Attempt(None, None, Verdict(ok=False, reasons=[exc.message]), exclude)
         return Attempt(dst, fidelity, judge(fidelity, self.budget), exclude)
 
+    def _record(self, result: SearchResult, attempt: Attempt) -> Attempt:
+        """Keep why each attempt was rejected, so the metrics say why nodes ended up float."""
+        verdict = attempt.verdict
+        result.history.append(
+            {"kept_float": list(attempt.excluded), "ok": verdict.ok, "drop": verdict.drop, "reasons": verdict.reasons}
+        )
+        return attempt
+
     def run(self, src: Path) -> SearchResult:
         mode = self.quantizer.config.mode
         prepared = self.quantizer.prepare(src)
         user = list(self.quantizer.config.nodes_to_exclude)
         attempt = self._attempt(prepared, user)
         result = SearchResult(mode=mode, best=attempt, attempts=0, details=self.quantizer.details)
+        self._record(result, attempt)
         if attempt.verdict.ok:
             return self._done(result, prepared)
         candidates = self.quantizer.candidate_nodes(prepared)
@@ -94,10 +105,11 @@ class BudgetSearch:
                     "keeping the producers of collapsed outputs in float",
                     outputs=attempt.verdict.collapsed_outputs,
                     nodes=guard,
+                    reasons=attempt.verdict.reasons,
                 )
                 result.output_guard = guard
                 excluded += guard
-                attempt = self._attempt(prepared, excluded)
+                attempt = self._record(result, self._attempt(prepared, excluded))
                 result.best = attempt
                 if attempt.verdict.ok:
                     return self._done(result, prepared)
@@ -117,12 +129,24 @@ class BudgetSearch:
         group = max(1, math.ceil(len(order) / rounds))
         for start in range(0, len(order), group):
             excluded += order[start : start + group]
-            self.ctx.event("keeping the most sensitive nodes in float", nodes=order[start : start + group])
-            attempt = self._attempt(prepared, excluded)
-            if attempt.verdict.ok:
-                result.best = attempt
-                break
+            self.ctx.event(
+                "keeping the most sensitive nodes in float",
+                nodes=order[start : start + group],
+                reasons=result.best.verdict.reasons,
+            )
+            attempt = self._record(result, self._attempt(prepared, excluded))
             result.best = attempt
+            if attempt.verdict.ok:
+                break
+        if result.best.verdict.ok and result.output_guard:
+            # the ranked exclusions may have fixed the collapse at its source: try re-quantizing the guard
+            retry = self._attempt(prepared, [name for name in excluded if name not in set(result.output_guard)])
+            self._record(result, retry)
+            if retry.verdict.ok:
+                result.best, result.output_guard = retry, []
+        if result.best.verdict.ok and candidates and set(candidates) <= set(result.best.excluded):
+            # every quantizable node float: that is the input model with extra steps, not a success
+            result.best.verdict = Verdict(ok=False, reasons=["the budget is met only with every node kept in float"])
         return self._done(result, prepared)
 
     def _done(self, result: SearchResult, prepared: Prepared) -> SearchResult:

@@ -1,0 +1,299 @@
+"""The failure cases the issue lists, each reproduced on a small graph (and on real models where they show)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+from quant_helpers import feeds_dataset, run_step, save
+
+from compression.datasets import Dataset, DatasetBundle
+from compression.metrics.fidelity import compare_output
+from compression.metrics.inference import make_session
+from compression.model_info import default_opset, inspect_model, iter_nodes
+
+RNG = np.random.default_rng(0)
+
+
+def _ops(path: Path) -> list[str]:
+    return [node.op_type for node in iter_nodes(onnx.load(str(path)).graph)]
+
+
+def _float_weights(path: Path, min_elements: int = 64) -> int:
+    """Float tensors of at least `min_elements` in initializers or Constant nodes, subgraphs included."""
+    model = onnx.load(str(path))
+    count = sum(
+        1 for t in model.graph.initializer if t.data_type == TensorProto.FLOAT and np.prod(t.dims) >= min_elements
+    )
+    for node in iter_nodes(model.graph):
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+                count += int(np.prod(attr.t.dims) >= min_elements)
+            if attr.type == onnx.AttributeProto.GRAPH:
+                count += sum(
+                    1
+                    for t in attr.g.initializer
+                    if t.data_type == TensorProto.FLOAT and np.prod(t.dims) >= min_elements
+                )
+    return count
+
+
+def _constant_weights_with_if(path: Path) -> Path:
+    """MatMul weights in Constant nodes, in the main graph and inside both branches of an If."""
+
+    def const(name: str) -> onnx.NodeProto:
+        w = RNG.standard_normal((16, 16)).astype(np.float32)
+        return helper.make_node(
+            "Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT, w.shape, w.ravel())
+        )
+
+    def branch(tag: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            [const(f"W_{tag}"), helper.make_node("MatMul", ["h", f"W_{tag}"], [f"y_{tag}"], name=f"mm_{tag}")],
+            tag,
+            [],
+            [helper.make_tensor_value_info(f"y_{tag}", TensorProto.FLOAT, ["N", 16])],
+        )
+
+    nodes = [
+        const("W0"),
+        helper.make_node("MatMul", ["x", "W0"], ["h"], name="mm0"),
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0, name="sum"),
+        helper.make_node("ReduceSum", ["s"], ["t"], keepdims=0, name="sum_all"),
+        helper.make_node("Greater", ["t", "zero"], ["cond"], name="gt"),
+        helper.make_node("If", ["cond"], ["y"], then_branch=branch("then"), else_branch=branch("else"), name="if"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "constants",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_constant_weights_get_quantized_including_if_branches(tmp_path):
+    src = _constant_weights_with_if(tmp_path / "constants.onnx")
+    direct = tmp_path / "direct.onnx"
+    quantize_dynamic(str(src), str(direct))
+    assert _float_weights(direct) == 3, "onnxruntime alone leaves Constant weights float"
+
+    x = RNG.standard_normal((64, 16)).astype(np.float32)
+    datasets = DatasetBundle(eval=feeds_dataset({"x": x}, src))
+    result, recorder = run_step(src, {"type": "quantize", "mode": "dynamic", "speed_guard": False}, datasets, tmp_path)
+    assert _float_weights(result.model_path) == 0
+    assert _ops(result.model_path).count("MatMulInteger") == 3
+    assert "Constant node(s) into initializers" in recorder.text()
+    assert result.metrics.fidelity.outputs["y"].cosine > 0.99
+
+
+def _conv_model(opset: int) -> onnx.ModelProto:
+    w = RNG.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.2
+    w[3] *= 40.0  # one output channel with a much wider range: per-tensor scales hurt the rest
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["y"], name="flatten"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [
+            helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.ravel()),
+            helper.make_tensor("B", TensorProto.FLOAT, [16], np.zeros(16, np.float32)),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_per_channel_on_opset_12_upgrades_and_loads(tmp_path):
+    src = save(_conv_model(12), tmp_path / "opset12.onnx")
+    x = RNG.standard_normal((96, 8, 16, 16)).astype(np.float32)
+    datasets = DatasetBundle(calibration=feeds_dataset({"x": x[:64]}, src), eval=feeds_dataset({"x": x[64:]}, src))
+    step = {"type": "quantize", "mode": "static", "per_channel": True, "speed_guard": False}
+    result, recorder = run_step(src, step, datasets, tmp_path)
+    model = onnx.load(str(result.model_path))
+    assert default_opset(model) >= 13
+    assert "upgraded opset 12 -> 13" in recorder.text()
+    make_session(result.model_path)  # loads
+    assert any(a.name == "axis" for n in model.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute)
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def _detector_head(path: Path) -> Path:
+    """A detector-style output: 4 box coordinates in pixels concatenated with 2 scores in 0..1."""
+    w_box = (RNG.standard_normal((16, 4)) * 100).astype(np.float32)
+    w_cls = (RNG.standard_normal((16, 2)) * 0.5).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "Wb"], ["boxes"], name="box_head"),
+        helper.make_node("MatMul", ["x", "Wc"], ["cls"], name="cls_head"),
+        helper.make_node("Sigmoid", ["cls"], ["scores"], name="sigmoid"),
+        helper.make_node("Concat", ["boxes", "scores"], ["det"], axis=1, name="concat"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "det",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("det", TensorProto.FLOAT, ["N", 6])],
+        [
+            helper.make_tensor("Wb", TensorProto.FLOAT, w_box.shape, w_box.ravel()),
+            helper.make_tensor("Wc", TensorProto.FLOAT, w_cls.shape, w_cls.ravel()),
+        ],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_collapsed_output_channel_is_caught_and_its_producers_kept_float(tmp_path):
+    src = _detector_head(tmp_path / "det.onnx")
+    x = RNG.standard_normal((256, 16)).astype(np.float32)
+    direct = tmp_path / "direct.onnx"
+    quantize_static(str(src), str(direct), _Reader([{"x": x[:128]}]), quant_format=QuantFormat.QDQ)
+    ref = make_session(src).run(None, {"x": x[128:]})[0]
+    raw = compare_output(ref, make_session(direct).run(None, {"x": x[128:]})[0], 128)
+    assert raw.cosine > 0.999 and raw.min_channel_cosine < 0.9, "the shared Concat scale flattens the scores"
+
+    datasets = DatasetBundle(calibration=feeds_dataset({"x": x[:128]}, src), eval=feeds_dataset({"x": x[128:]}, src))
+    result, recorder = run_step(src, {"type": "quantize", "mode": "static", "speed_guard": False}, datasets, tmp_path)
+    details = result.metrics.steps[0].details
+    assert details["kept_float_for_collapsed_outputs"]
+    assert "collapsed" in recorder.text()
+    assert result.metrics.fidelity.outputs["det"].min_channel_cosine >= 0.9
+
+
+def _outlier_mlp(path: Path) -> Path:
+    """Two MatMuls; the first has one huge weight, so per-tensor int8 zeroes the rest of it."""
+    w1 = RNG.standard_normal((16, 32)).astype(np.float32) * 0.3
+    w2 = RNG.standard_normal((32, 10)).astype(np.float32) * 0.3
+    w1[0, 0] = 300.0
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "W2"], ["y"], name="fc2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "outlier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [
+            helper.make_tensor("W1", TensorProto.FLOAT, w1.shape, w1.ravel()),
+            helper.make_tensor("W2", TensorProto.FLOAT, w2.shape, w2.ravel()),
+        ],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_sensitivity_ranks_the_broken_node_first_and_budget_is_met(tmp_path):
+    src = _outlier_mlp(tmp_path / "outlier.onnx")
+    x = RNG.standard_normal((400, 16)).astype(np.float32)
+    x[:, 0] *= 1e-3  # the outlier weight meets a tiny input: it sets the int8 scale but not the output
+    datasets = DatasetBundle(eval=feeds_dataset({"x": x}, src))
+    step = {"type": "quantize", "mode": "dynamic", "max_accuracy_drop": 0.01, "speed_guard": False}
+    result, _ = run_step(src, step, datasets, tmp_path)
+    details = result.metrics.steps[0].details
+    assert details["sensitivity"][0]["node"] == "fc1"
+    assert details["within_budget"] and details["nodes_kept_float"] == ["fc1"]
+    assert result.metrics.fidelity.top1_agreement >= 0.99
+    assert "MatMulInteger" in _ops(result.model_path)  # fc2 is still quantized
+
+
+def _lstm(path: Path, outlier: bool) -> Path:
+    hidden, inputs = 16, 8
+    w = RNG.standard_normal((1, 4 * hidden, inputs)).astype(np.float32) * 0.3
+    r = RNG.standard_normal((1, 4 * hidden, hidden)).astype(np.float32) * 0.3
+    if outlier:
+        w[0, 0, 0] = r[0, 0, 0] = 400.0
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["Y", "Y_h"], hidden_size=hidden, name="lstm")]
+    graph = helper.make_graph(
+        nodes,
+        "lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 2, inputs])],
+        [
+            helper.make_tensor_value_info("Y", TensorProto.FLOAT, [6, 1, 2, hidden]),
+            helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, 2, hidden]),
+        ],
+        [
+            helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.ravel()),
+            helper.make_tensor("R", TensorProto.FLOAT, r.shape, r.ravel()),
+        ],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_recurrent_node_that_breaks_fidelity_is_kept_float_with_reason(tmp_path):
+    src = _lstm(tmp_path / "lstm.onnx", outlier=True)
+    x = RNG.standard_normal((48, 6, 2, 8)).astype(np.float32)  # 48 complete inputs (stacked layout)
+    datasets = DatasetBundle(eval=Dataset.bind({"x": x}, inspect_model(src).inputs))
+    step = {"type": "quantize", "mode": "dynamic", "speed_guard": False}
+    result, recorder = run_step(src, step, datasets, tmp_path)
+    details = result.metrics.steps[0].details
+    # the first attempt failed a floor, so the LSTM was named and kept float
+    assert details["quantization_attempts"] >= 2
+    assert "lstm" in details["nodes_kept_float"] or "lstm" in details["kept_float_for_collapsed_outputs"]
+    rejected = details["attempt_history"][0]
+    assert not rejected["ok"] and any("cosine" in reason for reason in rejected["reasons"])
+    assert any(data.get("reasons") for _, data in recorder.events)
+    for output in result.metrics.fidelity.outputs.values():
+        assert output.cosine >= 0.98
+
+
+def test_healthy_lstm_is_quantized(tmp_path):
+    src = _lstm(tmp_path / "lstm_ok.onnx", outlier=False)
+    x = RNG.standard_normal((48, 6, 2, 8)).astype(np.float32)
+    datasets = DatasetBundle(eval=Dataset.bind({"x": x}, inspect_model(src).inputs))
+    result, _ = run_step(src, {"type": "quantize", "mode": "dynamic", "speed_guard": False}, datasets, tmp_path)
+    assert "DynamicQuantizeLSTM" in _ops(result.model_path)
+    assert result.metrics.steps[0].details["quantization_attempts"] == 1
+
+
+# --- real third-party models (skipped only when the package index cannot be reached) -------------
+
+
+def test_ppocr_constant_weights_and_failing_symbolic_shape_inference(third_party_model, tmp_path):
+    """PP-OCR's classifier keeps its weights in Constant nodes and breaks symbolic shape inference."""
+    src = third_party_model("ppocr_cls")
+    direct = tmp_path / "direct.onnx"
+    quantize_dynamic(str(src), str(direct))
+    assert direct.stat().st_size > 0.9 * src.stat().st_size, "onnxruntime alone quantizes almost nothing"
+
+    x = RNG.uniform(-1, 1, (16, 3, 48, 192)).astype(np.float32)
+    datasets = DatasetBundle(eval=feeds_dataset({"x": x}, src))
+    result, recorder = run_step(src, {"type": "quantize", "mode": "dynamic", "speed_guard": False}, datasets, tmp_path)
+    text = recorder.text()
+    assert "Constant node(s) into initializers" in text
+    assert "quant_pre_process failed" in text and "falling back" in text
+    assert result.metrics.ratios["size"] < 0.45
+    assert result.metrics.fidelity.top1_agreement >= 0.9
+
+
+def test_silero_lstm_keeps_its_outputs(third_party_model, tmp_path):
+    src = third_party_model("silero_vad")
+    inputs = inspect_model(src).inputs
+    rng = np.random.default_rng(1)
+    arrays = {
+        "input": rng.standard_normal((8, 4, 576)).astype(np.float32) * 0.1,
+        "h": np.zeros((8, 1, 1, 128), np.float32),
+        "c": np.zeros((8, 1, 1, 128), np.float32),
+    }
+    datasets = DatasetBundle(eval=Dataset.bind(arrays, inputs))
+    step = {"type": "quantize", "mode": "dynamic", "max_accuracy_drop": 0.01, "speed_guard": False}
+    result, _ = run_step(src, step, datasets, tmp_path)
+    fidelity = result.metrics.fidelity
+    assert set(fidelity.outputs) == {"speech_probs", "hn", "cn"}
+    for output in fidelity.outputs.values():
+        assert output.cosine >= 0.98
+    assert result.metrics.ratios["size"] < 0.5
