@@ -261,7 +261,8 @@ class Distiller:
                     optimizer.step()
                     schedule.step()
                     done += 1
-                    hooks.progress(0.05 + 0.85 * done / total_steps, f"distill epoch {epoch}/{config.epochs}")
+                    if done * 100 // total_steps != (done - 1) * 100 // total_steps:  # at most ~100 updates
+                        hooks.progress(0.05 + 0.85 * done / total_steps, f"distill epoch {epoch}/{config.epochs}")
                 result = self.evaluate()
                 _, metric = result.metric()
                 seconds = time.perf_counter() - started
