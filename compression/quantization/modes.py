@@ -94,8 +94,12 @@ class DynamicQuantizer(ModeQuantizer):
         if self.config.conv != "integer":
             skip.add("Conv")
         op_types = [op for op in IntegerOpsRegistry if op not in skip]
-        # excluded Gemm nodes keep their exclusion under the MatMul name the rewrite gave them
-        names = [*exclude, *(f"{name}_matmul" for name in exclude)]
+        exclude = list(exclude)
+        if "Gemm" in self.config.op_types_to_exclude:
+            graph = onnx.load(str(prepared.path), load_external_data=False).graph
+            exclude += [node.name for node in graph.node if node.op_type == "Gemm"]
+        # an excluded Gemm keeps its exclusion under the MatMul name our rewrite (or onnxruntime's) gives it
+        names = [*exclude, *(f"{name}_matmul" for name in exclude), *(f"{name}_MatMul" for name in exclude)]
         stage = self.work / "dynamic.onnx"
         quantize_dynamic(
             prepared.path,

