@@ -56,6 +56,9 @@ class StructuredPruneConfig(PruneBase):
         "l1", description="weight magnitude over the group's layers, or mean |activation| on calibration/train data"
     )
     round_to: int = Field(1, ge=1, description="keep channel counts a multiple of this")
+    bias_compensation: bool = Field(
+        False, description="fold each removed channel's mean (calibration/train data) into the next layer's bias"
+    )
 
 
 PruneConfig = Annotated[
@@ -81,8 +84,9 @@ class PrunePass(CompressionPass):
         details: dict[str, Any]
         if isinstance(config, StructuredPruneConfig):
             dataset = None
-            if config.importance == "activation":
-                dataset = ctx.require("calibration", "train", purpose="structured pruning with activation importance")
+            if config.importance == "activation" or config.bias_compensation:
+                purpose = "activation importance" if config.importance == "activation" else "bias compensation"
+                dataset = ctx.require("calibration", "train", purpose=f"structured pruning with {purpose}")
             details = structured_prune(
                 model_path,
                 out,
@@ -95,6 +99,7 @@ class PrunePass(CompressionPass):
                 batch_size=ctx.settings.eval_batch_size,
                 max_samples=ctx.settings.prune_activation_samples,
                 check_cancelled=ctx.check_cancelled,
+                bias_compensation=config.bias_compensation,
             )
             changed = details["channels_removed"] > 0
             for skipped in details["skipped"]:

@@ -397,8 +397,11 @@ class _Walker:
             in_axis = merged.axis - (out_rank - len(dims))
             if in_axis < 0 or dims[in_axis] == 1:
                 continue
-            if dims[in_axis] != merged.size or not is_constant(value):
-                self.unknown(node, f"input '{value.name}' is computed or does not broadcast over the channels")
+            if dims[in_axis] != merged.size:
+                self.unknown(node, f"input '{value.name}' does not broadcast over the channels")
+                return
+            if not is_constant(value):
+                self.unknown(node, f"joins '{value.name}', whose channels no prunable layer produces")
                 return
             self.slot(node, index, in_axis, merged, "param")
         self.set_layout(node.outputs[0], merged)
@@ -560,9 +563,15 @@ class _Walker:
         if indices in self.layouts:
             self.unknown(node, "indices depend on the channels")
             return
+        rank, idx_rank = self.rank(data), self.rank(indices)
+        table = weight_array(data)
+        if layout is None and table is not None and table.ndim == 2 and idx_rank is not None and data.is_initializer():
+            if self.attr_int(node, "axis", 0) % 2 == 0 and np.issubdtype(table.dtype, np.floating):
+                # An embedding lookup: its feature columns are channels like a layer's outputs.
+                self.set_layout(node.outputs[0], self.produce(node, 0, 1, idx_rank, table.shape[1]))
+            return
         if layout is None:
             return
-        rank, idx_rank = self.rank(data), self.rank(indices)
         if rank is None or idx_rank is None:
             self.unknown(node, "ranks are unknown")
             return

@@ -11,8 +11,16 @@ import numpy as np
 from pydantic import BaseModel
 
 from compression.datasets import Dataset
+from compression.pruning.compensation import compensate_biases
 from compression.pruning.dependency import Analysis, Group, analyze
-from compression.pruning.importance import Importance, activation_scores, magnitude_scores
+from compression.pruning.importance import (
+    Importance,
+    PositionStats,
+    activation_scores,
+    magnitude_scores,
+    probe_statistics,
+    probe_targets,
+)
 from compression.pruning.model_io import load_for_pruning, save_model
 from compression.pruning.rewrite import apply_removal
 
@@ -69,22 +77,45 @@ def structured_prune(
     batch_size: int,
     max_samples: int,
     check_cancelled: Callable[[], None],
+    bias_compensation: bool = False,
 ) -> dict[str, Any]:
-    """Remove `sparsity` of the channels of every prunable group; returns the per-group report and totals."""
+    """Remove `sparsity` of the channels of every prunable group; returns the per-group report and totals.
+
+    With a dataset, activation statistics of the unpruned model drive `activation` importance and bias
+    compensation (the mean of each removed channel folded into the next layer's bias).
+    """
     model = load_for_pruning(model_path)
     analysis = analyze(model, set(exclude))
     prunable = [g for g in analysis.roots() if g.prunable]
+    if importance == "activation" and dataset is None:
+        raise ValueError("activation importance needs a dataset")
+    stats: dict[str, PositionStats] = {}
+    if dataset is not None and (importance == "activation" or (bias_compensation and sparsity > 0)):
+        stats = probe_statistics(model, probe_targets(prunable), dataset, batch_size, max_samples, check_cancelled)
     if importance == "activation":
-        if dataset is None:
-            raise ValueError("activation importance needs a dataset")
-        scores = activation_scores(model, prunable, dataset, batch_size, max_samples, check_cancelled)
+        scores = {g.id: activation_scores(g, stats) for g in prunable}
     else:
         scores = {g.id: magnitude_scores(g, importance) for g in prunable}
     check_cancelled()
     removal, reports = plan_removal(analysis, scores, sparsity, round_to, min_channels)
+    compensated: list[str] = []
+    if bias_compensation and stats:
+        compensated = compensate_biases(model, analysis, removal, stats)
+        if compensated:  # new bias inputs must be sliced too: analyse again (the walk is deterministic)
+            before = [(g.id, g.size) for g in analysis.roots()]
+            analysis = analyze(model, set(exclude))
+            if [(g.id, g.size) for g in analysis.roots()] != before:
+                raise RuntimeError("channel groups changed after bias compensation")
     apply_removal(model, analysis, removal)
     save_model(model, out_path)
-    return summarize(reports, sparsity)
+    summary = summarize(reports, sparsity)
+    if not bias_compensation:
+        summary["bias_compensation"] = "off"
+    elif not stats:
+        summary["bias_compensation"] = "off (needs a calibration or train dataset)"
+    else:
+        summary["bias_compensation"] = compensated
+    return summary
 
 
 def summarize(reports: list[GroupReport], sparsity: float) -> dict[str, Any]:

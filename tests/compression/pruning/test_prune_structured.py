@@ -10,9 +10,13 @@ import onnx
 import pytest
 from prune_helpers import initializers, kill_channels, prune, run
 
+from compression.datasets import Dataset
 from compression.metrics.latency import measure_latency
 from compression.metrics.model_stats import parameter_count
+from compression.model_info import inspect_model
+from compression.pruning.compensation import compensate_biases
 from compression.pruning.dependency import analyze
+from compression.pruning.importance import probe_statistics, probe_targets
 from compression.pruning.model_io import load_for_pruning, save_model
 from compression.pruning.rewrite import apply_removal
 from model_zoo import DevModel
@@ -168,3 +172,27 @@ def test_real_models_prune_most_groups(
     assert parameter_count(onnx.load(str(pruned))) < 0.6 * parameter_count(onnx.load(str(source)))
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     assert run(pruned, {"x": x})[0].shape == run(source, {"x": x})[0].shape
+
+
+def test_bias_compensation_is_exact_for_constant_channels(mlp: DevModel, tmp_path: Path) -> None:
+    """fc1 channels with zero weights output relu(bias), a constant: folding it into fc2's bias is exact."""
+    model = mlp.load_onnx()
+    constant = list(range(0, 128, 2))
+    kill_channels(model, "fc1.weight", None, constant)
+    source = tmp_path / "constant.onnx"
+    onnx.save(model, str(source))
+    ir_model = load_for_pruning(source)
+    analysis = analyze(ir_model)
+    fc1 = next(g for g in analysis.roots() if g.producers == ["fc1"])
+    removal = {fc1.id: np.array(constant)}
+    stats = probe_statistics(ir_model, probe_targets([fc1]), _dataset(mlp), 128, 256, lambda: None)
+    assert compensate_biases(ir_model, analysis, removal, stats) == ["fc2"]
+    apply_removal(ir_model, analyze(ir_model), removal)
+    pruned = tmp_path / "pruned.onnx"
+    save_model(ir_model, pruned)
+    feeds = mlp.feeds(limit=64)
+    np.testing.assert_allclose(run(pruned, feeds)[0], run(source, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def _dataset(dev: DevModel) -> Dataset:
+    return Dataset.bind(dict(dev.feeds("train", 256)), inspect_model(dev.path).inputs)
