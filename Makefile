@@ -32,7 +32,7 @@ bench: install
 	for script in bench/*.py; do $(PY) $$script || exit 1; done
 
 docs: install
-	$(PY) scripts/generate_step_reference.py
+	$(PY) scripts/generate_reference.py
 
 clean:
 	rm -rf $(VENV) .cache data .pytest_cache

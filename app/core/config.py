@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, computed_field, field_validator
+from pydantic import Field, computed_field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from compression.settings import EngineSettings
@@ -14,18 +14,23 @@ from compression.settings import EngineSettings
 MiB = 1024 * 1024
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, EngineSettings):
+    """Service settings; the engine's knobs (EngineSettings: latency runs, quantize/prune/distill limits)
+    are inherited, so every one of them is an environment variable too."""
+
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     data_dir: Path = Field(Path("data"), description="root for the embedded database, broker and artifacts")
     database_url: str | None = Field(None, description="SQLAlchemy URL of the job store; default SQLite in DATA_DIR")
     broker_url: str | None = Field(None, description="Celery broker; default kombu's SQLAlchemy transport on SQLite")
     queue_name: str = Field("compress", description="Celery queue the api publishes to and workers consume")
-    artifact_store: Literal["local", "s3"] = "local"
+    artifact_store: Literal["local", "s3"] = Field(
+        "local", description="where models, datasets and results live: a folder (shared volume) or an S3 bucket"
+    )
     artifacts_dir: Path | None = Field(None, description="local artifact root; default DATA_DIR/artifacts")
-    s3_bucket: str | None = None
-    s3_prefix: str = ""
-    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = Field(None, description="bucket for ARTIFACT_STORE=s3 (credentials: the AWS_* variables)")
+    s3_prefix: str = Field("", description="key prefix inside the bucket")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO); empty for AWS")
 
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated bearer tokens; empty disables auth"
@@ -46,14 +51,8 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, ge=1, description="runs of one job (crashes included) before it fails")
     cancel_poll_seconds: float = Field(0.5, gt=0, description="how often a running job reads its cancel flag")
 
-    latency_runs: int = Field(50, ge=3)
-    latency_warmup: int = Field(5, ge=0)
-    latency_threads: int = Field(1, ge=1)
-    latency_batch_size: int = Field(32, ge=1)
-    eval_max_samples: int = Field(2000, ge=1)
-
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="address `onnx-compress api|serve` binds")
+    port: int = Field(8000, description="port `onnx-compress api|serve` listens on")
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -61,6 +60,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):  # from the environment: comma-separated
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> Settings:
+        if not self.job_soft_time_limit < self.job_hard_time_limit < self.broker_visibility_timeout:
+            raise ValueError(
+                "need JOB_SOFT_TIME_LIMIT < JOB_HARD_TIME_LIMIT < BROKER_VISIBILITY_TIMEOUT, or Redis redelivers "
+                "running jobs and the hard limit kills them before they can fail cleanly"
+            )
+        if self.job_heartbeat_seconds * 2 > self.job_lease_seconds:
+            raise ValueError("JOB_HEARTBEAT_SECONDS must be at most half of JOB_LEASE_SECONDS")
+        return self
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -84,13 +94,7 @@ class Settings(BaseSettings):
         return (self.data_dir / "work").resolve()
 
     def engine_settings(self) -> EngineSettings:
-        return EngineSettings(
-            latency_runs=self.latency_runs,
-            latency_warmup=self.latency_warmup,
-            latency_threads=self.latency_threads,
-            latency_batch_size=self.latency_batch_size,
-            eval_max_samples=self.eval_max_samples,
-        )
+        return EngineSettings.model_validate(self.model_dump(include=set(EngineSettings.model_fields)))
 
 
 @lru_cache
