@@ -15,7 +15,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from compression.errors import DatasetMismatchError, UnsupportedOperatorError
+from compression.errors import CompressionError, DatasetMismatchError, UnsupportedOperatorError
 from compression.training import ops_math, ops_nn, ops_rnn, ops_shape  # noqa: F401  (registers the ops)
 from compression.training.op_registry import NodeInfo, OpFn, check_supported, decode_attrs, lookup, to_torch
 from compression.training.ops_shape import constant_value
@@ -109,7 +109,7 @@ class OnnxGraphModule(nn.Module):
         produced = {name for step in self._steps for name in step.outputs} | set(self.input_names)
         unknown = [name for name in names if name not in produced]
         if unknown:
-            raise DatasetMismatchError(f"the student graph has no tensor named {unknown}")
+            raise CompressionError(f"hints name tensors {unknown} that the student graph does not have")
         self.extra_outputs = list(names)
         for step in self._steps:
             step.release.clear()

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from compression.errors import CompressionError
+
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 SETTING_INPUTS: dict[str, set[int]] = {
     "Resize": {1, 2, 3},
@@ -63,6 +65,9 @@ def classify(graph: onnx.GraphProto, frozen: Iterable[str] = ()) -> WeightRoles:
             if name in candidates:
                 uses.setdefault(name, []).append((node.op_type, index))
     frozen_set = set(frozen)
+    unknown = sorted(frozen_set - candidates.keys())
+    if unknown:
+        raise CompressionError(f"frozen names {unknown} are not initializers or Constant outputs of the student")
     roles = WeightRoles()
     for name, tensor in candidates.items():
         if tensor.data_type not in FLOAT_TYPES or name in frozen_set or name not in uses:

@@ -252,3 +252,19 @@ def test_stacked_layout_trains_one_entry_per_forward(digits_setup) -> None:  # n
     details = _run(dev, [step], bundle, digits_setup["folder"] / "stacked").metrics.steps[0].details
     assert details["losses"] == [{"output": "logits", "kind": "kl", "labels": True}]
     assert details["student_after"]["accuracy"] > details["student_before"]["accuracy"] + 0.1
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ({"frozen": ["conv9.weight"]}, r"frozen names \['conv9.weight'\] are not initializers"),
+        ({"hints": [{"teacher": "relu1_out", "student": "nope"}]}, r"\['nope'\] that the student graph does not have"),
+        ({"hints": [{"teacher": "nope", "student": "relu1_out"}]}, r"\['nope'\] that the teacher graph does not have"),
+        ({"output_loss": {"probs": "kl"}}, r"output_loss names \['probs'\], which are not student outputs"),
+        ({"epochs": 1000}, r"epochs=1000 exceeds the limit distill_max_epochs=200"),
+    ],
+)
+def test_bad_config_names_what_to_fix(digits_setup, field: dict, message: str) -> None:  # noqa: ANN001
+    step = {"type": "distill", "student": str(digits_setup["student"]), **field}
+    with pytest.raises(CompressionError, match=message):
+        _run(digits_setup["dev"], [step], digits_setup["bundle"], digits_setup["folder"] / "bad")
