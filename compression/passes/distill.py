@@ -31,7 +31,7 @@ class DistillConfig(StepConfig):
 
     type: Literal["distill"] = "distill"
     student: str = Field("current", description="'current' (the pipeline's model so far) or an uploaded model id")
-    epochs: int = Field(10, ge=1, description="passes over the train dataset (capped by distill_max_epochs)")
+    epochs: int = Field(10, ge=1, description="passes over the train dataset (at most distill_max_epochs)")
     batch_size: int = Field(64, ge=1, description="samples per optimizer step (stacked data: entries per step)")
     lr: float = Field(1e-3, gt=0, le=1.0, description="AdamW peak learning rate, cosine-decayed to 0")
     weight_decay: float = Field(0.0, ge=0)
