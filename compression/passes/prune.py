@@ -11,6 +11,7 @@ from compression.metrics.macs import count_macs
 from compression.metrics.model_stats import gzip_size, model_stats
 from compression.passes.base import CompressionPass, PassContext, PassResult, StepConfig
 from compression.passes.registry import register_pass
+from compression.pruning.batchnorm import recalibrate_batchnorm
 from compression.pruning.structured import structured_prune
 from compression.pruning.unstructured import unstructured_prune
 
@@ -18,6 +19,9 @@ from compression.pruning.unstructured import unstructured_prune
 class PruneBase(StepConfig):
     type: Literal["prune"] = "prune"
     exclude: list[str] = Field(default_factory=list, description="node names whose weights stay untouched")
+    recalibrate_batchnorm: bool = Field(
+        True, description="re-estimate BatchNorm running statistics on calibration/train data (when the job has it)"
+    )
 
 
 class MagnitudePruneConfig(PruneBase):
@@ -53,7 +57,7 @@ class StructuredPruneConfig(PruneBase):
     method: Literal["structured"]
     sparsity: float = Field(ge=0.0, le=1.0, description="fraction of channels removed per prunable group")
     importance: Literal["l1", "l2", "activation"] = Field(
-        "l1", description="weight magnitude over the group's layers, or mean |activation| on calibration/train data"
+        "l2", description="weight magnitude over the group's layers, or mean |activation| on calibration/train data"
     )
     round_to: int = Field(1, ge=1, description="keep channel counts a multiple of this")
     bias_compensation: bool = Field(
@@ -118,9 +122,23 @@ class PrunePass(CompressionPass):
             )
             changed = details["achieved_sparsity"] > 0
         ctx.check_cancelled()
+        details["batchnorm_recalibrated"] = self._recalibrate(out, ctx, changed)
         ctx.progress(0.9, "measuring the pruned model")
         after = _facts(out)
         metrics = {"method": config.method, **details, "before": before, "after": after}
         metrics["parameter_ratio"] = after["parameters"] / before["parameters"] if before["parameters"] else None
         metrics["macs_ratio"] = after["macs"] / before["macs"] if before["macs"] else None
         return PassResult(model_path=out, changed=changed, metrics=metrics)
+
+    def _recalibrate(self, path: Path, ctx: PassContext, changed: bool) -> list[str] | str:
+        """BatchNorm names re-estimated, or why none were."""
+        if not self.config.recalibrate_batchnorm or not changed:
+            return "off" if not self.config.recalibrate_batchnorm else "not needed (nothing pruned)"
+        dataset = ctx.datasets.calibration or ctx.datasets.train
+        if dataset is None:
+            ctx.event("BatchNorm statistics kept: give a calibration or train dataset to re-estimate them")
+            return "skipped (needs a calibration or train dataset)"
+        ctx.progress(0.7, "re-estimating BatchNorm statistics")
+        return recalibrate_batchnorm(
+            path, dataset, ctx.settings.eval_batch_size, ctx.settings.prune_activation_samples, ctx.check_cancelled
+        )

@@ -127,3 +127,22 @@ def test_macs_with_explicit_input_shape(tmp_path: Path, third_party_model) -> No
     small = count_macs(path, {"x": [1, 3, 48, 96]})["macs"]
     large = count_macs(path, {"x": [1, 3, 48, 192]})["macs"]
     assert large == pytest.approx(2 * small, rel=0.1)
+
+
+def test_batchnorm_recalibration_recovers_accuracy(residual_cnn: DevModel, tmp_path: Path) -> None:
+    datasets = _bundle(residual_cnn, tmp_path, ("train",))
+    accuracy = {}
+    for recalibrate in (False, True):
+        ctx = PassContext(work_dir=tmp_path / str(recalibrate), original_model=residual_cnn.path, datasets=datasets)
+        step = _step(method="structured", sparsity=0.25, importance="l2", recalibrate_batchnorm=recalibrate)
+        result = create_pass(step).run(residual_cnn.path, ctx)
+        accuracy[recalibrate] = residual_cnn.evaluate(result.model_path)
+        onnx.checker.check_model(str(result.model_path), full_check=True)
+    assert len(result.metrics["batchnorm_recalibrated"]) == 6
+    assert accuracy[True] >= accuracy[False] + 0.15, accuracy
+
+
+def test_batchnorm_recalibration_without_data_is_reported(residual_cnn: DevModel, tmp_path: Path) -> None:
+    ctx = PassContext(work_dir=tmp_path, original_model=residual_cnn.path, datasets=DatasetBundle())
+    result = create_pass(_step(method="magnitude", sparsity=0.5)).run(residual_cnn.path, ctx)
+    assert result.metrics["batchnorm_recalibrated"] == "skipped (needs a calibration or train dataset)"
