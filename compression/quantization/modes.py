@@ -15,6 +15,7 @@ import onnx_ir as ir
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from compression.datasets import Dataset
+from compression.metrics.evaluation import Evaluator
 from compression.passes.base import PassContext
 from compression.quantization.calibration import DatasetReader, calibration_dataset
 from compression.quantization.compact import compact, original_names
@@ -27,6 +28,7 @@ from compression.quantization.config import (
 )
 from compression.quantization.conv_weights import conv_weights_to_int8
 from compression.quantization.prepare import Prepared, prepare
+from compression.quantization.speed import interleaved_latency
 
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 CALIBRATION_METHODS = {
@@ -56,6 +58,10 @@ class ModeQuantizer(ABC):
 
     @abstractmethod
     def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None: ...
+
+    def tune(self, prepared: Prepared, evaluator: Evaluator) -> None:
+        """Mode-specific choices that need a measurement on the prepared graph (default: none)."""
+        return None
 
     def candidate_nodes(self, prepared: Prepared) -> list[str]:
         """Names of the prepared graph's nodes this mode turns into quantized ops."""
@@ -139,12 +145,36 @@ class StaticQuantizer(ModeQuantizer):
         self.details["synthetic_calibration"] = synthetic
         prepared = prepare(src, self.work / "prep", self.report, per_channel=self.config.per_channel)
         if self.config.keep_small_convs_float:
-            small = small_convs(prepared.path, self.ctx.settings.quant_min_conv_reduction)
-            if small:
-                self.report(f"keeping {len(small)} Conv node(s) with a tiny reduction in float (int8 is slower)")
-                self.details["small_convs_kept_float"] = small
-            prepared.details["always_exclude"] = small
+            prepared.details["small_conv_candidates"] = small_convs(
+                prepared.path, self.ctx.settings.quant_min_conv_reduction
+            )
         return prepared
+
+    def tune(self, prepared: Prepared, evaluator: Evaluator) -> None:
+        """Keep tiny-reduction Convs float only when that measures faster.
+
+        QLinearConv over a 1-channel stem is several times slower than float NCHWc Conv, but keeping
+        it float costs a layout change and a QuantizeLinear after it; which wins depends on the graph.
+        """
+        small = prepared.details.get("small_conv_candidates") or []
+        if not small:
+            return
+        float_stem, int8_stem = self.work / "small_float.onnx", self.work / "small_int8.onnx"
+        prepared.details["always_exclude"] = small
+        self.quantize(prepared, float_stem, [])
+        prepared.details["always_exclude"] = []
+        self.quantize(prepared, int8_stem, [])
+        kept, quantized = interleaved_latency([float_stem, int8_stem], evaluator, self.ctx.settings)
+        keep = kept.median_ms < quantized.median_ms
+        prepared.details["always_exclude"] = small if keep else []
+        self.details["small_convs"] = {
+            "nodes": small,
+            "kept_float": keep,
+            "latency_ms_float": kept.median_ms,
+            "latency_ms_int8": quantized.median_ms,
+        }
+        if keep:
+            self.report(f"keeping {len(small)} Conv node(s) with a tiny reduction in float: measured faster")
 
     def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
         assert self.calibration is not None
@@ -215,7 +245,9 @@ class WeightOnlyQuantizer(ModeQuantizer):
     def prepare(self, src: Path) -> Prepared:
         if self.config.algorithm == "gptq":
             self.calibration, synthetic = calibration_dataset(self.ctx, src, False, "gptq weight-only quantization")
-        return prepare(src, self.work / "prep", self.report, optimize=False)
+        # MatMulNBits has no Gemm form: rewrite Gemm so classifier heads get block-quantized too
+        rewrite = "MatMul" in self.config.op_types and "Gemm" not in self.config.op_types_to_exclude
+        return prepare(src, self.work / "prep", self.report, optimize=False, rewrite_gemm=rewrite)
 
     def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
         from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -251,7 +283,7 @@ class WeightOnlyQuantizer(ModeQuantizer):
             block_size=config.block_size,
             is_symmetric=config.symmetric,
             accuracy_level=config.accuracy_level,
-            nodes_to_exclude=exclude,
+            nodes_to_exclude=[*exclude, *(f"{name}_matmul" for name in exclude)],
             op_types_to_quantize=op_types,
             algo_config=algo,
         )

@@ -89,6 +89,7 @@ class BudgetSearch:
     def run(self, src: Path) -> SearchResult:
         mode = self.quantizer.config.mode
         prepared = self.quantizer.prepare(src)
+        self.quantizer.tune(prepared, self.evaluator)
         user = list(self.quantizer.config.nodes_to_exclude)
         attempt = self._attempt(prepared, user)
         result = SearchResult(mode=mode, best=attempt, attempts=0, details=self.quantizer.details)
@@ -152,7 +153,8 @@ class BudgetSearch:
     def _done(self, result: SearchResult, prepared: Prepared) -> SearchResult:
         result.attempts = self.attempts
         result.details = {**prepared.details, **self.quantizer.details}
-        result.details.pop("always_exclude", None)
+        for internal in ("always_exclude", "small_conv_candidates"):
+            result.details.pop(internal, None)
         return result
 
 
