@@ -43,6 +43,53 @@ REDUCTIONS = frozenset(
 )  # fmt: skip
 
 
+SHAPE_OPS = frozenset({"Cast", "Identity", "Slice", "Gather", "Concat", "Squeeze", "Unsqueeze"})
+CHANNELS = ("channels",)  # the channel count inside evaluated shape arithmetic
+
+
+def symbolic_dims(value: ir.Value | None) -> list | None:
+    """Dims as ints, ("sym", name) for named symbolic dims, or ("dim", id, axis) placeholders."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return [int(d) for d in value.const_value.shape]
+    if value.shape is None:
+        return None
+    out: list = []
+    for axis, dim in enumerate(value.shape):
+        if isinstance(dim, int) and dim >= 0:
+            out.append(dim)
+        elif isinstance(dim, ir.SymbolicDim) and dim.value:
+            out.append(("sym", dim.value))
+        else:
+            out.append(("dim", id(value), axis))
+    return out
+
+
+def match_channel_reshape(in_dims: list, target: list, axis: int, _: object = None) -> tuple[int, list[int]] | None:
+    """How a Reshape treats the channel axis: (positions per channel after it, the constant tail), or None.
+
+    Accepted: the dims before the channel axis are kept, the channel axis absorbs the next few (known)
+    axes, and the dims after it are known constants. Anything else mixes channels with other axes.
+    """
+    out = [in_dims[i] if entry == 0 and i < len(in_dims) else entry for i, entry in enumerate(target)]
+    if len(out) <= axis or out[:axis] != in_dims[:axis] or any(e == -1 for e in out[:axis]):
+        return None
+    tail = out[axis + 1 :]
+    if not all(isinstance(e, int) and e > 0 for e in tail):
+        return None
+    for j in range(axis + 1, len(in_dims) + 1):
+        merged = in_dims[axis + 1 : j]
+        if not all(isinstance(d, int) for d in merged) or in_dims[j:] != tail:
+            continue
+        factor = int(np.prod(merged or [1]))
+        head = out[axis]
+        known = isinstance(in_dims[axis], int) and isinstance(head, int) and head == in_dims[axis] * factor
+        if head == -1 or known or (head == CHANNELS and j == axis + 1):
+            return factor, tail
+    return None
+
+
 @dataclass(frozen=True)
 class Segment:
     """`count` channels owned by `group` (None: channels that never change), each `block` positions wide."""
@@ -135,6 +182,10 @@ class _Walker:
         self.parent: list[int] = []
         self.layouts: dict[ir.Value, Layout] = {}
         self.fixups: list[Fixup] = []
+        self.shape_values: dict[ir.Value, list] = {}
+        self.shape_reads: list[tuple[ir.Value, Layout, ir.Node]] = []
+        self.accepted_reshapes: set[ir.Node] = set()
+        self.ranks: dict[ir.Value, int] = {}
 
     # --- groups -----------------------------------------------------------------------------------------
     def find(self, gid: int) -> int:
@@ -188,8 +239,11 @@ class _Walker:
 
     # --- helpers -----------------------------------------------------------------------------------------
     def rank(self, value: ir.Value | None) -> int | None:
+        """Rank from inferred shapes, or from what the walk learnt (e.g. a Reshape's target length)."""
         dims = static_dims(value)
-        return None if dims is None else len(dims)
+        if dims is None:
+            return self.ranks.get(value) if value is not None else None
+        return len(dims)
 
     def unknown(self, node: ir.Node, why: str) -> None:
         for value in node.inputs:
@@ -233,6 +287,8 @@ class _Walker:
             in_layouts = [self.layouts.get(v) for v in node.inputs if v is not None]
             if node.domain not in ("", "ai.onnx"):
                 self.unknown(node, f"custom-domain op '{node.domain}' is not understood")
+            elif node.op_type in SHAPE_OPS and self.eval_shape_op(node):
+                continue
             elif handler is not None:
                 handler(node)
             elif node.op_type in UNARY_PASSTHROUGH:
@@ -245,6 +301,7 @@ class _Walker:
                 self.op_reduce(node)
             elif any(in_layouts):
                 self.unknown(node, "op is not understood by the channel analysis")
+        self.check_shape_reads()
         for value, layout in list(self.layouts.items()):
             if value.is_graph_output():
                 self.taint(layout, f"tensor '{value.name}' is a graph output")
@@ -340,6 +397,7 @@ class _Walker:
         else:
             self.consume(node, layout, 1, 0)
         out_rank = self.rank(node.outputs[0]) or max(rank_a, 2)
+        self.ranks[node.outputs[0]] = out_rank
         out = self.produce(node, 1, 1, out_rank - 1, weight.shape[1])
         self.set_layout(node.outputs[0], out)
 
@@ -352,6 +410,9 @@ class _Walker:
                 return
         if layout is None:
             return
+        rank = self.rank(node.inputs[0])
+        if rank is not None:
+            self.ranks[node.outputs[0]] = rank
         self.set_layout(node.outputs[0], layout)
         for extra in node.outputs[1:]:
             if extra.uses() or extra.is_graph_output():
@@ -376,6 +437,10 @@ class _Walker:
         layouts = [(i, v, self.layouts[v]) for i, v in present if v in self.layouts]
         if not layouts:
             return
+        input_ranks = [self.rank(v) for _, v in present]
+        if out_rank is None and None not in input_ranks:
+            out_rank = max(input_ranks)  # type: ignore[type-var]
+            self.ranks[node.outputs[0]] = out_rank
         if out_rank is None:
             self.unknown(node, "output rank is unknown")
             return
@@ -493,26 +558,84 @@ class _Walker:
         if node.inputs[1] in self.layouts:
             self.unknown(node, "shape input depends on the channels")
             return
-        in_dims, out_dims = static_dims(node.inputs[0]), static_dims(node.outputs[0])
-        target = weight_array(node.inputs[1])
-        a = layout.axis
-        reason = f"Reshape '{node.name}' mixes the channel axis"
-        if in_dims is None or out_dims is None or target is None or len(target) != len(out_dims):
-            self.taint(layout, f"Reshape '{node.name}' has an unknown or computed shape")
+        in_dims = symbolic_dims(node.inputs[0])
+        target = self.shape_entries(node.inputs[1])
+        allow_zero = self.attr_int(node, "allowzero", 0)
+        if in_dims is None or target is None or allow_zero:
+            self.taint(layout, f"Reshape '{node.name}' has a shape the analysis cannot evaluate")
             return
-        if len(out_dims) <= a or in_dims[:a] != out_dims[:a] or None in in_dims[:a] + in_dims[a:]:
-            self.taint(layout, reason)
+        match = match_channel_reshape(in_dims, target, layout.axis, self.attr_int)
+        if match is None:
+            self.taint(layout, f"Reshape '{node.name}' mixes the channel axis")
             return
-        for j in range(a + 1, len(in_dims) + 1):
-            factor = int(np.prod(in_dims[a + 1 : j] or [1]))
-            if out_dims[a] == in_dims[a] * factor and out_dims[a + 1 :] == in_dims[j:]:
-                entry = int(target[a])
-                if entry == 0 and j != a + 1:
-                    break
-                self.fixups.append(Fixup("reshape", node, {"axis": a, "entry": entry}))
-                self.set_layout(node.outputs[0], self.stretch(layout, factor, a))
-                return
-        self.taint(layout, reason)
+        factor, tail = match
+        # The rewritten shape copies the leading dims (0), infers the channel axis (-1), keeps the tail.
+        self.fixups.append(Fixup("reshape", node, {"target": [0] * layout.axis + [-1] + tail, "layout": layout}))
+        self.accepted_reshapes.add(node)
+        self.ranks[node.outputs[0]] = len(target)
+        self.set_layout(node.outputs[0], self.stretch(layout, factor, layout.axis))
+
+    def shape_entries(self, value: ir.Value) -> list | None:
+        """A Reshape target as symbolic entries: from a constant, or evaluated from Shape arithmetic."""
+        if value in self.shape_values:
+            return self.shape_values[value]
+        array = weight_array(value)
+        return None if array is None else [int(v) for v in array.reshape(-1)]
+
+    def op_Shape(self, node: ir.Node) -> None:
+        data = node.inputs[0]
+        layout = self.layouts.get(data)
+        dims = symbolic_dims(data)
+        if dims is None:
+            self.unknown(node, "reads the shape of a tensor of unknown rank")
+            return
+        if layout is not None:
+            dims[layout.axis] = CHANNELS
+            self.shape_reads.append((node.outputs[0], layout, node))
+        start, end = self.attr_int(node, "start", 0), self.attr_int(node, "end", len(dims))
+        self.shape_values[node.outputs[0]] = dims[start:end]
+
+    def eval_shape_op(self, node: ir.Node) -> bool:
+        """Follow shape arithmetic (Cast/Slice/Gather/Concat/(Un)Squeeze on Shape outputs); False if it is not."""
+        inputs = [self.shape_entries(v) if v is not None else None for v in node.inputs]
+        if node.inputs and node.inputs[0] not in self.shape_values and node.op_type != "Concat":
+            return False
+        if node.op_type == "Concat" and not any(v in self.shape_values for v in node.inputs if v is not None):
+            return False
+        data = inputs[0]
+        result: list | None = None
+        if node.op_type in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
+            result = data
+        elif node.op_type == "Concat" and all(part is not None for part in inputs):
+            result = [entry for part in inputs for entry in part]
+        elif node.op_type == "Gather" and data is not None and inputs[1] is not None:
+            result = [data[i] for i in inputs[1]] if all(-len(data) <= i < len(data) for i in inputs[1]) else None
+        elif node.op_type == "Slice" and data is not None and inputs[1] is not None and inputs[2] is not None:
+            steps = inputs[4] if len(inputs) > 4 and inputs[4] is not None else [1]
+            result = data[inputs[1][0] : inputs[2][0] : steps[0]]
+        if result is None:
+            return False
+        self.shape_values[node.outputs[0]] = list(result)
+        return True
+
+    def check_shape_reads(self) -> None:
+        """A Shape of channel-carrying tensors is fine only when it ends in Reshapes the rewrite replaces."""
+        for start, layout, shape_node in self.shape_reads:
+            pending, seen = [start], set()
+            while pending:
+                value = pending.pop()
+                for user, index in value.uses():
+                    if user in seen:
+                        continue
+                    seen.add(user)
+                    if user.op_type == "Reshape" and index == 1 and user in self.accepted_reshapes:
+                        continue
+                    if user.op_type in SHAPE_OPS and user.outputs[0] in self.shape_values:
+                        pending.append(user.outputs[0])
+                        continue
+                    self.taint(
+                        layout, f"Shape '{shape_node.name}' reads the channel count ({user.op_type} '{user.name}')"
+                    )
 
     def op_Squeeze(self, node: ir.Node) -> None:
         self.squeeze_like(node, insert=False)

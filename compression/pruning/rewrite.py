@@ -49,10 +49,10 @@ def apply_removal(model: ir.Model, analysis: Analysis, removal: Removal) -> None
                 bounds = node.inputs[index].const_value.numpy().copy()
                 bounds[pos] = value
                 _set_int_input(model.graph, node, index, bounds.tolist(), None)
-        elif fixup.kind == "reshape" and fixup.detail["entry"] not in (0, -1):
-            target = node.inputs[1].const_value.numpy().copy()
-            target[fixup.detail["axis"]] = new_size(analysis.layouts[node.outputs[0]], analysis, removal)
-            _set_int_input(model.graph, node, 1, target.tolist(), None)
+        elif fixup.kind == "reshape":
+            layout = fixup.detail["layout"]
+            if new_size(layout, analysis, removal) != layout.size:
+                _set_int_input(model.graph, node, 1, fixup.detail["target"], None)
     _forget_shapes(model.graph)
 
 

@@ -128,3 +128,36 @@ def test_exclude_keeps_the_named_layers_group(unknown_op_graph: Path, tmp_path: 
     assert by_producer[("B",)]["status"] == "skipped", "C's input columns belong to B's group"
     assert "node 'C' is excluded" in by_producer[("B",)]["reason"]
     assert report["channels_removed"] == 0
+
+
+def test_shape_computed_flatten_is_rewritten(tmp_path: Path) -> None:
+    """PyTorch's flatten export, Reshape(x, Concat(Shape(x)[0], [-1])), keeps the channels prunable."""
+    rng = np.random.default_rng(4)
+    nodes, inits = conv("A", "x", 1, 8, [1, 6], rng)
+    nodes += [
+        helper.make_node("Shape", ["A_out"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], name="gather", axis=0),
+        helper.make_node("Unsqueeze", ["batch", "zero_axes"], ["batch_1d"], name="unsqueeze"),
+        helper.make_node("Concat", ["batch_1d", "minus_one"], ["target"], name="target", axis=0),
+        helper.make_node("Reshape", ["A_out", "target"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
+    ]
+    fc = rng.normal(0, 0.5, (3, 8 * 16)).astype(np.float32)
+    fc[:, [c * 16 + k for c in (1, 6) for k in range(16)]] = 0
+    inits += [
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero_axes"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+        numpy_helper.from_array(fc, "fc.w"),
+        numpy_helper.from_array(np.zeros(3, np.float32), "fc.b"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 4, 4])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])
+    source = make_model(nodes, inits, [x], [out], tmp_path / "flatten.onnx")
+    pruned = tmp_path / "pruned.onnx"
+    report = prune(source, pruned, 0.25)
+    assert {tuple(g["producers"]): g["status"] for g in report["groups"]}[("A",)] == "pruned"
+    onnx.checker.check_model(str(pruned), full_check=True)
+    assert initializers(pruned)["fc.w"].shape == (3, 6 * 16)
+    data = np.random.default_rng(5).normal(size=(3, 1, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(run(pruned, {"x": data})[0], run(source, {"x": data})[0], rtol=1e-5, atol=1e-5)
