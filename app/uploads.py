@@ -5,11 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from fastapi import HTTPException, Request, status
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+
+from compression.errors import CompressionError
+
+T = TypeVar("T")
 
 
 class UploadTooLarge(Exception):
@@ -87,6 +94,18 @@ def _too_large(limit: int, what: str) -> HTTPException:
         status.HTTP_413_CONTENT_TOO_LARGE,
         f"{what} is larger than the limit of {limit} bytes (setting {'MAX_MODEL_BYTES' if what == 'model' else 'MAX_DATASET_BYTES'})",
     )
+
+
+async def receive_checked(
+    request: Request, directory: Path, limit: int, what: str, check: Callable[[Path], T]
+) -> tuple[ReceivedFile, T]:
+    """Receive the multipart field `file` and run `check` on it; a file that fails is deleted and explained (422)."""
+    received = await receive_file(request, "file", directory, limit, what)
+    try:
+        return received, await run_in_threadpool(check, received.path)
+    except CompressionError as exc:
+        received.path.unlink(missing_ok=True)
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.message) from exc
 
 
 async def receive_file(request: Request, field: str, directory: Path, limit: int, what: str) -> ReceivedFile:

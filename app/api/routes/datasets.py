@@ -10,9 +10,8 @@ from app.api.routes.models import UPLOAD_DOC
 from app.models import DatasetRecord, new_id
 from app.schemas import ArrayInfo, DatasetOut
 from app.storage import dataset_key
-from app.uploads import receive_file
+from app.uploads import receive_checked
 from compression.datasets import LABELS, describe_npz
-from compression.errors import DatasetMismatchError
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -33,24 +32,20 @@ def dataset_out(record: DatasetRecord) -> DatasetOut:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut, openapi_extra=UPLOAD_DOC)
 async def upload_dataset(request: Request, settings: SettingsDep, session: SessionDep, store: StoreDep) -> DatasetOut:
     """Multipart field `file`: an .npz with one array per model input (and optional `labels`)."""
-    received = await receive_file(
-        request, "file", settings.data_dir / "incoming", settings.max_dataset_bytes, what="dataset"
+    incoming = settings.data_dir / "incoming"
+    received, (arrays, n_samples) = await receive_checked(
+        request, incoming, settings.max_dataset_bytes, "dataset", describe_npz
     )
-    try:
-        arrays, n_samples = await run_in_threadpool(describe_npz, received.path)
-    except DatasetMismatchError as exc:
-        received.path.unlink(missing_ok=True)
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.message) from exc
+    dataset_id = new_id()
     record = DatasetRecord(
-        id=new_id(),
+        id=dataset_id,
         filename=received.filename,
         sha256=received.sha256,
         size_bytes=received.size_bytes,
         arrays=arrays,
         n_samples=n_samples,
-        storage_key="",
+        storage_key=dataset_key(dataset_id),
     )
-    record.storage_key = dataset_key(record.id)
     await run_in_threadpool(store.move_in, record.storage_key, received.path)
     session.add(record)
     session.commit()

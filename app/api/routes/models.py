@@ -9,8 +9,7 @@ from app.api.deps import SessionDep, SettingsDep, StoreDep
 from app.models import ModelRecord, new_id
 from app.schemas import ModelOut
 from app.storage import model_key
-from app.uploads import receive_file
-from compression.errors import InvalidModelError
+from app.uploads import receive_checked
 from compression.model_info import ModelInfo, validate_model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -49,23 +48,17 @@ def model_out(record: ModelRecord) -> ModelOut:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut, openapi_extra=UPLOAD_DOC)
 async def upload_model(request: Request, settings: SettingsDep, session: SessionDep, store: StoreDep) -> ModelOut:
     """Multipart field `file`: an .onnx model, streamed to disk and validated with onnx.checker."""
-    received = await receive_file(
-        request, "file", settings.data_dir / "incoming", settings.max_model_bytes, what="model"
-    )
-    try:
-        info = await run_in_threadpool(validate_model, received.path)
-    except InvalidModelError as exc:
-        received.path.unlink(missing_ok=True)
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.message) from exc
+    incoming = settings.data_dir / "incoming"
+    received, info = await receive_checked(request, incoming, settings.max_model_bytes, "model", validate_model)
+    model_id = new_id()
     record = ModelRecord(
-        id=new_id(),
+        id=model_id,
         filename=received.filename,
         sha256=received.sha256,
         size_bytes=received.size_bytes,
         info=info.model_dump(),
-        storage_key="",
+        storage_key=model_key(model_id),
     )
-    record.storage_key = model_key(record.id)
     await run_in_threadpool(store.move_in, record.storage_key, received.path)
     session.add(record)
     session.commit()
