@@ -61,7 +61,7 @@ def plan(model_path: Path, config: AutoQuantizeConfig, ctx: PassContext) -> tupl
         elif mode == "dynamic":
             configs.append(DynamicQuantizeConfig(mode="dynamic", **shared))
         elif mode == "weight_only":
-            configs.append(WeightOnlyQuantizeConfig(mode="weight_only", accuracy_level=4, **shared))
+            configs.append(WeightOnlyQuantizeConfig(mode="weight_only", **shared))
         elif mode == "fp16":
             configs.append(Fp16QuantizeConfig(mode="fp16", **shared))
     return configs, notes

@@ -55,7 +55,8 @@ class StaticQuantizeConfig(QuantizeBase):
     )
     float_bias: bool = Field(True, description="keep biases float32 (smaller than int32 + scale; same kernels)")
     keep_small_convs_float: bool = Field(
-        True, description="keep Conv nodes with a tiny reduction (e.g. a 1-channel stem) in float: int8 is slower"
+        True,
+        description="time Conv nodes with a tiny reduction (e.g. a 1-channel stem) float vs int8; keep the faster",
     )
 
 

@@ -120,7 +120,8 @@ class DynamicQuantizer(ModeQuantizer):
         if self.config.conv == "int8_weights" and "Conv" not in self.config.op_types_to_exclude:
             stored = conv_weights_to_int8(model, set(exclude))
             self.details["conv_int8_storage"] = stored
-        ir.save(model, dst)
+        ir.save(model, stage)
+        self.details["bytes_saved_by_compaction"] = compact(stage, dst, original_names(prepared.path))
 
     def _has_weight(self, node: onnx.NodeProto, initializers: set[str]) -> bool:
         return node.op_type != "Conv" or self.config.conv == "integer"
