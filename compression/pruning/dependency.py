@@ -815,6 +815,9 @@ class _Walker:
         if any(v in self.layouts for v in node.inputs[1:] if v is not None):
             self.unknown(node, "bounds depend on the channels")
             return
+        if "starts" in node.attributes:
+            self.unknown(node, "Slice with bounds as attributes (opset < 10) is not rewritten")
+            return
         rank = self.rank(node.inputs[0])
         starts, ends = self.int_list(node, "starts", 1), self.int_list(node, "ends", 2)
         axes = self.int_list(node, "axes", 3)
