@@ -46,6 +46,11 @@ class DistillConfig(StepConfig):
         "auto", description="BatchNormalization: batch statistics while training (auto: for batched data) or frozen"
     )
     frozen: list[str] = Field(default_factory=list, description="initializer names to keep fixed")
+    select: Literal["loss", "metric", "last"] = Field(
+        "loss",
+        description="epoch kept: lowest eval loss (smooth, the default), best eval metric "
+        "(accuracy, else teacher agreement; ties by loss), or the last",
+    )
     seed: int = Field(0, description="shuffling seed: the same seed gives the same weights")
 
 
@@ -102,7 +107,8 @@ def _metrics(ctx: PassContext, student: str, student_path: Path, out: Path, outc
             "latency": student_latency.median_ms / teacher_latency.median_ms if teacher_latency.median_ms else None,
         },
         "best_epoch": outcome.best_epoch,
-        "selection_metric": outcome.metric_name,
+        "selected_by": outcome.selected_by,
+        "eval_metric": outcome.metric_name,
         "selected_on": outcome.eval_on,
         "losses": outcome.losses,
         "trainable_parameters": outcome.trainable_parameters,

@@ -82,6 +82,7 @@ class DistillOutcome:
     losses: list[dict[str, Any]] = field(default_factory=list)
     trainable_parameters: int = 0
     eval_on: str = "eval"
+    selected_by: str = "loss"
 
 
 @dataclass
@@ -225,6 +226,15 @@ class Distiller:
         accuracy = correct / rows if label_plan is not None and self.eval.dataset.labels is not None and rows else None
         return EvalResult(loss=total_loss / max(seen, 1), accuracy=accuracy, agreement=agree / rows if rows else None)
 
+    def _selection_key(self, metric: float, loss: float, epoch: int) -> tuple[float, ...]:
+        """Larger is better: the eval metric (ties: lower loss), the eval loss alone, or simply the last epoch."""
+        select = self.config.select
+        if select == "metric":
+            return (metric, -loss)
+        if select == "loss":
+            return (-loss,)
+        return (float(epoch),)
+
     def run(self) -> DistillOutcome:
         config, hooks = self.config, self.hooks
         with _torch_threads(self.settings.distill_threads):
@@ -240,7 +250,7 @@ class Distiller:
             start = time.perf_counter()
             first = self.evaluate()
             metric_name, best_metric = first.metric()
-            best_key = (best_metric, -first.loss)
+            best_key = self._selection_key(best_metric, first.loss, 0)
             best_epoch, best_state = 0, copy.deepcopy(self.module.state_dict())
             history = [EpochRecord(0, None, first.loss, best_metric, time.perf_counter() - start)]
             hooks.event("distill: student before training", epoch=0, eval_loss=first.loss, **{metric_name: best_metric})
@@ -267,8 +277,8 @@ class Distiller:
                 _, metric = result.metric()
                 seconds = time.perf_counter() - started
                 history.append(EpochRecord(epoch, running / max(count, 1), result.loss, metric, seconds))
-                if (metric, -result.loss) > best_key:
-                    best_key, best_epoch = (metric, -result.loss), epoch
+                if self._selection_key(metric, result.loss, epoch) > best_key:
+                    best_key, best_epoch = self._selection_key(metric, result.loss, epoch), epoch
                     best_state = copy.deepcopy(self.module.state_dict())
                 hooks.event(
                     f"distill epoch {epoch}/{config.epochs}",
@@ -287,6 +297,7 @@ class Distiller:
             losses=[{"output": p.student_output, "kind": p.kind, "labels": p.use_labels} for p in self.plans],
             trainable_parameters=sum(p.numel() for p in self.module.parameters()),
             eval_on=self.eval_on,
+            selected_by=config.select,
         )
 
 

@@ -101,8 +101,10 @@ def test_distill_reports_teacher_student_metrics_and_epoch_events(half_width_run
     assert details["student_before"]["accuracy"] < 0.8 < details["student_after"]["accuracy"]
     assert details["student_after"]["parameters"] < details["teacher"]["parameters"] / 2
     assert details["ratios"]["size"] < 0.5 and details["ratios"]["latency"] > 0
-    assert 1 <= details["best_epoch"] <= HALF_RUN["epochs"] and details["selection_metric"] == "accuracy"
+    assert 1 <= details["best_epoch"] <= HALF_RUN["epochs"] and details["eval_metric"] == "accuracy"
     assert len(details["loss_curve"]) == HALF_RUN["epochs"] + 1
+    kept = details["loss_curve"][details["best_epoch"]]["eval_loss"]
+    assert details["selected_by"] == "loss" and kept == min(e["eval_loss"] for e in details["loss_curve"])
     assert details["losses"] == [{"output": "logits", "kind": "kl", "labels": True}]
     epochs = [data for message, data in sink.events if message.startswith("distill epoch")]
     assert [e["epoch"] for e in epochs] == list(range(1, HALF_RUN["epochs"] + 1))
