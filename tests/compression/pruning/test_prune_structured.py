@@ -196,3 +196,28 @@ def test_bias_compensation_is_exact_for_constant_channels(mlp: DevModel, tmp_pat
 
 def _dataset(dev: DevModel) -> Dataset:
     return Dataset.bind(dict(dev.feeds("train", 256)), inspect_model(dev.path).inputs)
+
+
+def _sequence_feed(name: str, source: Path) -> dict[str, np.ndarray]:
+    if name == "piper_tashkeel":  # GRU lengths must match the sequence
+        tokens = np.ones((2, 12), np.int64)
+        return {"char_inputs": tokens, "diac_inputs": tokens, "input_lengths": np.array([12, 12], np.int64)}
+    return Dataset.synthetic_for(inspect_model(source).inputs, 4).first_feed(4)
+
+
+@pytest.mark.parametrize("name", ["silero_vad", "piper_tashkeel"])
+def test_recurrent_real_models_stay_valid(third_party_model: Callable[[str], Path], name: str, tmp_path: Path) -> None:
+    """LSTM/GRU/STFT graphs: what the analysis cannot follow is skipped; the rest prunes and still runs."""
+    source = third_party_model(name)
+    feed = _sequence_feed(name, source)
+    same = tmp_path / "same.onnx"
+    prune(source, same, 0.0)
+    for got, want in zip(run(same, feed), run(source, feed), strict=True):
+        np.testing.assert_array_equal(got, want)
+    pruned = tmp_path / "pruned.onnx"
+    report = prune(source, pruned, 0.5)
+    assert report["groups_pruned"] >= 3 and report["groups_skipped"] >= 3
+    assert any("LSTM" in s["reason"] or "GRU" in s["reason"] or "Reshape" in s["reason"] for s in report["skipped"])
+    onnx.checker.check_model(str(pruned), full_check=True)
+    outputs = run(pruned, feed)
+    assert [o.shape for o in outputs] == [o.shape for o in run(source, feed)]
