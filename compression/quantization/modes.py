@@ -27,9 +27,11 @@ from compression.quantization.config import (
     WeightOnlyQuantizeConfig,
 )
 from compression.quantization.conv_weights import conv_weights_to_int8
+from compression.quantization.opset import ensure_opset
 from compression.quantization.prepare import Prepared, prepare
 from compression.quantization.speed import interleaved_latency
 
+GATHER_INT4_MIN_OPSET = 21
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -128,16 +130,12 @@ class DynamicQuantizer(ModeQuantizer):
 
 
 class StaticQuantizer(ModeQuantizer):
-    quantizable_ops = _ops(
-        "Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
-        "Concat", "Sigmoid", "LeakyRelu", "Softmax", "Resize", "Transpose", "Reshape", "Split", "Gather",
-        "ConvTranspose", "InstanceNormalization", "LayerNormalization", "Where", "Pad",
-    )  # fmt: skip
     config: StaticQuantizeConfig
 
     def __init__(self, config: StaticQuantizeConfig, ctx: PassContext, work: Path) -> None:
         super().__init__(config, ctx, work)
         self.calibration: Dataset | None = None
+        self.quantizable_ops = static_op_types(config.format)
 
     def prepare(self, src: Path) -> Prepared:
         self.calibration, synthetic = calibration_dataset(
@@ -183,10 +181,7 @@ class StaticQuantizer(ModeQuantizer):
         reader = DatasetReader(self.calibration, config.calibration_samples)
         op_types = None
         if config.op_types_to_exclude:
-            from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-            registry = QDQRegistry if config.format == "qdq" else QLinearOpsRegistry
-            op_types = [op for op in registry if op not in set(config.op_types_to_exclude)]
+            op_types = sorted(self.quantizable_ops - set(config.op_types_to_exclude))
         always = prepared.details.get("always_exclude", [])
         stage = self.work / "static.onnx"
         quantize_static(
@@ -213,6 +208,15 @@ class StaticQuantizer(ModeQuantizer):
 
     def _has_weight(self, node: onnx.NodeProto, initializers: set[str]) -> bool:
         return node.op_type not in ("Conv", "MatMul", "Gemm") or any(name in initializers for name in node.input[1:])
+
+
+def static_op_types(format: str) -> frozenset[str]:
+    """What onnxruntime's static quantizer touches: QDQ format uses both registries, QOperator one."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    if format == "qdq":
+        return frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry)
+    return frozenset(QLinearOpsRegistry)
 
 
 def small_convs(path: Path, min_reduction: int) -> list[str]:
@@ -248,7 +252,18 @@ class WeightOnlyQuantizer(ModeQuantizer):
             self.calibration, synthetic = calibration_dataset(self.ctx, src, False, "gptq weight-only quantization")
         # MatMulNBits has no Gemm form: rewrite Gemm so classifier heads get block-quantized too
         rewrite = "MatMul" in self.config.op_types and "Gemm" not in self.config.op_types_to_exclude
-        return prepare(src, self.work / "prep", self.report, optimize=False, rewrite_gemm=rewrite)
+        prepared = prepare(src, self.work / "prep", self.report, optimize=False, rewrite_gemm=rewrite)
+        self.op_types = [op for op in self.config.op_types if op not in set(self.config.op_types_to_exclude)]
+        if "Gather" in self.op_types:
+            # int4 Gather needs opset 21; onnxruntime's quantizer only relabels the opset, which leaves
+            # ops whose signature changed (ReduceMean axes, ...) invalid, so convert the graph properly
+            path, ok = ensure_opset(prepared.path, self.work / "opset21.onnx", GATHER_INT4_MIN_OPSET, self.report)
+            if ok:
+                prepared.path = path
+            else:
+                self.op_types.remove("Gather")
+                self.details["gather_skipped"] = f"the model cannot be converted to opset {GATHER_INT4_MIN_OPSET}"
+        return prepared
 
     def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
         from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -259,7 +274,7 @@ class WeightOnlyQuantizer(ModeQuantizer):
         )
 
         config = self.config
-        op_types = tuple(op for op in config.op_types if op not in set(config.op_types_to_exclude))
+        op_types = tuple(self.op_types)
         if config.algorithm == "hqq":
             algo = HQQWeightOnlyQuantConfig(
                 block_size=config.block_size, bits=config.bits, op_types_to_quantize=op_types

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnx_ir as ir
 
+from compression.model_info import iter_nodes
 from compression.quantization.graph_prep import gemm_to_matmul, lift_constants
 from compression.quantization.opset import PER_CHANNEL_MIN_OPSET, ensure_opset
 from compression.quantization.preprocess import preprocess
@@ -62,4 +64,32 @@ def prepare(
             details["gemm_rewritten"] = rewritten
             path = work / "gemm_rewritten.onnx"
             ir.save(model, path)
+    named = name_nodes(path, work / "named.onnx")
+    if named:
+        details["nodes_named"] = named
+        path = work / "named.onnx"
     return Prepared(path=path, per_channel_ok=per_channel_ok, details=details)
+
+
+def name_nodes(src: Path, dst: Path) -> int:
+    """Give unnamed nodes unique names: exclusion lists and sensitivity tables refer to nodes by name.
+
+    Optimisers and some exporters leave names empty (HardSwish split into HardSigmoid and Mul),
+    and an unnamed node could never be kept in float.
+    """
+    model = onnx.load(str(src))
+    nodes = list(iter_nodes(model.graph))
+    taken = {node.name for node in nodes if node.name}
+    count = 0
+    for index, node in enumerate(nodes):
+        if node.name:
+            continue
+        name = f"{node.op_type}_n{index}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+        count += 1
+    if count:
+        onnx.save(model, str(dst))
+    return count
