@@ -64,7 +64,12 @@ def compare_output(ref: np.ndarray, out: np.ndarray, n_samples: int) -> OutputFi
         return OutputFidelity(cosine=0.0, max_abs_diff=float("inf"), mean_abs_diff=float("inf"))
     if ref.dtype.kind not in "fc":
         agree = float(np.mean(ref == out)) if ref.size else 1.0
-        return OutputFidelity(cosine=agree, max_abs_diff=float(np.max(np.abs(ref.astype(np.float64) - out))))
+        diff = np.abs(ref.astype(np.float64) - out)
+        return OutputFidelity(
+            cosine=agree,
+            max_abs_diff=float(diff.max()) if diff.size else 0.0,
+            mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
+        )
     diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
     fidelity = OutputFidelity(
         cosine=cosine(ref, out),
