@@ -148,6 +148,9 @@ class Group:
     slots: list[Slot] = field(default_factory=list)
     tensors: list[tuple[ir.Value, int, int, int]] = field(default_factory=list)  # value, axis, offset, block
     reasons: list[str] = field(default_factory=list)
+    # Set when the channels are `repeats` copies of a smaller group's (attention heads): channel
+    # k * size(tile) + d is channel d of the tile group, so both are pruned with the same indices.
+    tile_of: tuple[int, int] | None = None
 
     @property
     def prunable(self) -> bool:
@@ -172,6 +175,14 @@ class Analysis:
 
     def roots(self) -> list[Group]:
         return [g for g in self.groups if self.find(g.id) == g.id]
+
+    def tiles(self) -> dict[int, list[tuple[Group, int]]]:
+        """Root of each head-dim group -> the groups made of `repeats` copies of it."""
+        out: dict[int, list[tuple[Group, int]]] = {}
+        for group in self.roots():
+            if group.tile_of is not None:
+                out.setdefault(self.find(group.tile_of[0]), []).append((group, group.tile_of[1]))
+        return out
 
 
 class _Walker:
@@ -210,6 +221,13 @@ class _Walker:
         ga.slots += gb.slots
         ga.tensors += gb.tensors
         ga.reasons += gb.reasons
+        if gb.tile_of is not None:
+            if ga.tile_of is not None and (self.find(ga.tile_of[0]), ga.tile_of[1]) != (
+                self.find(gb.tile_of[0]),
+                gb.tile_of[1],
+            ):
+                ga.reasons.append("joins tensors split into attention heads differently")
+            ga.tile_of = ga.tile_of or gb.tile_of
         return ra
 
     def taint(self, layout: Layout | None, reason: str) -> None:
@@ -302,6 +320,7 @@ class _Walker:
             elif any(in_layouts):
                 self.unknown(node, "op is not understood by the channel analysis")
         self.check_shape_reads()
+        self.couple_tiles()
         for value, layout in list(self.layouts.items()):
             if value.is_graph_output():
                 self.taint(layout, f"tensor '{value.name}' is a graph output")
@@ -309,6 +328,21 @@ class _Walker:
                 if user not in main_nodes:
                     self.taint(layout, f"tensor '{value.name}' is used inside a subgraph")
         return Analysis(self.groups, self.layouts, self.fixups, self.find)
+
+    def couple_tiles(self) -> None:
+        """A group tiled from a head-dim group is pruned with it: whatever blocks one blocks both."""
+        for _ in range(2):
+            for gid in range(len(self.groups)):
+                group = self.groups[gid]
+                if self.find(gid) != gid or group.tile_of is None:
+                    continue
+                tile = self.groups[self.find(group.tile_of[0])]
+                for reason in group.reasons:
+                    if reason not in tile.reasons:
+                        tile.reasons.append(reason)
+                for reason in tile.reasons:
+                    if reason not in group.reasons:
+                        group.reasons.append(reason)
 
     # --- producers and consumers -------------------------------------------------------------------------
     def consume(self, node: ir.Node, layout: Layout | None, weight_index: int, weight_axis: int) -> None:
@@ -353,6 +387,7 @@ class _Walker:
         if bias is not None:
             if not is_constant(bias):
                 self.taint(out, f"Conv '{node.name}' bias is not constant")
+                self.taint(self.layouts.get(bias), f"Conv '{node.name}' reads it as a bias")
             else:
                 self.slot(node, 2, 0, out, "param")
         self.set_layout(node.outputs[0], out)
@@ -381,6 +416,7 @@ class _Walker:
         dims = static_dims(c)
         if not is_constant(c) or dims is None:
             self.taint(out, f"{node.op_type} '{node.name}' bias is not constant")
+            self.taint(self.layouts.get(c), f"{node.op_type} '{node.name}' reads it as a bias")
         elif dims and dims[-1] == out.size and out.size != 1:
             self.slot(node, index, len(dims) - 1, out, "param")
 
@@ -388,6 +424,9 @@ class _Walker:
         a, b = node.inputs[0], node.inputs[1]
         weight = weight_array(b)
         rank_a = self.rank(a)
+        if weight is None and not is_constant(b) and rank_a is not None and self.rank(b) is not None:
+            self.activation_matmul(node)
+            return
         if weight is None or not b.is_initializer() or weight.ndim != 2 or rank_a is None:
             self.unknown(node, "needs a constant 2-D weight as second input and a known input rank")
             return
@@ -400,6 +439,24 @@ class _Walker:
         self.ranks[node.outputs[0]] = out_rank
         out = self.produce(node, 1, 1, out_rank - 1, weight.shape[1])
         self.set_layout(node.outputs[0], out)
+
+    def activation_matmul(self, node: ir.Node) -> None:
+        """MatMul of two activations (attention): a contracted channel axis couples both sides' groups
+        (q and k head dims); channels on B's last axis pass through to the output (v head dims)."""
+        a, b = node.inputs[0], node.inputs[1]
+        rank_a, rank_b = self.rank(a), self.rank(b)
+        la, lb = self.layouts.get(a), self.layouts.get(b)
+        out_rank = self.rank(node.outputs[0]) or max(rank_a or 2, rank_b or 2)
+        if la is not None and lb is not None and la.axis == rank_a - 1 and lb.axis == rank_b - 2:
+            if self.unify(la.with_axis(0), lb.with_axis(0), node) is None:
+                self.unknown(node, "contracts channel layouts that do not line up")
+            return
+        if la is None and lb is not None and lb.axis == rank_b - 1:
+            self.ranks[node.outputs[0]] = out_rank
+            self.set_layout(node.outputs[0], lb.with_axis(out_rank - 1))
+            return
+        if la is not None or lb is not None:
+            self.unknown(node, "multiplies activations along their channel axes in a way not supported")
 
     # --- pass-through ops --------------------------------------------------------------------------------
     def op_unary(self, node: ir.Node) -> None:
@@ -564,6 +621,8 @@ class _Walker:
         if in_dims is None or target is None or allow_zero:
             self.taint(layout, f"Reshape '{node.name}' has a shape the analysis cannot evaluate")
             return
+        if self.head_reshape(node, layout, in_dims, target):
+            return
         match = match_channel_reshape(in_dims, target, layout.axis, self.attr_int)
         if match is None:
             self.taint(layout, f"Reshape '{node.name}' mixes the channel axis")
@@ -574,6 +633,54 @@ class _Walker:
         self.accepted_reshapes.add(node)
         self.ranks[node.outputs[0]] = len(target)
         self.set_layout(node.outputs[0], self.stretch(layout, factor, layout.axis))
+
+    def head_reshape(self, node: ir.Node, layout: Layout, in_dims: list, target: list) -> bool:
+        """Split a channel axis into (heads, head_dim) or merge it back; True when handled."""
+        a = layout.axis
+        out = [in_dims[i] if entry == 0 and i < len(in_dims) else entry for i, entry in enumerate(target)]
+        (segment,) = layout.segments if len(layout.segments) == 1 else (None,)
+        if (
+            segment is not None
+            and segment.group is not None
+            and segment.block == 1
+            and len(out) == len(in_dims) + 1
+            and out[:a] == in_dims[:a]
+            and out[a + 2 :] == in_dims[a + 1 :]
+            and all(isinstance(e, int) and e > 0 for e in out[a + 2 :])
+            and isinstance(out[a], int)
+            and out[a] > 1
+            and isinstance(out[a + 1], int)
+            and out[a] * out[a + 1] == segment.count
+            and self.groups[self.find(segment.group)].tile_of is None
+        ):
+            heads, head_dim = out[a], out[a + 1]
+            tile = self.new_group(head_dim, node)
+            self.groups[tile].producers = [f"{node.name} (head dim)"]
+            self.groups[self.find(segment.group)].tile_of = (tile, heads)
+            tail = [e for e in out[a + 2 :]]
+            self.fixups.append(Fixup("reshape", node, {"target": [0] * a + [heads, -1] + tail, "layout": layout}))
+            self.accepted_reshapes.add(node)
+            self.ranks[node.outputs[0]] = len(out)
+            self.set_layout(node.outputs[0], Layout(a + 1, (Segment(tile, head_dim),)))
+            return True
+        if (
+            a >= 1
+            and len(out) == len(in_dims) - 1
+            and out[: a - 1] == in_dims[: a - 1]
+            and isinstance(in_dims[a - 1], int)
+            and out[a:] == in_dims[a + 1 :]
+            and all(isinstance(e, int) and e > 0 for e in out[a:])
+            and out[a - 1] in (-1, in_dims[a - 1] * layout.size if isinstance(in_dims[a], int) else None)
+            and all(s.block == 1 for s in layout.segments)
+        ):
+            heads = in_dims[a - 1]
+            merged = Layout(a - 1, layout.segments * heads)
+            self.fixups.append(Fixup("reshape", node, {"target": [0] * (a - 1) + [-1] + out[a:], "layout": merged}))
+            self.accepted_reshapes.add(node)
+            self.ranks[node.outputs[0]] = len(out)
+            self.set_layout(node.outputs[0], merged)
+            return True
+        return False
 
     def shape_entries(self, value: ir.Value) -> list | None:
         """A Reshape target as symbolic entries: from a constant, or evaluated from Shape arithmetic."""

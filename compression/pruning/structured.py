@@ -46,9 +46,13 @@ def channels_to_keep(size: int, sparsity: float, round_to: int, min_channels: in
 def plan_removal(
     analysis: Analysis, scores: dict[int, np.ndarray], sparsity: float, round_to: int, min_channels: int
 ) -> tuple[dict[int, np.ndarray], list[GroupReport]]:
+    """Least important channels of each prunable group; groups tiled from a head-dim group follow it."""
     removal: dict[int, np.ndarray] = {}
     reports: list[GroupReport] = []
+    tiled = [g for g in analysis.roots() if g.tile_of is not None]
     for group in analysis.roots():
+        if group.tile_of is not None:
+            continue
         if not group.prunable:
             reasons = "; ".join(group.reasons)
             reports.append(GroupReport(producers=group.producers, channels=group.size, kept=group.size,
@@ -61,7 +65,46 @@ def plan_removal(
         removal[group.id] = removed
         status = "pruned" if len(removed) else "kept"
         reports.append(GroupReport(producers=group.producers, channels=group.size, kept=keep, status=status))
+    for group in tiled:
+        tile_id, repeats = analysis.find(group.tile_of[0]), group.tile_of[1]  # type: ignore[index]
+        tile_size = analysis.groups[tile_id].size
+        removed_tile = removal.get(tile_id)
+        if removed_tile is None or not group.prunable:
+            reports.append(GroupReport(producers=group.producers, channels=group.size, kept=group.size,
+                                       status="skipped", reason="; ".join(group.reasons) or None))  # fmt: skip
+            continue
+        removal[group.id] = np.concatenate([k * tile_size + removed_tile for k in range(repeats)])
+        kept = group.size - len(removal[group.id])
+        status = "pruned" if len(removed_tile) else "kept"
+        reports.append(GroupReport(producers=group.producers, channels=group.size, kept=kept, status=status,
+                                   reason=f"follows its {repeats} attention heads"))  # fmt: skip
     return removal, reports
+
+
+def group_scores(analysis: Analysis, importance: Importance, stats: dict[str, PositionStats]) -> dict[int, np.ndarray]:
+    """Importance of every prunable group; a head-dim group adds the per-head sums of its tiled groups."""
+    scores: dict[int, np.ndarray] = {}
+    for group in analysis.roots():
+        if not group.prunable:
+            continue
+        score = activation_scores(group, stats) if importance == "activation" else None
+        if score is None or not score.any():
+            score = magnitude_scores(group, "l1" if importance == "l1" else "l2")
+        scores[group.id] = score
+    for tile_id, members in analysis.tiles().items():
+        if tile_id not in scores:
+            continue
+        total = _normalized(scores[tile_id])
+        for group, repeats in members:
+            if group.id in scores:
+                total = total + _normalized(scores[group.id].reshape(repeats, -1).sum(axis=0))
+        scores[tile_id] = total
+    return scores
+
+
+def _normalized(values: np.ndarray) -> np.ndarray:
+    mean = values.mean() if values.size else 0.0
+    return values / mean if mean > 0 else values
 
 
 def structured_prune(
@@ -92,10 +135,7 @@ def structured_prune(
     stats: dict[str, PositionStats] = {}
     if dataset is not None and (importance == "activation" or (bias_compensation and sparsity > 0)):
         stats = probe_statistics(model, probe_targets(prunable), dataset, batch_size, max_samples, check_cancelled)
-    if importance == "activation":
-        scores = {g.id: activation_scores(g, stats) for g in prunable}
-    else:
-        scores = {g.id: magnitude_scores(g, importance) for g in prunable}
+    scores = group_scores(analysis, importance, stats)
     check_cancelled()
     removal, reports = plan_removal(analysis, scores, sparsity, round_to, min_channels)
     compensated: list[str] = []

@@ -129,13 +129,41 @@ def test_transformer_mlp_intermediate_shrinks(transformer_block: DevModel, tmp_p
     silenced = tmp_path / "silenced.onnx"
     onnx.save(model, str(silenced))
     pruned = tmp_path / "pruned.onnx"
-    report = prune(silenced, pruned, 0.5)
+    report = prune(silenced, pruned, 0.5, exclude=["q/MatMul", "v/MatMul"])  # keep attention exact here
     weights = initializers(pruned)
     assert weights["fc1.weight"].shape == (64, 64) and weights["fc1.bias"].shape == (64,)
     assert weights["fc2.weight"].shape == (64, 64)
     groups = {tuple(g["producers"]): g for g in report["groups"]}
     assert groups[("fc1/MatMul",)]["status"] == "pruned"
-    assert "Reshape 'q/Reshape'" in groups[("q/MatMul",)]["reason"]
+    assert "node 'q/MatMul' is excluded" in groups[("q/MatMul",)]["reason"]
+    assert groups[("q/Reshape (head dim)", "k/Reshape (head dim)")]["status"] == "skipped", "k follows q"
+    assert "LayerNormalization 'ln1'" in groups[("tok", "proj/MatMul", "fc2/MatMul")]["reason"]
+    feeds = transformer_block.feeds(limit=64)
+    np.testing.assert_allclose(run(pruned, feeds)[0], run(silenced, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_attention_head_dims_prune_exactly_on_dead_dims(transformer_block: DevModel, tmp_path: Path) -> None:
+    """q/k share head-dim indices (contracted in q·k), v's follow into proj; dead dims must vanish exactly."""
+    model = transformer_block.load_onnx()
+    heads, head_dim = 4, 16
+    qk_dead, v_dead = [1, 5, 9, 14], [0, 3, 7, 8]
+    qk_columns = [h * head_dim + d for h in range(heads) for d in qk_dead]
+    v_columns = [h * head_dim + d for h in range(heads) for d in v_dead]
+    for name in ("q", "k"):
+        kill_channels(model, f"{name}.weight", f"{name}.bias", qk_columns, axis=1)
+    kill_channels(model, "v.weight", "v.bias", v_columns, axis=1)
+    kill_channels(model, "proj.weight", None, v_columns, axis=0)  # so importance sees v's dead dims as zero
+    silenced = tmp_path / "silenced.onnx"
+    onnx.save(model, str(silenced))
+    pruned = tmp_path / "pruned.onnx"
+    report = prune(silenced, pruned, 0.25, exclude=["fc1/MatMul"])
+    groups = {tuple(g["producers"]): g for g in report["groups"]}
+    assert groups[("q/Reshape (head dim)", "k/Reshape (head dim)")]["kept"] == 12
+    assert groups[("q/MatMul",)]["kept"] == 48 and groups[("q/MatMul",)]["status"] == "pruned"
+    weights = initializers(pruned)
+    assert weights["q.weight"].shape == weights["k.weight"].shape == weights["v.weight"].shape == (64, 48)
+    assert weights["proj.weight"].shape == (48, 64)
+    onnx.checker.check_model(str(pruned), full_check=True)
     feeds = transformer_block.feeds(limit=64)
     np.testing.assert_allclose(run(pruned, feeds)[0], run(silenced, feeds)[0], rtol=1e-4, atol=1e-4)
 
