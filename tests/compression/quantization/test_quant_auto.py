@@ -71,3 +71,14 @@ def test_auto_returns_the_input_when_the_budget_cannot_be_met(tmp_path):
     step = result.metrics.steps[0]
     assert step.details["input_model_returned"] is True
     assert result.metrics.fidelity.top1_agreement == 1.0
+
+
+def test_explicit_mode_speed_guard_returns_the_input_when_slower(tmp_path):
+    """Quantizing one 8x8 MatMul only adds DynamicQuantizeLinear work: the guard hands back the input."""
+    rng = np.random.default_rng(0)
+    src = save(matmul_model(rng.standard_normal((8, 8)).astype(np.float32)), tmp_path / "tiny.onnx")
+    datasets = DatasetBundle(eval=feeds_dataset({"x": rng.standard_normal((64, 8)).astype(np.float32)}, src))
+    result, _ = run_step(src, {"type": "quantize", "mode": "dynamic"}, datasets, tmp_path)
+    details = result.metrics.steps[0].details
+    assert details["latency_ratio"] > 1.05
+    assert details["input_model_returned"] and "slower" in details["reason"]

