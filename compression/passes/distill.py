@@ -71,9 +71,10 @@ class DistillPass(CompressionPass):
         onnx.save(outcome.model, str(out))
         ctx.check_cancelled()
         ctx.progress(0.92, "distill: measure teacher and student")
-        return PassResult(
-            model_path=out, changed=True, metrics=_metrics(ctx, config.student, student_path, out, outcome)
-        )
+        # best epoch 0 on the current model: the weights are the ones the step received
+        changed = outcome.best_epoch > 0 or config.student != "current"
+        metrics = _metrics(ctx, config.student, student_path, out, outcome)
+        return PassResult(model_path=out, changed=changed, metrics=metrics)
 
 
 def _metrics(ctx: PassContext, student: str, student_path: Path, out: Path, outcome: Any) -> dict[str, Any]:
