@@ -84,3 +84,33 @@ def test_production_flow(production_backend: Stack, digits_cnn, tmp_path: Path) 
         assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
     finally:
         worker.stop()
+
+
+def test_prune_distill_quantize_pipeline_over_http(embedded_stack: Stack, residual_cnn, tmp_path: Path) -> None:
+    """The product's headline: a pipeline of three passes, each step reporting, one compressed model back."""
+    files = {"train": ("train", None), "eval": ("test", None), "calibration": ("train", 256)}
+    with embedded_stack.client() as client:
+        model = upload(client, "/v1/models", residual_cnn.path)
+        datasets = {}
+        for role, (split, limit) in files.items():
+            path = tmp_path / f"{role}.npz"
+            residual_cnn.write_npz(path, split=split, limit=limit)
+            datasets[role] = upload(client, "/v1/datasets", path)["id"]
+        steps = [
+            {"type": "prune", "method": "structured", "sparsity": 0.5},
+            {"type": "distill", "epochs": 8},
+            {"type": "quantize", "mode": "static"},
+        ]
+        job = submit(client, {"model_id": model["id"], "steps": steps, "datasets": datasets})
+        job = poll(client, job["id"], timeout=600)
+        assert job["status"] == "succeeded", job["error"]
+        events = client.get(f"/v1/jobs/{job['id']}/events").json()
+        out_model = download(client, job["urls"]["model"], tmp_path / "compressed.onnx")
+
+    assert [step["status"] for step in job["steps"]] == ["succeeded"] * 3
+    metrics = job["metrics"]
+    assert metrics["ratios"]["size"] <= 0.125  # >= 8x smaller
+    assert metrics["fidelity"]["accuracy"]["drop"] <= 0.01
+    assert onnx_accuracy(out_model, residual_cnn.x_test, residual_cnn.y_test) >= residual_cnn.accuracy - 0.01
+    stages = {event["stage"] for event in events if event["stage"]}
+    assert {"0:prune", "1:distill", "2:quantize"} <= stages
