@@ -341,3 +341,22 @@ def test_piper_tashkeel_attention_gru_within_budget_or_input(third_party_model, 
         assert "slower" in details["reason"] or "budget" in details["reason"]
     else:
         assert details["within_budget"]
+
+
+def test_per_channel_falls_back_to_per_tensor_when_the_opset_cannot_be_upgraded(tmp_path, monkeypatch):
+    """When onnx's converter has no adapter for a graph, per-tensor is used instead of an unloadable model."""
+    from compression.quantization import opset
+
+    def refuse(model, target):
+        raise RuntimeError("no adapter for this graph")
+
+    monkeypatch.setattr(opset.version_converter, "convert_version", refuse)
+    src = save(_conv_model(12), tmp_path / "opset12.onnx")
+    x = RNG.standard_normal((96, 8, 16, 16)).astype(np.float32)
+    datasets = DatasetBundle(calibration=feeds_dataset({"x": x[:64]}, src), eval=feeds_dataset({"x": x[64:]}, src))
+    step = {"type": "quantize", "mode": "static", "per_channel": True, "speed_guard": False}
+    result, recorder = run_step(src, step, datasets, tmp_path)
+    details = result.metrics.steps[0].details
+    assert "per-tensor" in details["per_channel_fallback"]
+    assert "upgrade failed" in recorder.text()
+    make_session(result.model_path)
