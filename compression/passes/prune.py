@@ -37,8 +37,8 @@ class NMPruneConfig(PruneBase):
     """Keep `n` of every `m` consecutive weights along the input-channel axis (2:4 by default)."""
 
     method: Literal["n_m"]
-    n: int = Field(2, ge=1)
-    m: int = Field(4, ge=2)
+    n: int = Field(2, ge=1, description="weights kept in every block of m")
+    m: int = Field(4, ge=2, description="block length along the input-channel axis")
     sparsity: float | None = Field(None, description="optional; must equal 1 - n/m when given")
     skip_first_last: bool = True
 
@@ -57,7 +57,9 @@ class StructuredPruneConfig(PruneBase):
     method: Literal["structured"]
     sparsity: float = Field(ge=0.0, le=1.0, description="fraction of channels removed per prunable group")
     importance: Literal["l1", "l2", "activation"] = Field(
-        "l2", description="weight magnitude over the group's layers, or mean |activation| on calibration/train data"
+        "l2",
+        description="weight magnitude over the group's coupled layers, or mean |activation| (times the weight "
+        "norm reading it) on calibration/train data",
     )
     round_to: int = Field(1, ge=1, description="keep channel counts a multiple of this")
     bias_compensation: bool = Field(
