@@ -28,7 +28,7 @@ from compression.quantization.config import (
 )
 from compression.quantization.modes import make_quantizer
 from compression.quantization.search import BudgetSearch
-from compression.quantization.speed import interleaved_latency
+from compression.quantization.speed import confirmed_ratio, interleaved_latency
 
 __all__ = [
     "AutoQuantizeConfig",
@@ -91,6 +91,9 @@ class QuantizePass(CompressionPass):
             before, after = interleaved_latency([model_path, result.best.path], evaluator, ctx.settings)
             ratio = after.median_ms / before.median_ms
             metrics.update(input_latency_ms=before.median_ms, latency_ms=after.median_ms, latency_ratio=ratio)
+            if ratio > ctx.settings.quant_slowdown_tolerance:
+                ratio = confirmed_ratio(model_path, result.best.path, evaluator, ctx.settings)
+                metrics["latency_ratio_confirmed"] = ratio
             if ratio > ctx.settings.quant_slowdown_tolerance:
                 metrics["reason"] = (
                     f"the quantized model is slower than the input ({ratio:.2f}x latency); returning the input "

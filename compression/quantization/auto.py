@@ -22,7 +22,7 @@ from compression.quantization.config import (
 )
 from compression.quantization.modes import make_quantizer
 from compression.quantization.search import BudgetSearch, SearchResult
-from compression.quantization.speed import interleaved_latency
+from compression.quantization.speed import confirmed_ratio, interleaved_latency
 
 RECURRENT = {"LSTM", "GRU", "RNN"}
 MATMUL_LIKE = {"MatMul", "Gemm", "Attention"}
@@ -126,6 +126,14 @@ def run_auto(
         metrics["reason"] = "no candidate within budget is faster than the input model; returning the input model"
         return None, metrics
     latency, best = min(faster, key=lambda pair: pair[0])
+    confirmed = confirmed_ratio(model_path, best.best.path, evaluator, ctx.settings)
+    metrics["latency_ratio_confirmed"] = confirmed
+    if confirmed * ctx.settings.quant_min_speedup >= 1.0:
+        metrics["reason"] = (
+            f"{best.mode} looked faster but a longer run measured {confirmed:.3f}x the input's latency; "
+            "returning the input model"
+        )
+        return None, metrics
     metrics.update(chosen=best.mode, latency_ratio=latency / base, **best.summary())
     metrics["mode"] = "auto"
     metrics["chosen"] = best.mode

@@ -129,15 +129,16 @@ class BudgetSearch:
         rounds = self.ctx.settings.quant_exclusion_rounds
         group = max(1, math.ceil(len(order) / rounds))
         for start in range(0, len(order), group):
-            excluded += order[start : start + group]
+            before = list(excluded)
+            chunk = order[start : start + group]
+            excluded += chunk
             self.ctx.event(
-                "keeping the most sensitive nodes in float",
-                nodes=order[start : start + group],
-                reasons=result.best.verdict.reasons,
+                "keeping the most sensitive nodes in float", nodes=chunk, reasons=result.best.verdict.reasons
             )
             attempt = self._record(result, self._attempt(prepared, excluded))
             result.best = attempt
             if attempt.verdict.ok:
+                excluded = self._shrink(result, prepared, before, chunk)
                 break
         if result.best.verdict.ok and result.output_guard:
             # the ranked exclusions may have fixed the collapse at its source: try re-quantizing the guard
@@ -149,6 +150,18 @@ class BudgetSearch:
             # every quantizable node float: that is the input model with extra steps, not a success
             result.best.verdict = Verdict(ok=False, reasons=["the budget is met only with every node kept in float"])
         return self._done(result, prepared)
+
+    def _shrink(self, result: SearchResult, prepared: Prepared, before: list[str], chunk: list[str]) -> list[str]:
+        """Bisect the group that met the budget for its shortest passing prefix (most sensitive first)."""
+        low, high = 0, len(chunk)  # before + chunk[:low] fails, before + chunk[:high] passes
+        while high - low > 1:
+            middle = (low + high) // 2
+            attempt = self._record(result, self._attempt(prepared, [*before, *chunk[:middle]]))
+            if attempt.verdict.ok:
+                high, result.best = middle, attempt
+            else:
+                low = middle
+        return [*before, *chunk[:high]]
 
     def _done(self, result: SearchResult, prepared: Prepared) -> SearchResult:
         result.attempts = self.attempts

@@ -19,3 +19,14 @@ def interleaved_latency(paths: list[Path], evaluator: Evaluator, settings: Engin
         threads=settings.latency_threads,
         batch_size=evaluator.latency_batch_size,
     )
+
+
+def confirmed_ratio(src: Path, candidate: Path, evaluator: Evaluator, settings: EngineSettings) -> float:
+    """Latency ratio candidate / input from a second, three times longer interleaved run.
+
+    A 0.2 ms model on a shared machine can read 5% slower by chance; a verdict that hands back
+    the input (or picks a winner) is worth the extra runs.
+    """
+    longer = settings.model_copy(update={"quant_latency_runs": settings.quant_latency_runs * 3})
+    before, after = interleaved_latency([src, candidate], evaluator, longer)
+    return after.median_ms / before.median_ms

@@ -30,6 +30,7 @@ def test_auto_never_returns_a_slower_model(auto_cnn):
     details = auto_cnn[0].metrics.steps[0].details
     chosen = next(c for c in details["candidates"] if c["mode"] == details["chosen"])
     assert chosen["latency_ms"] < details["input_latency_ms"]
+    assert details["latency_ratio_confirmed"] < 1.0  # re-measured in a longer interleaved run
     assert all(c["latency_ms"] >= chosen["latency_ms"] for c in details["candidates"] if "latency_ms" in c)
 
 
