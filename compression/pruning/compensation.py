@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from compression.pruning.dependency import Analysis
 from compression.pruning.importance import PositionStats
+from compression.pruning.layout import Analysis
 from compression.pruning.rewrite import Removal, positions
 
 

@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from compression.datasets import Dataset
 from compression.metrics.inference import make_session
-from compression.pruning.dependency import Group
+from compression.pruning.layout import Group
 
 Importance = Literal["l1", "l2", "activation"]
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
-from compression.pruning.dependency import Analysis, Layout
+from compression.pruning.layout import Analysis, Layout
 
 Removal = dict[int, np.ndarray]  # group root id -> sorted channel indices to remove
 

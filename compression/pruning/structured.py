@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from compression.datasets import Dataset
 from compression.pruning.compensation import compensate_biases
-from compression.pruning.dependency import Analysis, Group, analyze
+from compression.pruning.dependency import analyze
 from compression.pruning.importance import (
     Importance,
     PositionStats,
@@ -21,6 +21,7 @@ from compression.pruning.importance import (
     probe_statistics,
     probe_targets,
 )
+from compression.pruning.layout import Analysis, Group
 from compression.pruning.model_io import load_for_pruning, save_model
 from compression.pruning.rewrite import apply_removal
 
