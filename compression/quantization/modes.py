@@ -126,7 +126,7 @@ class DynamicQuantizer(ModeQuantizer):
         self.details["bytes_saved_by_compaction"] = compact(stage, dst, original_names(prepared.path))
 
     def _has_weight(self, node: onnx.NodeProto, initializers: set[str]) -> bool:
-        return node.op_type != "Conv" or self.config.conv == "integer"
+        return node.op_type != "Conv" or self.config.conv != "float"  # int8-storage Convs carry error too
 
 
 class StaticQuantizer(ModeQuantizer):
