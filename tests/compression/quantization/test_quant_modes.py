@@ -162,3 +162,29 @@ def test_weight_only_gptq_uses_calibration(transformer_block, tmp_path):
     assert result.metrics.fidelity.accuracy.drop <= 0.01
     with pytest.raises(MissingDatasetError, match="gptq"):
         run_step(transformer_block.path, step, bundle(transformer_block, calibration=False), tmp_path / "none")
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile", "distribution"])
+def test_static_calibration_methods(digits_cnn, tmp_path, method):
+    step = {"type": "quantize", "mode": "static", "calibration_method": method, "max_accuracy_drop": 0.01}
+    result, _ = run_step(digits_cnn.path, step, bundle(digits_cnn), tmp_path)
+    details = result.metrics.steps[0].details
+    assert details["within_budget"] and not details["input_model_returned"], details.get("reason")
+    assert result.metrics.fidelity.accuracy.drop <= 0.01
+    assert result.metrics.ratios["size"] <= 0.3
+
+
+def test_static_per_tensor_qoperator_int8_activations(residual_cnn, tmp_path):
+    """The 'global' variant and onnxruntime's int8 activations still meet the budget (speed aside)."""
+    step = {
+        "type": "quantize",
+        "mode": "static",
+        "format": "qoperator",
+        "per_channel": False,
+        "activation_type": "int8",
+        "max_accuracy_drop": 0.01,
+        "speed_guard": False,
+    }
+    result, _ = run_step(residual_cnn.path, step, bundle(residual_cnn), tmp_path)
+    assert "QLinearConv" in _ops(result.model_path)
+    assert result.metrics.fidelity.accuracy.drop <= 0.01
