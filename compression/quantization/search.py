@@ -94,9 +94,12 @@ class BudgetSearch:
         attempt = self._attempt(prepared, user)
         result = SearchResult(mode=mode, best=attempt, attempts=0, details=self.quantizer.details)
         self._record(result, attempt)
-        if attempt.verdict.ok:
-            return self._done(result, prepared)
         candidates = self.quantizer.candidate_nodes(prepared)
+        if attempt.verdict.ok:
+            if self.budget.max_accuracy_drop is not None and attempt.path is not None:
+                # met at once: the table still tells the user where the error would come from
+                result.sensitivity = self._rank(prepared, attempt.path, [c for c in candidates if c not in user])
+            return self._done(result, prepared)
         excluded = list(user)
         if attempt.verdict.collapsed_outputs:
             guard = producers(prepared.path, attempt.verdict.collapsed_outputs, set(candidates))
@@ -116,14 +119,7 @@ class BudgetSearch:
                     return self._done(result, prepared)
         if attempt.path is None:
             return self._done(result, prepared)
-        ranked = rank_nodes(
-            prepared.path,
-            attempt.path,
-            [c for c in candidates if c not in excluded],
-            self.evaluator.dataset.take(self.ctx.settings.quant_eval_samples),
-            self.quantizer.work / "sensitivity",
-            self.ctx.settings.latency_threads,
-        )
+        ranked = self._rank(prepared, attempt.path, [c for c in candidates if c not in excluded])
         result.sensitivity = ranked
         order = [s.node for s in ranked]
         rounds = self.ctx.settings.quant_exclusion_rounds
@@ -150,6 +146,16 @@ class BudgetSearch:
             # every quantizable node float: that is the input model with extra steps, not a success
             result.best.verdict = Verdict(ok=False, reasons=["the budget is met only with every node kept in float"])
         return self._done(result, prepared)
+
+    def _rank(self, prepared: Prepared, quantized: Path, candidates: list[str]) -> list[NodeSensitivity]:
+        return rank_nodes(
+            prepared.path,
+            quantized,
+            candidates,
+            self.evaluator.dataset.take(self.ctx.settings.quant_eval_samples),
+            self.quantizer.work / "sensitivity",
+            self.ctx.settings.latency_threads,
+        )
 
     def _shrink(self, result: SearchResult, prepared: Prepared, before: list[str], chunk: list[str]) -> list[str]:
         """Bisect the group that met the budget for its shortest passing prefix (most sensitive first)."""

@@ -80,6 +80,8 @@ def test_weight_only_hqq_mlp_with_budget(mlp, tmp_path):
     details = result.metrics.steps[0].details
     assert details["within_budget"]
     assert result.metrics.fidelity.accuracy.drop <= 0.01
+    # a budget was set, so the per-node table is reported even though the first attempt met it
+    assert {row["node"] for row in details["sensitivity"]} == {"fc1_matmul", "fc2_matmul", "fc3_matmul"}
 
 
 def test_fp16_keeps_float32_io(mlp, tmp_path):
