@@ -95,7 +95,9 @@ def run_auto(
         ctx.progress(0.1 + 0.7 * index / max(len(configs), 1), f"auto: trying {mode_config.mode}")
         quantizer = make_quantizer(mode_config, ctx, work / f"{index}_{mode_config.mode}")
         try:
-            result = BudgetSearch(quantizer, ctx, evaluator, budget, f"auto_{mode_config.mode}").run(model_path)
+            result = BudgetSearch(quantizer, ctx, evaluator, budget, f"quantize_auto_{mode_config.mode}").run(
+                model_path
+            )
         except CompressionError as exc:
             table.append({"mode": mode_config.mode, "within_budget": False, "reasons": [exc.message]})
             continue

@@ -83,3 +83,9 @@ def test_explicit_mode_speed_guard_returns_the_input_when_slower(tmp_path):
     details = result.metrics.steps[0].details
     assert details["latency_ratio"] > 1.05
     assert details["input_model_returned"] and "slower" in details["reason"]
+
+
+def test_rejected_attempts_are_deleted(auto_cnn):
+    result, _ = auto_cnn
+    left = sorted(p.name for p in result.model_path.parent.glob("step0_*.onnx"))
+    assert left == [result.model_path.name]
