@@ -374,3 +374,39 @@ def test_per_channel_falls_back_to_per_tensor_when_the_opset_cannot_be_upgraded(
     assert "per-tensor" in details["per_channel_fallback"]
     assert "upgrade failed" in recorder.text()
     make_session(result.model_path)
+
+
+def _shape_concat_on_last_axis(path: Path) -> Path:
+    """Valid ONNX that onnxruntime's symbolic shape inference asserts on: Concat of shapes on axis -1."""
+    w = RNG.standard_normal((16, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
+        helper.make_node("Shape", ["y"], ["s"], name="shape"),
+        helper.make_node("Concat", ["s", "one"], ["target"], axis=-1, name="concat"),
+        helper.make_node("Reshape", ["y", "target"], ["z"], name="reshape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shape_concat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8, 1])],
+        [
+            helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.ravel()),
+            helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        ],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_failing_symbolic_shape_inference_falls_back_and_carries_on(tmp_path):
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    src = _shape_concat_on_last_axis(tmp_path / "concat.onnx")
+    with pytest.raises(AssertionError):
+        SymbolicShapeInference.infer_shapes(onnx.load(str(src)), 2**31 - 1, False, False, 0)
+    datasets = DatasetBundle(eval=feeds_dataset({"x": RNG.standard_normal((64, 16)).astype(np.float32)}, src))
+    result, recorder = run_step(src, {"type": "quantize", "mode": "dynamic", "speed_guard": False}, datasets, tmp_path)
+    assert "quant_pre_process failed with {'skip_symbolic_shape': False}" in recorder.text()
+    assert "falling back" in recorder.text()
+    assert "MatMulInteger" in _ops(result.model_path)
+    assert result.metrics.fidelity.outputs["z"].cosine > 0.99
