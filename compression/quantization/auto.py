@@ -95,9 +95,9 @@ def run_auto(
         ctx.progress(0.1 + 0.7 * index / max(len(configs), 1), f"auto: trying {mode_config.mode}")
         quantizer = make_quantizer(mode_config, ctx, work / f"{index}_{mode_config.mode}")
         try:
-            result = BudgetSearch(quantizer, ctx, evaluator, budget, f"quantize_auto_{mode_config.mode}").run(
-                model_path
-            )
+            span = (0.1 + 0.7 * index / len(configs), 0.1 + 0.7 * (index + 1) / len(configs))
+            search = BudgetSearch(quantizer, ctx, evaluator, budget, f"quantize_auto_{mode_config.mode}", span)
+            result = search.run(model_path)
         except CompressionError as exc:
             table.append({"mode": mode_config.mode, "within_budget": False, "reasons": [exc.message]})
             continue

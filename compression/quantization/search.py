@@ -62,14 +62,25 @@ class BudgetSearch:
     """Runs one mode's quantizer with a growing float-exclusion list until the budget verdict passes."""
 
     def __init__(
-        self, quantizer: ModeQuantizer, ctx: PassContext, evaluator: Evaluator, budget: Budget, stem: str
+        self,
+        quantizer: ModeQuantizer,
+        ctx: PassContext,
+        evaluator: Evaluator,
+        budget: Budget,
+        stem: str,
+        progress: tuple[float, float] = (0.05, 0.85),
     ) -> None:
         self.quantizer, self.ctx, self.evaluator, self.budget, self.stem = quantizer, ctx, evaluator, budget, stem
+        self.progress = progress
         self.attempts = 0
 
     def _attempt(self, prepared: Prepared, exclude: list[str]) -> Attempt:
         self.ctx.check_cancelled()
         self.attempts += 1
+        low, high = self.progress
+        done = 1.0 - 0.5**self.attempts  # the number of attempts is not known up front
+        mode = self.quantizer.config.mode
+        self.ctx.progress(low + (high - low) * done, f"{mode}: attempt {self.attempts} ({len(exclude)} node(s) float)")
         dst = self.ctx.new_model_path(self.stem)
         self.quantizer.quantize(prepared, dst, exclude)
         try:
