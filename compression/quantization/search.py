@@ -12,6 +12,7 @@ import onnx
 from compression.errors import InvalidModelError
 from compression.metrics.evaluation import Evaluator
 from compression.metrics.fidelity import Fidelity
+from compression.model_info import iter_nodes
 from compression.passes.base import PassContext
 from compression.quantization.budget import Budget, Verdict, judge
 from compression.quantization.modes import ModeQuantizer
@@ -102,6 +103,10 @@ class BudgetSearch:
         prepared = self.quantizer.prepare(src)
         self.quantizer.tune(prepared, self.evaluator)
         user = list(self.quantizer.config.nodes_to_exclude)
+        unknown = sorted(set(user) - node_names(prepared.path) - node_names(src))
+        if unknown:
+            self.ctx.event("nodes_to_exclude names no node of the model; check the spelling", nodes=unknown)
+            self.quantizer.details["unknown_nodes_to_exclude"] = unknown
         attempt = self._attempt(prepared, user)
         result = SearchResult(mode=mode, best=attempt, attempts=0, details=self.quantizer.details)
         self._record(result, attempt)
@@ -186,6 +191,10 @@ class BudgetSearch:
         for internal in ("always_exclude", "small_conv_candidates"):
             result.details.pop(internal, None)
         return result
+
+
+def node_names(path: Path) -> set[str]:
+    return {node.name for node in iter_nodes(onnx.load(str(path), load_external_data=False).graph)}
 
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Gather"})

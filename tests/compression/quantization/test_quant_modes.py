@@ -109,6 +109,13 @@ def test_static_synthetic_calibration_is_flagged(digits_cnn, tmp_path):
     assert "synthetic" in recorder.text()
 
 
+def test_unknown_excluded_node_is_reported(mlp, tmp_path):
+    step = {"type": "quantize", "mode": "dynamic", "nodes_to_exclude": ["fc9"], "speed_guard": False}
+    result, recorder = run_step(mlp.path, step, bundle(mlp), tmp_path)
+    assert result.metrics.steps[0].details["unknown_nodes_to_exclude"] == ["fc9"]
+    assert "check the spelling" in recorder.text()
+
+
 def test_exclusions_are_honoured(digits_cnn, tmp_path):
     step = {
         "type": "quantize",
