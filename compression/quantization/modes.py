@@ -196,6 +196,8 @@ class StaticQuantizer(ModeQuantizer):
             nodes_to_exclude=[*exclude, *always] or None,
             calibrate_method=CALIBRATION_METHODS[config.calibration_method],
             calibration_providers=["CPUExecutionProvider"],
+            # ranges depend on the graph and op types, not on the exclusions: calibrate once per search
+            calibration_cache_path=self.work / "calibration_ranges.json",
             # a float bias costs 4 bytes per channel, an int32 one 12 (value, scale, zero-point), and
             # onnxruntime fuses both the same way
             extra_options={"QuantizeBias": not config.float_bias},
