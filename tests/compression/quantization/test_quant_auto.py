@@ -89,3 +89,16 @@ def test_rejected_attempts_are_deleted(auto_cnn):
     result, _ = auto_cnn
     left = sorted(p.name for p in result.model_path.parent.glob("step0_*.onnx"))
     assert left == [result.model_path.name]
+
+
+def test_auto_tries_weight_only_for_large_matmuls(tmp_path):
+    rng = np.random.default_rng(2)
+    src = save(matmul_model((rng.standard_normal((512, 256)) * 0.05).astype(np.float32)), tmp_path / "big.onnx")
+    datasets = DatasetBundle(eval=feeds_dataset({"x": rng.standard_normal((64, 512)).astype(np.float32)}, src))
+    result, _ = run_step(src, {"type": "quantize", "mode": "auto", "max_accuracy_drop": 0.05}, datasets, tmp_path)
+    details = result.metrics.steps[0].details
+    assert [c["mode"] for c in details["candidates"]] == ["dynamic", "weight_only"]
+    assert any("large MatMul" in note for note in details["plan"])
+    if not details["input_model_returned"]:
+        chosen = next(c for c in details["candidates"] if c["mode"] == details["chosen"])
+        assert chosen["latency_ms"] < details["input_latency_ms"]
