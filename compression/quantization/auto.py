@@ -7,7 +7,7 @@ from typing import Any
 
 import onnx
 
-from compression.errors import CompressionError
+from compression.errors import CompressionError, JobCanceledError
 from compression.metrics.evaluation import Evaluator
 from compression.model_info import inspect_model
 from compression.passes.base import PassContext
@@ -100,6 +100,13 @@ def run_auto(
             result = search.run(model_path)
         except CompressionError as exc:
             table.append({"mode": mode_config.mode, "within_budget": False, "reasons": [exc.message]})
+            continue
+        except JobCanceledError:
+            raise
+        except Exception as exc:  # one candidate's library failure must not sink the others
+            reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+            table.append({"mode": mode_config.mode, "within_budget": False, "reasons": [reason]})
+            ctx.event(f"auto: {mode_config.mode} failed, trying the other candidates", reason=reason)
             continue
         results.append(result)
         table.append(result.summary())

@@ -9,7 +9,7 @@ from typing import Any
 
 import onnx
 
-from compression.errors import InvalidModelError
+from compression.errors import CompressionError, InvalidModelError, JobCanceledError
 from compression.metrics.evaluation import Evaluator
 from compression.metrics.fidelity import Fidelity
 from compression.model_info import iter_nodes
@@ -83,7 +83,14 @@ class BudgetSearch:
         mode = self.quantizer.config.mode
         self.ctx.progress(low + (high - low) * done, f"{mode}: attempt {self.attempts} ({len(exclude)} node(s) float)")
         dst = self.ctx.new_model_path(self.stem)
-        self.quantizer.quantize(prepared, dst, exclude)
+        try:
+            self.quantizer.quantize(prepared, dst, exclude)
+        except (CompressionError, JobCanceledError):
+            raise
+        except Exception as exc:  # onnxruntime's quantizers raise bare exceptions on graphs they cannot handle
+            reason = f"onnxruntime's quantizer failed: {type(exc).__name__}: {str(exc)[:300]}"
+            self.ctx.event(reason)
+            return Attempt(None, None, Verdict(ok=False, reasons=[reason]), exclude)
         try:
             fidelity = self.evaluator.fidelity(dst)
         except InvalidModelError as exc:  # every returned model must load and run

@@ -102,3 +102,20 @@ def test_auto_tries_weight_only_for_large_matmuls(tmp_path):
     if not details["input_model_returned"]:
         chosen = next(c for c in details["candidates"] if c["mode"] == details["chosen"])
         assert chosen["latency_ms"] < details["input_latency_ms"]
+
+
+def test_a_crashing_candidate_does_not_sink_auto(digits_cnn, tmp_path, monkeypatch):
+    """onnxruntime's quantizers raise bare exceptions on graphs they cannot handle; simulate one."""
+    from compression.quantization import modes
+
+    def crash(self, prepared, dst, exclude):
+        raise RuntimeError("unsupported pattern")
+
+    monkeypatch.setattr(modes.StaticQuantizer, "quantize", crash)
+    monkeypatch.setattr(modes.StaticQuantizer, "tune", lambda self, prepared, evaluator: None)
+    result, recorder = run_step(digits_cnn.path, {"type": "quantize", "mode": "auto"}, bundle(digits_cnn), tmp_path)
+    details = result.metrics.steps[0].details
+    static = next(c for c in details["candidates"] if c["mode"] == "static")
+    assert not static["within_budget"] and "unsupported pattern" in static["reasons"][0]
+    assert details.get("chosen") in (None, "dynamic")
+    assert "quantizer failed" in recorder.text()
