@@ -17,8 +17,11 @@ class EngineSettings(BaseModel):
     # quantize step (compression/quantization): budget floors, search limits, speed checks
     quant_min_output_cosine: float = Field(0.98, ge=0, le=1, description="per-output cosine floor vs the input")
     quant_min_channel_cosine: float = Field(0.9, ge=0, le=1, description="floor per last-axis channel (small outputs)")
-    quant_min_conv_reduction: int = Field(32, ge=1, description="Convs reducing over fewer values stay float")
-    quant_eval_samples: int = Field(1000, ge=1, description="eval samples for budget checks and sensitivity")
+    quant_min_conv_reduction: int = Field(32, ge=1, description="Convs reducing over fewer values: timed float vs int8")
+    quant_eval_samples: int = Field(1000, ge=1, description="eval samples for budget checks")
+    quant_sensitivity_samples: int = Field(
+        64, ge=1, description="eval samples whose intermediate tensors are compared (memory grows with it)"
+    )
     quant_exclusion_rounds: int = Field(6, ge=1, description="max re-quantizations while keeping nodes in float")
     quant_latency_runs: int = Field(30, ge=3, description="interleaved timed runs per candidate in speed checks")
     quant_min_speedup: float = Field(1.02, ge=1, description="auto: a candidate must be this much faster than the input")

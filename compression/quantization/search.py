@@ -175,7 +175,7 @@ class BudgetSearch:
             prepared.path,
             quantized,
             candidates,
-            self.evaluator.dataset.take(self.ctx.settings.quant_eval_samples),
+            self.evaluator.dataset.take(self.ctx.settings.quant_sensitivity_samples),
             self.quantizer.work / "sensitivity",
             self.ctx.settings.latency_threads,
         )
