@@ -24,7 +24,9 @@ class EngineSettings(BaseModel):
     )
     quant_exclusion_rounds: int = Field(6, ge=1, description="max re-quantizations while keeping nodes in float")
     quant_latency_runs: int = Field(30, ge=3, description="interleaved timed runs per candidate in speed checks")
-    quant_min_speedup: float = Field(1.02, ge=1, description="auto: a candidate must be this much faster than the input")
+    quant_min_speedup: float = Field(
+        1.02, ge=1, description="auto: a candidate must be this much faster than the input"
+    )
     quant_weight_only_min_elements: int = Field(
         65536, ge=1, description="auto tries 4-bit weight-only when a MatMul weight has at least this many values"
     )
