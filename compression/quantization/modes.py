@@ -208,9 +208,6 @@ class StaticQuantizer(ModeQuantizer):
             ir.save(model, stage)
         self.details["bytes_saved_by_compaction"] = compact(stage, dst, original_names(prepared.path))
 
-    def _has_weight(self, node: onnx.NodeProto, initializers: set[str]) -> bool:
-        return node.op_type not in ("Conv", "MatMul", "Gemm") or any(name in initializers for name in node.input[1:])
-
 
 def static_op_types(format: str) -> frozenset[str]:
     """What onnxruntime's static quantizer touches: QDQ format uses both registries, QOperator one."""
