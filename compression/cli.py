@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from compression.datasets import DatasetBundle
 from compression.errors import CompressionError
+from compression.jsonable import to_jsonable
 from compression.model_info import inspect_model, validate_model
 from compression.pipeline import StepMetrics, run_pipeline
 from compression.settings import EngineSettings
@@ -91,7 +92,7 @@ def compress(
     except CompressionError as exc:
         console.print(f"[red]error ({exc.code}):[/red] {exc.message}")
         raise typer.Exit(2) from exc
-    data = result.metrics.model_dump(mode="json")
+    data = to_jsonable(result.metrics)
     if metrics:
         metrics.write_text(json.dumps(data, indent=2))
     ratios = data["ratios"]

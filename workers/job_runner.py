@@ -20,6 +20,7 @@ from app.models import DatasetRecord, Job, ModelRecord
 from app.storage import ArtifactStore, get_store, job_artifact_key
 from compression.datasets import DatasetBundle
 from compression.errors import CompressionError, JobCanceledError, MissingDatasetError, MissingModelError
+from compression.jsonable import to_jsonable
 from compression.model_info import inspect_model
 from compression.pipeline import run_pipeline
 from compression.spec import CompressionSpec
@@ -128,7 +129,7 @@ def _execute(job_id: str, settings: Settings, sink: JobProgressSink, work_dir: P
         settings=settings.engine_settings(),
         model_resolver=lambda ref: _resolve_model(settings, store, ref, inputs_dir),
     )
-    metrics = result.metrics.model_dump(mode="json")
+    metrics = to_jsonable(result.metrics)
     metrics_path = work_dir / "metrics.json"
     metrics_path.write_text(json.dumps({"job_id": job_id, **metrics}, indent=2))
     sink.check_cancelled()

@@ -10,6 +10,7 @@ from app import job_store
 from app.core.config import Settings
 from app.core.db import session_scope
 from compression.errors import JobCanceledError, JobInterrupted
+from compression.jsonable import to_jsonable
 from compression.pipeline import StepMetrics
 
 
@@ -61,7 +62,7 @@ class JobProgressSink:
 
     def step_finished(self, index: int, metrics: StepMetrics) -> None:
         self.steps[index]["status"] = "succeeded"
-        self.steps[index]["metrics"] = metrics.model_dump(mode="json")
+        self.steps[index]["metrics"] = to_jsonable(metrics)
         summary = {"wall_time_s": round(metrics.wall_time_s, 3), "size_bytes": metrics.size_bytes}
         self._write(steps=self.steps, event=("step", f"step {index} ({metrics.type}) finished", summary))
 

@@ -101,3 +101,20 @@ def test_collapsed_channel_shows_in_per_channel_cosine() -> None:
     fidelity = compare_output(reference, collapsed, n_samples=256)
     assert fidelity.cosine > 0.999  # whole-tensor cosine hides it ...
     assert fidelity.min_channel_cosine == 0.0  # ... per-channel cosine does not
+
+
+def test_metrics_serialize_as_strict_json() -> None:
+    import json
+
+    from compression.jsonable import to_jsonable
+    from compression.pipeline import StepMetrics
+
+    broken = compare_output(np.ones((4, 3), np.float32), np.ones((4, 2), np.float32), n_samples=4)
+    step = StepMetrics(
+        index=0, type="x", changed=True, wall_time_s=1.0, size_bytes=1, parameters=1,
+        details={"ratio": np.float32(0.5), "table": np.arange(3), "nan": float("nan")},
+    )  # fmt: skip
+    step.fidelity = None
+    data = to_jsonable(step)
+    assert data["details"] == {"ratio": 0.5, "table": [0, 1, 2], "nan": None}
+    assert json.loads(json.dumps(to_jsonable(broken), allow_nan=False))["max_abs_diff"] is None
