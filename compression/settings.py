@@ -36,6 +36,13 @@ class EngineSettings(BaseModel):
     # prune step (compression/passes/prune.py)
     prune_activation_samples: int = Field(256, ge=1, description="samples scored for activation importance")
     prune_min_channels: int = Field(1, ge=1, description="structured pruning never leaves a group narrower")
+    prune_latency_runs: int = Field(30, ge=3, description="interleaved timed runs per model in the prune speed check")
+    prune_slowdown_tolerance: float = Field(
+        1.05, ge=0, description="structured pruning retries channel multiples when its latency ratio exceeds this"
+    )
+    prune_round_to_candidates: list[int] = Field(
+        [8, 16], description="channel multiples tried when structured pruning with round_to 1 comes out slower"
+    )
     # distill step (compression/training): bounds on the torch training the step runs
     distill_threads: int = Field(1, ge=1, description="torch (and teacher onnxruntime) threads while distilling")
     distill_max_epochs: int = Field(200, ge=1, description="largest 'epochs' a distill step may ask for")

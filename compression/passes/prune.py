@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
+from compression.datasets import Dataset
+from compression.metrics.latency import measure_latency
 from compression.metrics.macs import count_macs
 from compression.metrics.model_stats import gzip_size, model_stats
 from compression.passes.base import CompressionPass, PassContext, PassResult, StepConfig
@@ -65,6 +67,11 @@ class StructuredPruneConfig(PruneBase):
     bias_compensation: bool = Field(
         False, description="fold each removed channel's mean (calibration/train data) into the next layer's bias"
     )
+    speed_check: bool = Field(
+        True,
+        description="time the pruned model against its input; when it is slower (channel counts onnxruntime runs "
+        "slowly) and round_to is 1, retry with the prune_round_to_candidates multiples and keep the fastest",
+    )
 
 
 PruneConfig = Annotated[
@@ -93,20 +100,7 @@ class PrunePass(CompressionPass):
             if config.importance == "activation" or config.bias_compensation:
                 purpose = "activation importance" if config.importance == "activation" else "bias compensation"
                 dataset = ctx.require("calibration", "train", purpose=f"structured pruning with {purpose}")
-            details = structured_prune(
-                model_path,
-                out,
-                sparsity=config.sparsity,
-                importance=config.importance,
-                round_to=config.round_to,
-                min_channels=ctx.settings.prune_min_channels,
-                exclude=config.exclude,
-                dataset=dataset,
-                batch_size=ctx.settings.eval_batch_size,
-                max_samples=ctx.settings.prune_activation_samples,
-                check_cancelled=ctx.check_cancelled,
-                bias_compensation=config.bias_compensation,
-            )
+            details = self._structured(model_path, out, config, dataset, ctx)
             changed = details["channels_removed"] > 0
             for skipped in details["skipped"]:
                 ctx.event("group left unpruned", **skipped)
@@ -131,6 +125,72 @@ class PrunePass(CompressionPass):
         metrics["parameter_ratio"] = after["parameters"] / before["parameters"] if before["parameters"] else None
         metrics["macs_ratio"] = after["macs"] / before["macs"] if before["macs"] else None
         return PassResult(model_path=out, changed=changed, metrics=metrics)
+
+    def _structured(
+        self, model_path: Path, out: Path, config: StructuredPruneConfig, dataset: Dataset | None, ctx: PassContext
+    ) -> dict[str, Any]:
+        def prune(destination: Path, round_to: int) -> dict[str, Any]:
+            return structured_prune(
+                model_path,
+                destination,
+                sparsity=config.sparsity,
+                importance=config.importance,
+                round_to=round_to,
+                min_channels=ctx.settings.prune_min_channels,
+                exclude=config.exclude,
+                dataset=dataset,
+                batch_size=ctx.settings.eval_batch_size,
+                max_samples=ctx.settings.prune_activation_samples,
+                check_cancelled=ctx.check_cancelled,
+                bias_compensation=config.bias_compensation,
+            )
+
+        details = prune(out, config.round_to)
+        if not config.speed_check or details["channels_removed"] == 0:
+            return details
+        ctx.progress(0.5, "timing the pruned model against its input")
+        ratios = self._latency_ratios(model_path, [out], ctx)
+        details["latency_ratio"] = ratios[0]
+        if ratios[0] <= ctx.settings.prune_slowdown_tolerance or config.round_to != 1:
+            return details
+        # Odd channel counts can miss onnxruntime's blocked kernels: try multiples that hit them.
+        tries = {
+            round_to: ctx.new_model_path(f"prune_round{round_to}")
+            for round_to in ctx.settings.prune_round_to_candidates
+        }
+        candidates = {round_to: prune(path, round_to) for round_to, path in tries.items()}
+        ratios = self._latency_ratios(model_path, [out, *tries.values()], ctx)
+        options = [(ratios[0], 1, details), *zip(ratios[1:], tries, candidates.values(), strict=True)]
+        ratio, round_to, chosen = min(options, key=lambda option: option[0])
+        if round_to != 1:
+            out.write_bytes(tries[round_to].read_bytes())
+        ctx.event(
+            "pruned model was slower than its input; retried with channel multiples",
+            tried={str(k): round(v, 3) for (v, k, _) in options},
+            chosen_round_to=round_to,
+        )
+        if ratio > ctx.settings.prune_slowdown_tolerance:
+            ctx.event("every tried channel multiple is slower than the input", latency_ratio=round(ratio, 3))
+        return {
+            **chosen,
+            "latency_ratio": ratio,
+            "round_to_used": round_to,
+            "round_to_tried": [k for _, k, _ in options],
+        }
+
+    @staticmethod
+    def _latency_ratios(src: Path, candidates: list[Path], ctx: PassContext) -> list[float]:
+        evaluator = ctx.reference()
+        stats = measure_latency(
+            [src, *candidates],
+            evaluator.latency_feed(),
+            runs=ctx.settings.prune_latency_runs,
+            warmup=ctx.settings.latency_warmup,
+            threads=ctx.settings.latency_threads,
+            batch_size=evaluator.latency_batch_size,
+            check=ctx.check_cancelled,
+        )
+        return [candidate.median_ms / stats[0].median_ms for candidate in stats[1:]]
 
     def _recalibrate(self, path: Path, ctx: PassContext, changed: bool) -> list[str] | str:
         """BatchNorm names re-estimated, or why none were."""

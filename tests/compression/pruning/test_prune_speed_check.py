@@ -1,0 +1,46 @@
+"""Structured pruning times its result against its input and retries channel multiples when it is slower."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from compression.datasets import DatasetBundle
+from compression.passes.base import PassContext
+from compression.passes.prune import PrunePass, StructuredPruneConfig
+from compression.settings import EngineSettings
+
+
+def conv_widths(path: Path) -> list[int]:
+    model = onnx.load(str(path))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return [weights[node.input[1]].shape[0] for node in model.graph.node if node.op_type == "Conv"]
+
+
+def run(digits_cnn, tmp_path: Path, settings: EngineSettings, **config):
+    ctx = PassContext(work_dir=tmp_path, original_model=digits_cnn.path, datasets=DatasetBundle(), settings=settings)
+    cfg = StructuredPruneConfig(method="structured", sparsity=0.25, **config)
+    return PrunePass(cfg).run(digits_cnn.path, ctx), ctx
+
+
+def test_slower_result_retries_channel_multiples(digits_cnn, tmp_path: Path) -> None:
+    always_slower = EngineSettings(prune_slowdown_tolerance=0.0, prune_latency_runs=5, latency_warmup=1)
+    result, _ = run(digits_cnn, tmp_path, always_slower)
+    metrics = result.metrics
+    assert metrics["round_to_tried"] == [1, 8, 16]
+    chosen = metrics["round_to_used"]
+    assert all(width % chosen == 0 for width in conv_widths(result.model_path))
+    assert metrics["latency_ratio"] > 0
+    onnx.checker.check_model(str(result.model_path))
+    ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
+
+
+def test_speed_check_off_or_round_to_pinned_keeps_the_request(digits_cnn, tmp_path: Path) -> None:
+    always_slower = EngineSettings(prune_slowdown_tolerance=0.0, prune_latency_runs=5, latency_warmup=1)
+    off, _ = run(digits_cnn, tmp_path / "off", always_slower, speed_check=False)
+    assert "latency_ratio" not in off.metrics and conv_widths(off.model_path) == [12, 24]
+    pinned, _ = run(digits_cnn, tmp_path / "pinned", always_slower, round_to=4)
+    assert "round_to_tried" not in pinned.metrics and pinned.metrics["latency_ratio"] > 0
