@@ -31,10 +31,6 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DatasetMismatchError(f"not a readable .npz file: {exc}") from exc
 
 
-def describe_arrays(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, object]]:
-    return {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in arrays.items()}
-
-
 def count_samples(arrays: dict[str, np.ndarray]) -> int:
     return count_samples_of({name: a.shape[0] if a.ndim else 0 for name, a in arrays.items()})
 

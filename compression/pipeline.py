@@ -17,7 +17,7 @@ from compression.datasets import DatasetBundle
 from compression.errors import CompressionError, InvalidModelError, JobInterrupted, StepFailedError
 from compression.metrics.evaluation import Evaluator
 from compression.metrics.fidelity import Fidelity
-from compression.metrics.latency import LatencyStats, measure_latency
+from compression.metrics.latency import LatencyStats
 from compression.metrics.model_stats import model_stats
 from compression.passes.base import NullProgress, PassContext, ProgressSink
 from compression.passes.registry import create_pass
@@ -107,6 +107,7 @@ def run_pipeline(
         sink.event("no eval dataset: fidelity is measured on synthetic inputs drawn from the declared shapes")
 
     current = model_path
+    current_fidelity: Fidelity | None = None  # fidelity of `current`, once a step that changed it measured it
     step_metrics: list[StepMetrics] = []
     for index, step in enumerate(spec.steps):
         sink.check_cancelled()
@@ -134,28 +135,26 @@ def run_pipeline(
         _notify(sink, "step_finished", index, metrics)
         step_sink.progress(1.0)
         current = result.model_path
+        if result.changed:  # an unchanged result is equivalent to the previous model: its fidelity stands
+            current_fidelity = metrics.fidelity
 
     ctx.sink = StepSink(sink, len(spec.steps), total, stage=FINAL_STAGE)
     ctx.sink.progress(0.0, "measure fidelity and latency")
-    fidelity = evaluator.fidelity(current)
+    fidelity = current_fidelity or evaluator.fidelity(current)
     sink.check_cancelled()
-    feed = evaluator.latency_feed()
-    latency_in, latency_out = measure_latency(
-        [model_path, current],
-        feed,
-        runs=settings.latency_runs,
-        warmup=settings.latency_warmup,
-        threads=settings.latency_threads,
-        batch_size=evaluator.latency_batch_size,
-        check=sink.check_cancelled,
-    )
+    latency_in, latency_out = evaluator.latency([model_path, current], check=sink.check_cancelled)
     input_metrics = ModelMetrics(
         **model_stats(model_path),
         latency=latency_in,
         accuracy=fidelity.accuracy.input if fidelity.accuracy else None,
     )
+    output_stats = (
+        {"size_bytes": step_metrics[-1].size_bytes, "parameters": step_metrics[-1].parameters}
+        if step_metrics
+        else model_stats(current)
+    )
     output_metrics = ModelMetrics(
-        **model_stats(current),
+        **output_stats,
         latency=latency_out,
         accuracy=fidelity.accuracy.output if fidelity.accuracy else None,
     )

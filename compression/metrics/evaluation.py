@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from compression.datasets import Dataset
 from compression.metrics.fidelity import Fidelity, compare
 from compression.metrics.inference import make_session, run_dataset
+from compression.metrics.latency import LatencyStats, measure_latency
 from compression.settings import EngineSettings
 
 
@@ -32,6 +34,20 @@ class Evaluator:
             n_samples=self.dataset.n_samples,
             labels=self.dataset.labels,
             synthetic=self.dataset.synthetic,
+        )
+
+    def latency(
+        self, paths: list[Path], runs: int | None = None, check: Callable[[], None] | None = None
+    ) -> list[LatencyStats]:
+        """Interleaved latency of `paths` on the eval data's first batch, with the shared thread settings."""
+        return measure_latency(
+            paths,
+            self.latency_feed(),
+            runs=runs or self.settings.latency_runs,
+            warmup=self.settings.latency_warmup,
+            threads=self.settings.latency_threads,
+            batch_size=self.latency_batch_size,
+            check=check,
         )
 
     def latency_feed(self) -> dict[str, np.ndarray]:

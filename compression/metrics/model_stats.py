@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from compression.model_info import iter_nodes
 
@@ -27,15 +26,6 @@ def parameter_count(model: onnx.ModelProto) -> int:
             if attr.type == onnx.AttributeProto.GRAPH:
                 total += sum(_tensor_elements(t) for t in attr.g.initializer)
     return total
-
-
-def nonzero_fraction(model: onnx.ModelProto) -> float:
-    total = nonzero = 0
-    for tensor in model.graph.initializer:
-        values = numpy_helper.to_array(tensor)
-        total += values.size
-        nonzero += int(np.count_nonzero(values))
-    return nonzero / total if total else 1.0
 
 
 def gzip_size(path: Path) -> int:

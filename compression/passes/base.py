@@ -118,6 +118,3 @@ class CompressionPass(ABC):
 
     @abstractmethod
     def run(self, model_path: Path, ctx: PassContext) -> PassResult: ...
-
-
-PassFactory = Callable[[StepConfig], CompressionPass]

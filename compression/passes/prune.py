@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, model_validator
 
 from compression.datasets import Dataset
-from compression.metrics.latency import measure_latency
 from compression.metrics.macs import count_macs
 from compression.metrics.model_stats import gzip_size, model_stats
 from compression.passes.base import CompressionPass, PassContext, PassResult, StepConfig
@@ -180,16 +179,7 @@ class PrunePass(CompressionPass):
 
     @staticmethod
     def _latency_ratios(src: Path, candidates: list[Path], ctx: PassContext) -> list[float]:
-        evaluator = ctx.reference()
-        stats = measure_latency(
-            [src, *candidates],
-            evaluator.latency_feed(),
-            runs=ctx.settings.prune_latency_runs,
-            warmup=ctx.settings.latency_warmup,
-            threads=ctx.settings.latency_threads,
-            batch_size=evaluator.latency_batch_size,
-            check=ctx.check_cancelled,
-        )
+        stats = ctx.reference().latency([src, *candidates], ctx.settings.prune_latency_runs, ctx.check_cancelled)
         return [candidate.median_ms / stats[0].median_ms for candidate in stats[1:]]
 
     def _recalibrate(self, path: Path, ctx: PassContext, changed: bool) -> list[str] | str:

@@ -5,20 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from compression.metrics.evaluation import Evaluator
-from compression.metrics.latency import LatencyStats, measure_latency
+from compression.metrics.latency import LatencyStats
 from compression.settings import EngineSettings
 
 
 def interleaved_latency(paths: list[Path], evaluator: Evaluator, settings: EngineSettings) -> list[LatencyStats]:
     """Median latency of each path on the same feed and threads; the input model goes first."""
-    return measure_latency(
-        paths,
-        evaluator.latency_feed(),
-        runs=settings.quant_latency_runs,
-        warmup=settings.latency_warmup,
-        threads=settings.latency_threads,
-        batch_size=evaluator.latency_batch_size,
-    )
+    return evaluator.latency(paths, runs=settings.quant_latency_runs)
 
 
 def confirmed_ratio(src: Path, candidate: Path, evaluator: Evaluator, settings: EngineSettings) -> float:

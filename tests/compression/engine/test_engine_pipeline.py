@@ -114,7 +114,6 @@ def test_metrics_serialize_as_strict_json() -> None:
         index=0, type="x", changed=True, wall_time_s=1.0, size_bytes=1, parameters=1,
         details={"ratio": np.float32(0.5), "table": np.arange(3), "nan": float("nan")},
     )  # fmt: skip
-    step.fidelity = None
     data = to_jsonable(step)
     assert data["details"] == {"ratio": 0.5, "table": [0, 1, 2], "nan": None}
     assert json.loads(json.dumps(to_jsonable(broken), allow_nan=False))["max_abs_diff"] is None
