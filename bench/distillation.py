@@ -25,11 +25,11 @@ import model_zoo
 from compression.datasets import Dataset, DatasetBundle
 from compression.metrics.latency import measure_latency
 from compression.model_info import inspect_model
-from compression.passes.distill import DistillConfig
 from compression.pipeline import run_pipeline
 from compression.pruning.structured import structured_prune
 from compression.settings import EngineSettings
 from compression.spec import CompressionSpec
+from compression.training.config import DistillConfig
 from compression.training.distiller import QuietHooks, distill
 from model_zoo import runtime
 
@@ -65,7 +65,7 @@ def student_table(epochs: int, runs: int, folder: Path) -> list[str]:
             pruned = folder / f"{name}_{sparsity}.onnx"
             structured_prune(dev.path, pruned, sparsity=sparsity, importance="l1", round_to=1, min_channels=1,
                              exclude=[], dataset=None, batch_size=256, max_samples=512,
-                             check_cancelled=lambda: None)  # fmt: skip
+                             check_canceled=lambda: None)  # fmt: skip
             results = {}
             for label, alpha in (("distilled", 0.5), ("labels", 0.0)):
                 config = DistillConfig(epochs=epochs, lr=3e-3, alpha=alpha, temperature=4.0, seed=0)

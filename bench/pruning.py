@@ -46,7 +46,7 @@ def _prune(
         dataset=dataset,
         batch_size=256,
         max_samples=512,
-        check_cancelled=lambda: None,
+        check_canceled=lambda: None,
         bias_compensation=compensate,
     )
 

@@ -35,7 +35,7 @@ class ConsoleProgress:
     def event(self, message: str, data: dict[str, Any] | None = None) -> None:
         self.bar.console.print(f"[dim]{message}[/dim]")
 
-    def check_cancelled(self) -> None:
+    def check_canceled(self) -> None:
         pass
 
     def step_started(self, index: int, step_type: str) -> None:

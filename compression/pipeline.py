@@ -6,6 +6,7 @@ the service uses them to keep per-step status in the job record.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,13 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from compression.contract import NullProgress, PassContext, PassResult, ProgressSink
 from compression.datasets import DatasetBundle
 from compression.errors import CompressionError, InvalidModelError, JobInterrupted, StepFailedError
 from compression.metrics.evaluation import Evaluator
 from compression.metrics.fidelity import Fidelity
 from compression.metrics.latency import LatencyStats
 from compression.metrics.model_stats import model_stats
-from compression.passes.base import NullProgress, PassContext, ProgressSink
 from compression.passes.registry import create_pass
 from compression.settings import EngineSettings
 from compression.spec import CompressionSpec
@@ -71,8 +72,8 @@ class StepSink:
     def event(self, message: str, data: dict[str, Any] | None = None) -> None:
         self.sink.event(message, {"stage": self.stage, **(data or {})})
 
-    def check_cancelled(self) -> None:
-        self.sink.check_cancelled()
+    def check_canceled(self) -> None:
+        self.sink.check_canceled()
 
 
 def _ratio(new: float | None, old: float | None) -> float | None:
@@ -110,39 +111,45 @@ def run_pipeline(
     current_fidelity: Fidelity | None = None  # fidelity of `current`, once a step that changed it measured it
     step_metrics: list[StepMetrics] = []
     for index, step in enumerate(spec.steps):
-        sink.check_cancelled()
+        sink.check_canceled()
         step_sink = StepSink(sink, index, total, stage=f"{index}:{step.type}")
         _notify(sink, "step_started", index, step.type)
-        ctx.sink, ctx.step_index = step_sink, index
+        ctx.sink = step_sink
+        ctx.for_step(index, work_dir / f"step{index}_{step.type}.onnx", work_dir / f"step{index}_scratch")
         step_sink.progress(0.0)
         step_started = time.perf_counter()
         try:
             result = create_pass(step).run(current, ctx)
+            returned = _adopt_output(result, ctx, index, step.type)
         except (CompressionError, JobInterrupted):
             raise
         except Exception as exc:  # a library failure inside a pass: report it as this step's failure
             raise StepFailedError(f"step {index} ({step.type}) failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            assert ctx.scratch_dir is not None
+            shutil.rmtree(ctx.scratch_dir, ignore_errors=True)
         metrics = StepMetrics(
             index=index,
             type=step.type,
-            changed=result.changed,
+            changed=returned is not None,
             wall_time_s=time.perf_counter() - step_started,
-            fidelity=_step_fidelity(evaluator, result.model_path, index, step.type) if result.changed else None,
+            fidelity=_step_fidelity(evaluator, returned, index, step.type) if returned is not None else None,
             details=result.metrics,
-            **model_stats(result.model_path),
+            **model_stats(returned or current),
         )
         step_metrics.append(metrics)
         _notify(sink, "step_finished", index, metrics)
         step_sink.progress(1.0)
-        current = result.model_path
-        if result.changed:  # an unchanged result is equivalent to the previous model: its fidelity stands
-            current_fidelity = metrics.fidelity
+        if returned is not None:  # an unchanged result is equivalent to the previous model: its fidelity stands
+            if current != model_path:
+                current.unlink(missing_ok=True)  # superseded: no later step may name an earlier step's model
+            current, current_fidelity = returned, metrics.fidelity
 
     ctx.sink = StepSink(sink, len(spec.steps), total, stage=FINAL_STAGE)
     ctx.sink.progress(0.0, "measure fidelity and latency")
     fidelity = current_fidelity or evaluator.fidelity(current)
-    sink.check_cancelled()
-    latency_in, latency_out = evaluator.latency([model_path, current], check=sink.check_cancelled)
+    sink.check_canceled()
+    latency_in, latency_out = evaluator.latency([model_path, current], check=sink.check_canceled)
     input_metrics = ModelMetrics(
         **model_stats(model_path),
         latency=latency_in,
@@ -172,6 +179,30 @@ def run_pipeline(
     )
     ctx.sink.progress(1.0, "done")
     return PipelineResult(model_path=current, metrics=metrics)
+
+
+def _adopt_output(result: PassResult, ctx: PassContext, index: int, step_type: str) -> Path | None:
+    """The step's model at its output path (moved there from the scratch dir), or None for "input unchanged".
+
+    A pass may only return its output path or a file it wrote under its scratch dir: anything else (its input,
+    another step's file, a path outside the work dir) is a contract violation and fails the step.
+    """
+    if result.model_path is None:
+        return None
+    assert ctx.output_path is not None and ctx.scratch_dir is not None
+    returned = result.model_path.resolve()
+    output = ctx.output_path.resolve()
+    if returned != output:
+        if not returned.is_relative_to(ctx.scratch_dir.resolve()):
+            raise StepFailedError(
+                f"step {index} ({step_type}) returned {result.model_path.name}, which is neither its output path "
+                "nor a file in its scratch dir"
+            )
+        output.parent.mkdir(parents=True, exist_ok=True)
+        returned.replace(output)
+    if not output.is_file():
+        raise StepFailedError(f"step {index} ({step_type}) said it changed the model but wrote no file")
+    return ctx.output_path
 
 
 def _step_fidelity(evaluator: Evaluator, model_path: Path, index: int, step_type: str) -> Fidelity:

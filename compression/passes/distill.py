@@ -6,75 +6,39 @@ torch is imported only inside `run`, so the engine and the service start without
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import onnx
-from pydantic import BaseModel, ConfigDict, Field
 
+from compression.contract import CompressionPass, PassContext, PassResult
 from compression.metrics.latency import measure_latency
 from compression.metrics.model_stats import model_stats
-from compression.passes.base import CompressionPass, PassContext, PassResult, StepConfig
 from compression.passes.registry import register_pass
+from compression.training.config import DistillConfig, Hint
 
-
-class Hint(BaseModel):
-    """An intermediate tensor the student should reproduce (MSE), named in each graph; shapes must match."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    teacher: str = Field(min_length=1, description="tensor name in the teacher graph")
-    student: str = Field(min_length=1, description="tensor name in the student graph")
-
-
-class DistillConfig(StepConfig):
-    """Train the student graph's weights against the job's original model (the teacher)."""
-
-    type: Literal["distill"] = "distill"
-    student: str = Field("current", description="'current' (the pipeline's model so far) or an uploaded model id")
-    epochs: int = Field(10, ge=1, description="passes over the train dataset (at most distill_max_epochs)")
-    batch_size: int = Field(64, ge=1, description="samples per optimizer step (stacked data: entries per step)")
-    lr: float = Field(1e-3, gt=0, le=1.0, description="AdamW peak learning rate, cosine-decayed to 0")
-    weight_decay: float = Field(0.0, ge=0)
-    temperature: float = Field(4.0, gt=0, description="softens both distributions in the KL term")
-    alpha: float = Field(0.7, ge=0, le=1, description="weight of the KL term; 1 - alpha weighs cross-entropy")
-    hints: list[Hint] = Field(default_factory=list, description="intermediate tensors matched with MSE")
-    hint_weight: float = Field(1.0, ge=0, description="weight of each hint loss")
-    output_loss: dict[str, Literal["kl", "mse"]] = Field(
-        default_factory=dict, description="per-output override of the automatic kl (class scores) / mse choice"
-    )
-    batchnorm: Literal["auto", "train", "frozen"] = Field(
-        "auto", description="BatchNormalization: batch statistics while training (auto: for batched data) or frozen"
-    )
-    frozen: list[str] = Field(default_factory=list, description="initializer names to keep fixed")
-    select: Literal["loss", "metric", "last"] = Field(
-        "loss",
-        description="epoch kept: lowest eval loss (smooth, the default), best eval metric "
-        "(accuracy, else teacher agreement; ties by loss), or the last",
-    )
-    seed: int = Field(0, description="shuffling seed: the same seed gives the same weights")
+__all__ = ["DistillConfig", "DistillPass", "Hint"]
 
 
 @register_pass
-class DistillPass(CompressionPass):
-    step_type = "distill"
+class DistillPass(CompressionPass[DistillConfig]):
     config_model = DistillConfig
 
     def run(self, model_path: Path, ctx: PassContext) -> PassResult:
-        config: DistillConfig = self.config  # type: ignore[assignment]
+        config = self.config
         train = ctx.require("train", purpose="distillation")
         student_path = model_path if config.student == "current" else ctx.resolve_model(config.student)
         ctx.progress(0.0, "distill: teacher targets")
         from compression.training.distiller import distill  # lazy: torch loads only when a distill step runs
 
         outcome = distill(ctx.original_model, student_path, train, ctx.datasets.eval, config, ctx.settings, ctx)
-        out = ctx.new_model_path("distill")
+        out = ctx.output()
         onnx.save(outcome.model, str(out))
-        ctx.check_cancelled()
+        ctx.check_canceled()
         ctx.progress(0.92, "distill: measure teacher and student")
         # best epoch 0 on the current model: the weights are the ones the step received
         changed = outcome.best_epoch > 0 or config.student != "current"
         metrics = _metrics(ctx, config.student, student_path, out, outcome)
-        return PassResult(model_path=out, changed=changed, metrics=metrics)
+        return PassResult(model_path=out if changed else None, metrics=metrics)
 
 
 def _metrics(ctx: PassContext, student: str, student_path: Path, out: Path, outcome: Any) -> dict[str, Any]:

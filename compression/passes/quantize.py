@@ -7,13 +7,11 @@ model meets the budget, or it is slower than the input, the step returns a copy 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from compression.contract import CompressionPass, PassContext, PassResult
 from compression.metrics.evaluation import Evaluator
-from compression.passes.base import CompressionPass, PassContext, PassResult
 from compression.passes.registry import register_pass
 from compression.quantization.auto import run_auto
 from compression.quantization.budget import Budget
@@ -21,6 +19,7 @@ from compression.quantization.config import (
     AutoQuantizeConfig,
     DynamicQuantizeConfig,
     Fp16QuantizeConfig,
+    ModeConfig,
     QuantizeBase,
     QuantizeConfig,
     StaticQuantizeConfig,
@@ -51,31 +50,27 @@ def step_evaluator(model_path: Path, ctx: PassContext) -> Evaluator:
 
 
 @register_pass
-class QuantizePass(CompressionPass):
-    step_type = "quantize"
+class QuantizePass(CompressionPass[ModeConfig | AutoQuantizeConfig]):
     config_model = QuantizeConfig
 
     def run(self, model_path: Path, ctx: PassContext) -> PassResult:
         config = self.config
         ctx.progress(0.02, f"quantize ({config.mode})")
         evaluator = step_evaluator(model_path, ctx)
-        with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
-            if isinstance(config, AutoQuantizeConfig):
-                chosen, metrics = run_auto(model_path, config, ctx, evaluator, Path(tmp))
-            else:
-                chosen, metrics = self._run_mode(model_path, ctx, evaluator, Path(tmp))
-        _drop_attempts(ctx, keep=chosen)
+        work = ctx.scratch("quantizer")
+        if isinstance(config, AutoQuantizeConfig):
+            chosen, metrics = run_auto(model_path, config, ctx, evaluator, work)
+        else:
+            chosen, metrics = self._run_mode(model_path, config, ctx, evaluator, work)
         ctx.progress(1.0)
+        metrics["input_model_returned"] = chosen is None
         if chosen is None:
             ctx.event(metrics["reason"])
-            return _keep_input(model_path, ctx, metrics)
-        metrics["input_model_returned"] = False
-        return PassResult(model_path=chosen, changed=True, metrics=metrics)
+        return PassResult(model_path=chosen, metrics=metrics)
 
     def _run_mode(
-        self, model_path: Path, ctx: PassContext, evaluator: Evaluator, work: Path
+        self, model_path: Path, config: ModeConfig, ctx: PassContext, evaluator: Evaluator, work: Path
     ) -> tuple[Path | None, dict[str, Any]]:
-        config = self.config
         budget = Budget.from_settings(config.max_accuracy_drop, ctx.settings)
         result = BudgetSearch(make_quantizer(config, ctx, work), ctx, evaluator, budget, f"quantize_{config.mode}").run(
             model_path
@@ -101,17 +96,3 @@ class QuantizePass(CompressionPass):
                 )
                 return None, metrics
         return result.best.path, metrics
-
-
-def _keep_input(model_path: Path, ctx: PassContext, metrics: dict[str, Any]) -> PassResult:
-    copy = ctx.new_model_path("quantize_input")
-    shutil.copyfile(model_path, copy)
-    metrics["input_model_returned"] = True
-    return PassResult(model_path=copy, changed=False, metrics=metrics)
-
-
-def _drop_attempts(ctx: PassContext, keep: Path | None) -> None:
-    """Delete this step's rejected attempts so the work dir holds only models a step returned."""
-    for path in ctx.work_dir.glob(f"step{ctx.step_index}_*quantize*"):
-        if path != keep:
-            path.unlink(missing_ok=True)

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
-from compression.passes.base import CompressionPass, StepConfig
+from compression.contract import CompressionPass, StepConfig
 
 _PASSES: dict[str, type[CompressionPass]] = {}
 

@@ -26,7 +26,7 @@ def recalibrate_batchnorm(
     dataset: Dataset,
     batch_size: int,
     max_samples: int,
-    check_cancelled: Callable[[], None],
+    check_canceled: Callable[[], None],
 ) -> list[str]:
     """Rewrite `path` with fresh running statistics for every inference-mode BatchNorm; returns their names."""
     model = onnx.load(str(path))
@@ -49,7 +49,7 @@ def recalibrate_batchnorm(
     with tempfile.TemporaryDirectory() as tmp:
         probe_path = Path(tmp) / "probe.onnx"
         for index, node in enumerate(targets):
-            check_cancelled()
+            check_canceled()
             probe = onnx.ModelProto()
             probe.CopyFrom(model)
             probe.graph.output.append(onnx.ValueInfoProto(name=node.input[0]))

@@ -87,7 +87,7 @@ def probe_statistics(
     dataset: Dataset,
     batch_size: int,
     max_samples: int,
-    check_cancelled: Callable[[], None],
+    check_canceled: Callable[[], None],
 ) -> dict[str, PositionStats]:
     """Run the model on up to `max_samples` samples and average each named tensor over all but its axis."""
     if not values:
@@ -105,7 +105,7 @@ def probe_statistics(
         onnx.save(proto, str(path))
         session = make_session(path)
         for feed, _ in dataset.take(max_samples).batches(batch_size):
-            check_cancelled()
+            check_canceled()
             for name, array in zip(names, session.run(names, feed), strict=True):
                 moved = np.moveaxis(np.asarray(array, dtype=np.float64), values[name], 0)
                 flat = moved.reshape(moved.shape[0], -1)

@@ -120,7 +120,7 @@ def structured_prune(
     dataset: Dataset | None,
     batch_size: int,
     max_samples: int,
-    check_cancelled: Callable[[], None],
+    check_canceled: Callable[[], None],
     bias_compensation: bool = False,
 ) -> dict[str, Any]:
     """Remove `sparsity` of the channels of every prunable group; returns the per-group report and totals.
@@ -135,9 +135,9 @@ def structured_prune(
         raise ValueError("activation importance needs a dataset")
     stats: dict[str, PositionStats] = {}
     if dataset is not None and (importance == "activation" or (bias_compensation and sparsity > 0)):
-        stats = probe_statistics(model, probe_targets(prunable), dataset, batch_size, max_samples, check_cancelled)
+        stats = probe_statistics(model, probe_targets(prunable), dataset, batch_size, max_samples, check_canceled)
     scores = group_scores(analysis, importance, stats)
-    check_cancelled()
+    check_canceled()
     removal, reports = plan_removal(analysis, scores, sparsity, round_to, min_channels)
     compensated: list[str] = []
     if bias_compensation and stats:

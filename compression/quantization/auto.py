@@ -7,10 +7,10 @@ from typing import Any
 
 import onnx
 
+from compression.contract import PassContext
 from compression.errors import CompressionError, JobCanceledError
 from compression.metrics.evaluation import Evaluator
 from compression.model_info import inspect_model
-from compression.passes.base import PassContext
 from compression.quantization.budget import Budget
 from compression.quantization.config import (
     AutoQuantizeConfig,
@@ -110,7 +110,7 @@ def run_auto(
             continue
         results.append(result)
         table.append(result.summary())
-    ctx.check_cancelled()
+    ctx.check_canceled()
     ok = [r for r in results if r.ok]
     metrics: dict[str, Any] = {"mode": "auto", "plan": notes, "candidates": table, "budget": budget.model_dump()}
     if not ok:

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from compression.contract import PassContext
 from compression.datasets import Dataset
 from compression.errors import MissingDatasetError
 from compression.model_info import inspect_model
-from compression.passes.base import PassContext
 
 CALIBRATION_BATCH = 32
 

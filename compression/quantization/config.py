@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
-from compression.passes.base import StepConfig
+from compression.contract import StepConfig
 
 
 class QuantizeBase(StepConfig):

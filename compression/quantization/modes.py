@@ -14,9 +14,9 @@ import onnx
 import onnx_ir as ir
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
+from compression.contract import PassContext
 from compression.datasets import Dataset
 from compression.metrics.evaluation import Evaluator
-from compression.passes.base import PassContext
 from compression.quantization.calibration import DatasetReader, calibration_dataset
 from compression.quantization.compact import compact, original_names
 from compression.quantization.config import (

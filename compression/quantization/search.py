@@ -9,11 +9,11 @@ from typing import Any
 
 import onnx
 
+from compression.contract import PassContext
 from compression.errors import CompressionError, InvalidModelError, JobCanceledError
 from compression.metrics.evaluation import Evaluator
 from compression.metrics.fidelity import Fidelity
 from compression.model_info import iter_nodes
-from compression.passes.base import PassContext
 from compression.quantization.budget import Budget, Verdict, judge
 from compression.quantization.modes import ModeQuantizer
 from compression.quantization.prepare import Prepared
@@ -76,7 +76,7 @@ class BudgetSearch:
         self.attempts = 0
 
     def _attempt(self, prepared: Prepared, exclude: list[str]) -> Attempt:
-        self.ctx.check_cancelled()
+        self.ctx.check_canceled()
         self.attempts += 1
         low, high = self.progress
         done = 1.0 - 0.5**self.attempts  # the number of attempts is not known up front

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -19,13 +19,11 @@ from compression.datasets import Dataset
 from compression.errors import CompressionError, DatasetMismatchError
 from compression.settings import EngineSettings
 from compression.training import losses
+from compression.training.config import DistillConfig
 from compression.training.graph_module import OnnxGraphModule
 from compression.training.plan import OutputLoss, plan_losses
 from compression.training.teacher import teacher_targets
 from compression.training.weights import write_back
-
-if TYPE_CHECKING:  # the config lives with the pass; importing it here at run time would be circular
-    from compression.passes.distill import DistillConfig
 
 
 class TrainingHooks(Protocol):
@@ -33,11 +31,11 @@ class TrainingHooks(Protocol):
 
     def event(self, message: str, **data: Any) -> None: ...
 
-    def check_cancelled(self) -> None: ...
+    def check_canceled(self) -> None: ...
 
 
 class QuietHooks:
-    """Hooks for direct library use (benches, tests): no progress, no events, never cancelled."""
+    """Hooks for direct library use (benches, tests): no progress, no events, never canceled."""
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         pass
@@ -45,7 +43,7 @@ class QuietHooks:
     def event(self, message: str, **data: Any) -> None:
         pass
 
-    def check_cancelled(self) -> None:
+    def check_canceled(self) -> None:
         pass
 
 
@@ -260,7 +258,7 @@ class Distiller:
                 self.module.train()
                 running, count = 0.0, 0
                 for forwards in self.train.chunks(rng.permutation(self.train.n), config.batch_size):
-                    hooks.check_cancelled()
+                    hooks.check_canceled()
                     optimizer.zero_grad(set_to_none=True)
                     for index in forwards:
                         inputs, targets, labels = self.train.feeds(index)

@@ -39,7 +39,7 @@ class RecordingSink:
     def event(self, message: str, data=None) -> None:
         self.events.append(message)
 
-    def check_cancelled(self) -> None:
+    def check_canceled(self) -> None:
         self.checks += 1
         if self.cancel_after is not None and self.checks > self.cancel_after:
             raise JobCanceledError

@@ -32,7 +32,7 @@ def prune(path: Path, out: Path, sparsity: float, **overrides: Any) -> dict[str,
         "dataset": None,
         "batch_size": 64,
         "max_samples": 128,
-        "check_cancelled": lambda: None,
+        "check_canceled": lambda: None,
     }
     kwargs.update(overrides)
     return structured_prune(path, out, sparsity=sparsity, **kwargs)

@@ -10,11 +10,11 @@ import pytest
 from prune_helpers import initializers, run
 from pydantic import ValidationError
 
+from compression.contract import PassContext
 from compression.datasets import Dataset, DatasetBundle
 from compression.errors import MissingDatasetError
 from compression.metrics.macs import count_macs
 from compression.model_info import inspect_model
-from compression.passes.base import PassContext
 from compression.passes.registry import create_pass
 from compression.pipeline import run_pipeline
 from compression.settings import EngineSettings

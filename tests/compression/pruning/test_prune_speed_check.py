@@ -8,8 +8,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from compression.contract import PassContext
 from compression.datasets import DatasetBundle
-from compression.passes.base import PassContext
 from compression.passes.prune import PrunePass, StructuredPruneConfig
 from compression.settings import EngineSettings
 

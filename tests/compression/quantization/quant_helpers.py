@@ -30,7 +30,7 @@ class Recorder:
     def event(self, message: str, data: dict[str, Any] | None = None) -> None:
         self.events.append((message, data or {}))
 
-    def check_cancelled(self) -> None:
+    def check_canceled(self) -> None:
         pass
 
     def text(self) -> str:
