@@ -48,3 +48,4 @@ class EngineSettings(BaseModel):
     distill_max_epochs: int = Field(200, ge=1, description="largest 'epochs' a distill step may ask for")
     distill_max_train_samples: int = Field(100_000, ge=1, description="train samples used by distill (first N)")
     distill_max_target_mb: int = Field(2048, ge=1, description="memory cap on the cached teacher outputs")
+    distill_max_loop_iterations: int = Field(10_000, ge=1, description="iterations a Loop or Scan may run per forward")

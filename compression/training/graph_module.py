@@ -7,7 +7,6 @@ after training, `trained_values()` + `weights.write_back` put the new weights in
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -15,20 +14,12 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from compression.errors import CompressionError, DatasetMismatchError, UnsupportedOperatorError
-from compression.training import ops_math, ops_nn, ops_rnn, ops_shape  # noqa: F401  (registers the ops)
-from compression.training.op_registry import NodeInfo, OpFn, check_supported, decode_attrs, lookup, to_torch
-from compression.training.ops_shape import constant_value
+from compression.errors import CompressionError, DatasetMismatchError, InvalidModelError
+from compression.training import ops_control, ops_math, ops_nn, ops_rnn, ops_shape  # noqa: F401  (registers the ops)
+from compression.training.compiled_graph import CompiledGraph, CompileOptions
+from compression.training.op_registry import DEFAULT_MAX_LOOP_ITERATIONS, check_supported, to_torch
+from compression.training.scopes import walk_graphs
 from compression.training.weights import WeightRoles, classify, constant_tensor
-
-
-@dataclass
-class _Step:
-    fn: OpFn
-    info: NodeInfo
-    inputs: list[str]
-    outputs: list[str]
-    release: list[str]
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -38,8 +29,25 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
+def _trained_arrays(graph: onnx.GraphProto, trained: set[str]) -> dict[str, np.ndarray]:
+    """Initial values of the trained tensors, wherever (main graph or a body) they are defined."""
+    arrays: dict[str, np.ndarray] = {}
+    for scope in walk_graphs(graph):
+        for tensor in scope.initializer:
+            if tensor.name in trained:
+                arrays[tensor.name] = numpy_helper.to_array(tensor)
+        for node in scope.node:
+            if node.op_type == "Constant" and node.output[0] in trained:
+                arrays[node.output[0]] = numpy_helper.to_array(constant_tensor(node))
+    return arrays
+
+
 class OnnxGraphModule(nn.Module):
-    """Runs `model` on torch tensors; `forward` returns the graph outputs plus any `extra` intermediate tensors."""
+    """Runs `model` on torch tensors; `forward` returns the graph outputs plus any `extra` intermediate tensors.
+
+    If/Loop/Scan run their bodies with the same ops; a Loop or Scan that would run more than
+    `max_loop_iterations` iterations fails with a `CompressionError` naming the node and the limit.
+    """
 
     def __init__(
         self,
@@ -47,101 +55,58 @@ class OnnxGraphModule(nn.Module):
         frozen: Iterable[str] = (),
         bn_train: bool = True,
         extra_outputs: Sequence[str] = (),
+        max_loop_iterations: int = DEFAULT_MAX_LOOP_ITERATIONS,
     ) -> None:
         super().__init__()
         graph = model.graph
-        check_supported(graph.node)
-        opset = default_opset(model)
+        check_supported(graph)
         self.roles: WeightRoles = classify(graph, frozen)
-        initializers = {t.name: t for t in graph.initializer}
+        initializers = {t.name for t in graph.initializer}
         self.input_names = [v.name for v in graph.input if v.name not in initializers]
         self.output_names = [v.name for v in graph.output]
         self.extra_outputs = list(extra_outputs)
         self._param_index = {name: i for i, name in enumerate(self.roles.parameters)}
         self._stat_index = {name: i for i, name in enumerate(self.roles.statistics)}
         trained = set(self.roles.trained)
-        constant_arrays: dict[str, np.ndarray] = {
-            name: numpy_helper.to_array(t) for name, t in initializers.items() if name not in trained
-        }
-        trained_arrays = {name: numpy_helper.to_array(t) for name, t in initializers.items() if name in trained}
-        for node in graph.node:
-            if node.op_type == "Constant" and node.output[0] in trained:
-                trained_arrays[node.output[0]] = numpy_helper.to_array(constant_tensor(node))
+        trained_arrays = _trained_arrays(graph, trained)
         self.weights = nn.ParameterList(
             [nn.Parameter(to_torch(trained_arrays[name])) for name in self.roles.parameters]
         )
         for name, index in self._stat_index.items():
             self.register_buffer(f"stat_{index}", to_torch(trained_arrays[name]))
-        self._constants: dict[str, torch.Tensor] = {name: to_torch(a) for name, a in constant_arrays.items()}
-        self._steps: list[_Step] = []
-        for node in graph.node:
-            info = NodeInfo(
-                op_type=node.op_type,
-                name=node.name or node.output[0],
-                opset=opset,
-                attrs=decode_attrs(node),
-                n_outputs=len(node.output),
-                bn_train=bn_train,
-            )
-            if node.op_type == "Constant":
-                if node.output[0] not in trained:
-                    self._constants[node.output[0]] = constant_value([], info)
-                continue
-            fn = lookup(node.op_type)
-            if fn is None:  # check_supported already refused these; kept for type narrowing
-                raise UnsupportedOperatorError(f"unsupported operator {node.op_type}")
-            self._steps.append(_Step(fn, info, list(node.input), list(node.output), []))
-        self._plan_release()
-
-    def _plan_release(self) -> None:
-        """Drop each intermediate after its last use, so long graphs do not hold every activation twice."""
-        keep = set(self.output_names) | set(self.extra_outputs)
-        last_use: dict[str, int] = {}
-        for index, step in enumerate(self._steps):
-            for name in step.inputs:
-                last_use[name] = index
-        produced = {name for step in self._steps for name in step.outputs}
-        for name, index in last_use.items():
-            if name in produced and name not in keep:
-                self._steps[index].release.append(name)
+        options = CompileOptions(default_opset(model), bn_train, frozenset(trained), max_loop_iterations)
+        self._graph = CompiledGraph(graph, options)
+        undefined = sorted(self._graph.free_names - trained - set(self.input_names))
+        if undefined:
+            raise InvalidModelError(f"the student graph reads tensors that nothing defines: {undefined[:10]}")
+        self._graph.keep(self.extra_outputs)
 
     def set_extra_outputs(self, names: Sequence[str]) -> None:
-        produced = {name for step in self._steps for name in step.outputs} | set(self.input_names)
+        produced = self._graph.produced_names() | set(self.input_names)
         unknown = [name for name in names if name not in produced]
         if unknown:
             raise CompressionError(f"hints name tensors {unknown} that the student graph does not have")
         self.extra_outputs = list(names)
-        for step in self._steps:
-            step.release.clear()
-        self._plan_release()
+        self._graph.keep(self.extra_outputs)
 
     def tensor(self, name: str) -> torch.Tensor:
         if name in self._param_index:
             return self.weights[self._param_index[name]]
         if name in self._stat_index:
             return getattr(self, f"stat_{self._stat_index[name]}")
-        return self._constants[name]
+        return self._graph.constants[name]
 
     def forward(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         missing = [name for name in self.input_names if name not in feeds]
         if missing:
             raise DatasetMismatchError(f"no data for the student's inputs {missing}")
-        values: dict[str, torch.Tensor] = dict(self._constants)
+        values: dict[str, torch.Tensor] = dict(self._graph.constants)
         for name in self._param_index:
             values[name] = self.tensor(name)
         for name in self._stat_index:
             values[name] = self.tensor(name)
         values.update(feeds)
-        for step in self._steps:
-            step.info.training = self.training
-            args = [values[name] if name else None for name in step.inputs]
-            result = step.fn(args, step.info)
-            results = [result] if isinstance(result, torch.Tensor) else list(result)
-            for name, value in zip(step.outputs, results, strict=False):
-                if name:
-                    values[name] = value
-            for name in step.release:
-                values.pop(name, None)
+        self._graph.execute(values, self.training)
         wanted = [*self.output_names, *self.extra_outputs]
         return {name: values[name] for name in wanted}
 

@@ -12,10 +12,13 @@ import torch
 from onnx import numpy_helper
 
 from compression.errors import UnsupportedOperatorError
+from compression.settings import EngineSettings
+from compression.training.scopes import walk_nodes
 
 Tensor = torch.Tensor
 Inputs = Sequence[Tensor | None]
 OpOutput = Tensor | Sequence[Tensor]
+DEFAULT_MAX_LOOP_ITERATIONS: int = EngineSettings.model_fields["distill_max_loop_iterations"].default
 
 
 @dataclass
@@ -29,9 +32,16 @@ class NodeInfo:
     n_outputs: int = 1
     training: bool = False
     bn_train: bool = False
+    captured: list[str] = field(default_factory=list)
+    max_loop_iterations: int = DEFAULT_MAX_LOOP_ITERATIONS
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
+
+    def split_captured(self, xs: Inputs) -> tuple[list[Tensor | None], dict[str, Tensor]]:
+        """A control-flow node's own inputs, and the outer-scope values its bodies read (appended after them)."""
+        own = len(xs) - len(self.captured)
+        return list(xs[:own]), dict(zip(self.captured, xs[own:], strict=True))
 
 
 OpFn = Callable[[Inputs, NodeInfo], OpOutput]
@@ -55,10 +65,13 @@ def supported_ops() -> list[str]:
     return sorted(_OPS)
 
 
-def check_supported(nodes: Sequence[onnx.NodeProto]) -> None:
-    """Fail before any work starts, naming every operator (and one node of each) the executor lacks."""
+def check_supported(graph: onnx.GraphProto) -> None:
+    """Fail before any work starts, naming every operator (and one node of each) the executor lacks.
+
+    Walks If/Loop/Scan bodies too: an operator inside a branch fails the check like a top-level one.
+    """
     missing: dict[str, str] = {}
-    for node in nodes:
+    for node in walk_nodes(graph):
         known = node.domain in ("", "ai.onnx") and node.op_type in _OPS
         if not known:
             key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
@@ -72,7 +85,7 @@ def check_supported(nodes: Sequence[onnx.NodeProto]) -> None:
 
 
 def decode_attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    """Attribute values as Python/torch values; subgraph attributes are refused (If/Loop/Scan are unsupported)."""
+    """Attribute values as Python/torch values; subgraph attributes stay GraphProtos (the compiler replaces them)."""
     attrs: dict[str, Any] = {}
     for attribute in node.attribute:
         value = onnx.helper.get_attribute_value(attribute)

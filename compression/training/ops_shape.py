@@ -296,3 +296,18 @@ def _scatter_nd(xs: Inputs, node: NodeInfo) -> Tensor:
     out = data.clone()
     out[tuple(flat_index.t())] = updates.reshape(-1, *data.shape[depth:])
     return out
+
+
+@register("ReverseSequence")
+def _reverse_sequence(xs: Inputs, node: NodeInfo) -> Tensor:
+    """Per batch entry b, reverse the first lens[b] steps along the time axis (a gather, so gradients flow)."""
+    x, lens = xs[0], xs[1].long()
+    time_axis, batch_axis = node.attr("time_axis", 0), node.attr("batch_axis", 1)
+    steps = x.shape[time_axis]
+    t = torch.arange(steps, dtype=torch.int64).unsqueeze(1)  # [T, 1]
+    index = torch.where(t < lens.unsqueeze(0), lens.unsqueeze(0) - 1 - t, t)  # [T, B]
+    if time_axis > batch_axis:
+        index = index.t()
+    shape = [1] * x.dim()
+    shape[time_axis], shape[batch_axis] = steps, lens.shape[0]
+    return torch.gather(x, time_axis, index.reshape(shape).expand(x.shape))

@@ -5,6 +5,10 @@ Trainable: float initializers and `Constant` tensors with more than one element 
 and inputs that mean a setting rather than a weight (Resize scales, Clip bounds, Pow exponents, Pad values)
 stay fixed. BatchNormalization running mean/variance are statistics: updated by batch statistics, not by
 gradients.
+
+If/Loop/Scan bodies count like the main graph: an initializer or Constant defined in a body, or a
+main-graph initializer read only inside one, trains and is written back under its own name. A name
+defined in more than one scope (allowed by ONNX for unrelated bodies) stays fixed: it would be ambiguous.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from compression.errors import CompressionError
+from compression.training.scopes import walk_graphs, walk_nodes
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 SETTING_INPUTS: dict[str, set[int]] = {
@@ -50,17 +55,33 @@ def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return None
 
 
-def classify(graph: onnx.GraphProto, frozen: Iterable[str] = ()) -> WeightRoles:
-    """Sort the graph's float initializers and Constant tensors into parameters and statistics."""
-    candidates: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+def _candidates(graph: onnx.GraphProto) -> tuple[dict[str, onnx.TensorProto], dict[str, str], set[str]]:
+    """Initializers and Constant tensors of every scope; names defined in more than one scope come apart."""
+    candidates: dict[str, onnx.TensorProto] = {}
     constant_nodes: dict[str, str] = {}
-    for node in graph.node:
-        tensor = constant_tensor(node) if node.op_type == "Constant" else None
-        if tensor is not None:
-            candidates[node.output[0]] = tensor
-            constant_nodes[node.output[0]] = node.name
+    repeated: set[str] = set()
+
+    def add(name: str, tensor: onnx.TensorProto) -> None:
+        if name in candidates:
+            repeated.add(name)
+        candidates[name] = tensor
+
+    for scope in walk_graphs(graph):
+        for initializer in scope.initializer:
+            add(initializer.name, initializer)
+        for node in scope.node:
+            tensor = constant_tensor(node) if node.op_type == "Constant" else None
+            if tensor is not None:
+                add(node.output[0], tensor)
+                constant_nodes[node.output[0]] = node.name
+    return candidates, constant_nodes, repeated
+
+
+def classify(graph: onnx.GraphProto, frozen: Iterable[str] = ()) -> WeightRoles:
+    """Sort the float initializers and Constant tensors of the graph and its bodies into parameters and statistics."""
+    candidates, constant_nodes, repeated = _candidates(graph)
     uses: dict[str, list[tuple[str, int]]] = {}
-    for node in graph.node:
+    for node in walk_nodes(graph):
         for index, name in enumerate(node.input):
             if name in candidates:
                 uses.setdefault(name, []).append((node.op_type, index))
@@ -70,7 +91,7 @@ def classify(graph: onnx.GraphProto, frozen: Iterable[str] = ()) -> WeightRoles:
         raise CompressionError(f"frozen names {unknown} are not initializers or Constant outputs of the student")
     roles = WeightRoles()
     for name, tensor in candidates.items():
-        if tensor.data_type not in FLOAT_TYPES or name in frozen_set or name not in uses:
+        if tensor.data_type not in FLOAT_TYPES or name in frozen_set or name not in uses or name in repeated:
             continue
         if all(index in STATISTIC_INPUTS.get(op, set()) for op, index in uses[name]):
             roles.statistics.append(name)
@@ -86,18 +107,22 @@ def classify(graph: onnx.GraphProto, frozen: Iterable[str] = ()) -> WeightRoles:
 
 
 def write_back(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of the model with new values under the original names, dtypes and shapes; nothing else changes."""
+    """A copy of the model with new values under the original names, dtypes and shapes; nothing else changes.
+
+    Initializers and Constant nodes inside If/Loop/Scan bodies are found and replaced like top-level ones.
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     remaining = dict(values)
-    for index, tensor in enumerate(out.graph.initializer):
-        if tensor.name in remaining:
-            out.graph.initializer[index].CopyFrom(_like(tensor, remaining.pop(tensor.name)))
-    for node in out.graph.node:
-        if node.op_type == "Constant" and node.output[0] in remaining:
-            for attribute in node.attribute:
-                if attribute.name == "value":
-                    attribute.t.CopyFrom(_like(attribute.t, remaining.pop(node.output[0])))
+    for scope in walk_graphs(out.graph):
+        for tensor in scope.initializer:
+            if tensor.name in remaining:
+                tensor.CopyFrom(_like(tensor, remaining.pop(tensor.name)))
+        for node in scope.node:
+            if node.op_type == "Constant" and node.output[0] in remaining:
+                for attribute in node.attribute:
+                    if attribute.name == "value":
+                        attribute.t.CopyFrom(_like(attribute.t, remaining.pop(node.output[0])))
     if remaining:
         raise KeyError(f"tensors not found in the graph: {sorted(remaining)}")
     return out
