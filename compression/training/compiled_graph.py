@@ -50,6 +50,7 @@ class CompiledGraph:
         self.input_names = [v.name for v in graph.input]
         self.output_names = [v.name for v in graph.output]
         self.output_dtypes = [_dtype(v) for v in graph.output]
+        self.output_shapes = [_static_shape(v) for v in graph.output]
         self.constants: dict[str, Tensor] = {
             t.name: to_torch(numpy_helper.to_array(t)) for t in graph.initializer if t.name not in options.served
         }
@@ -139,3 +140,13 @@ class CompiledGraph:
 def _dtype(value: onnx.ValueInfoProto) -> torch.dtype:
     elem_type = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
     return TORCH_DTYPES.get(elem_type, torch.float32)
+
+
+def _static_shape(value: onnx.ValueInfoProto) -> list[int] | None:
+    """The declared shape when every dimension is a number (empty scan outputs take it), else None."""
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return None
+    dims = value.type.tensor_type.shape.dim
+    if not all(d.HasField("dim_value") for d in dims):
+        return None
+    return [d.dim_value for d in dims]

@@ -12,13 +12,12 @@ import torch
 from onnx import numpy_helper
 
 from compression.errors import UnsupportedOperatorError
-from compression.settings import EngineSettings
 from compression.training.scopes import walk_nodes
 
 Tensor = torch.Tensor
 Inputs = Sequence[Tensor | None]
 OpOutput = Tensor | Sequence[Tensor]
-DEFAULT_MAX_LOOP_ITERATIONS: int = EngineSettings.model_fields["distill_max_loop_iterations"].default
+DEFAULT_MAX_LOOP_ITERATIONS = 10_000  # the distill step passes its setting (distill max_loop_iterations)
 
 
 @dataclass

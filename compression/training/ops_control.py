@@ -7,15 +7,11 @@ Loops whose trip count depends on data run as Python loops; any Loop or Scan tha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from compression.errors import CompressionError
+from compression.training.compiled_graph import CompiledGraph
 from compression.training.op_registry import Inputs, NodeInfo, OpOutput, Tensor, register
-
-if TYPE_CHECKING:
-    from compression.training.compiled_graph import CompiledGraph
 
 
 class LoopLimitError(CompressionError):
@@ -43,8 +39,11 @@ def _if(xs: Inputs, node: NodeInfo) -> OpOutput:
     return branch.run_body(scope, [], node.training)
 
 
-def _stack(parts: list[Tensor], dtype: torch.dtype) -> Tensor:
-    return torch.stack(parts, dim=0) if parts else torch.zeros(0, dtype=dtype)
+def _stack(parts: list[Tensor], body: CompiledGraph, index: int) -> Tensor:
+    """Per-iteration values stacked on a new leading axis; no iterations give [0, *declared shape] (as onnxruntime)."""
+    if parts:
+        return torch.stack(parts, dim=0)
+    return torch.zeros([0, *(body.output_shapes[index] or [])], dtype=body.output_dtypes[index])
 
 
 @register("Loop")
@@ -72,8 +71,8 @@ def _loop(xs: Inputs, node: NodeInfo) -> OpOutput:
         for parts, value in zip(scans, outs[1 + len(carried) :], strict=True):
             parts.append(value)
         iteration += 1
-    dtypes = body.output_dtypes[1 + len(carried) :]
-    return [*carried, *(_stack(parts, dtype) for parts, dtype in zip(scans, dtypes, strict=True))]
+    first = 1 + len(carried)
+    return [*carried, *(_stack(parts, body, first + k) for k, parts in enumerate(scans))]
 
 
 @register("Scan")
@@ -101,8 +100,7 @@ def _scan(xs: Inputs, node: NodeInfo) -> OpOutput:
         for parts, value in zip(scans, outs[len(states) :], strict=True):
             parts.append(value)
     results = list(states)
-    dtypes = body.output_dtypes[len(states) :]
-    for parts, axis, back, dtype in zip(scans, out_axes, out_backward, dtypes, strict=True):
-        stacked = _stack(parts[::-1] if back else parts, dtype)
-        results.append(stacked.movedim(0, axis % stacked.dim()) if parts else stacked)
+    for k, (parts, axis, back) in enumerate(zip(scans, out_axes, out_backward, strict=True)):
+        stacked = _stack(parts[::-1] if back else parts, body, len(states) + k)
+        results.append(stacked.movedim(0, axis % stacked.dim()))
     return results
