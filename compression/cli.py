@@ -18,6 +18,7 @@ from compression.errors import CompressionError
 from compression.jsonable import to_jsonable
 from compression.model_info import inspect_model, validate_model
 from compression.pipeline import StepMetrics, run_pipeline
+from compression.report import job_context, write_report
 from compression.settings import EngineSettings
 from compression.spec import CompressionSpec, step_json_schema
 
@@ -66,11 +67,13 @@ def compress(
     train_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
     eval_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
     metrics: Annotated[Path | None, typer.Option(help="write metrics JSON here")] = None,
+    report: Annotated[Path | None, typer.Option(help="write a self-contained HTML report here")] = None,
     latency_runs: int = 50,
     threads: int = 1,
 ) -> None:
     """Run a compression spec on a local model, showing progress; prints the headline metrics."""
     pipeline_spec = load_spec(spec)
+    bundle: DatasetBundle | None = None
     try:
         validate_model(model)
         inputs = inspect_model(model).inputs
@@ -91,10 +94,14 @@ def compress(
             shutil.copyfile(result.model_path, output)
     except CompressionError as exc:
         console.print(f"[red]error ({exc.code}):[/red] {exc.message}")
+        if report:
+            write_report(report, None, job_context(model.name, pipeline_spec, bundle, error=exc.message))
         raise typer.Exit(2) from exc
     data = to_jsonable(result.metrics)
     if metrics:
         metrics.write_text(json.dumps(data, indent=2))
+    if report:
+        write_report(report, data, job_context(model.name, pipeline_spec, bundle))
     ratios = data["ratios"]
     summary = {
         "output": str(output),

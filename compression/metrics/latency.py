@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from compression.metrics.inference import make_session
 
@@ -19,6 +19,7 @@ class LatencyStats(BaseModel):
     runs: int
     threads: int
     batch_size: int
+    samples_ms: list[float] | None = Field(None, description="every timed run in run order (0.1 µs resolution)")
 
 
 def measure_latency(
@@ -54,6 +55,7 @@ def measure_latency(
             runs=runs,
             threads=threads,
             batch_size=batch_size,
+            samples_ms=[round(value, 4) for value in t],
         )
         for t in timings
     ]
