@@ -150,7 +150,7 @@ def bench_case(case: Case, runs: int) -> list[str]:
     eval_set = Dataset.bind(labelled, inputs)
     stacked = eval_set.layout == "stacked"
     datasets = DatasetBundle(calibration=Dataset.bind(case.calib_feeds, inputs), eval=eval_set)
-    settings = EngineSettings(latency_runs=5, quant_latency_runs=max(runs // 3, 20), latency_batch_size=BATCH)
+    settings = EngineSettings(latency_runs=max(runs // 3, 20), latency_batch_size=BATCH)
     rows: list[tuple[str, Path | None, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -1,51 +1,148 @@
-"""Engine knobs the caller (CLI or service settings) passes in; the engine reads no environment itself."""
+"""Engine knobs the caller (CLI or service settings) passes in; the engine reads no environment itself.
+
+Knobs are grouped by what they tune (latency measurement, evaluation, one group per method). Each knob
+also has one flat name, `<group prefix><field>` (`quant_min_output_cosine`, `latency_runs`): the service
+reads its environment variables under those names, and `EngineSettings(quant_min_output_cosine=0.99)` works
+too. A few older flat names are kept as aliases (`quant_latency_runs` and `prune_latency_runs` are
+`latency_runs` now; `quant_slowdown_tolerance` and `prune_slowdown_tolerance` are `latency_slowdown_tolerance`).
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SettingsGroup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    env_prefix: ClassVar[str]
+    aliases: ClassVar[dict[str, str]] = {}  # older flat name -> field
+
+
+class LatencySettings(SettingsGroup):
+    """How latency is measured: interleaved rounds of every compared model on the same feed."""
+
+    env_prefix: ClassVar[str] = "latency_"
+    aliases: ClassVar[dict[str, str]] = {
+        "quant_latency_runs": "runs",
+        "prune_latency_runs": "runs",
+        "quant_slowdown_tolerance": "slowdown_tolerance",
+        "prune_slowdown_tolerance": "slowdown_tolerance",
+    }
+
+    runs: int = Field(50, ge=3, description="timed runs per model after warm-up (every latency comparison)")
+    warmup: int = Field(5, ge=0, description="untimed runs before timing")
+    threads: int = Field(1, ge=1, description="intra-op threads for every latency and eval session")
+    batch_size: int = Field(32, ge=1, description="samples per timed run (batched datasets)")
+    slowdown_tolerance: float = Field(
+        1.05,
+        gt=0,
+        description="a compressed model whose latency ratio exceeds this counts as slower than its input "
+        "(quantize returns the input; structured prune retries channel multiples)",
+    )
+
+
+class EvalSettings(SettingsGroup):
+    env_prefix: ClassVar[str] = "eval_"
+
+    max_samples: int = Field(2000, ge=1, description="cap on eval samples used for fidelity")
+    batch_size: int = Field(256, ge=1, description="samples per inference batch while evaluating")
+
+
+class QuantizeSettings(SettingsGroup):
+    """The quantize step (compression/quantization): budget floors and search limits."""
+
+    env_prefix: ClassVar[str] = "quant_"
+
+    min_output_cosine: float = Field(0.98, ge=0, le=1, description="per-output cosine floor vs the input")
+    min_channel_cosine: float = Field(0.9, ge=0, le=1, description="floor per last-axis channel (small outputs)")
+    min_conv_reduction: int = Field(32, ge=1, description="Convs reducing over fewer values: timed float vs int8")
+    eval_samples: int = Field(1000, ge=1, description="eval samples for budget checks")
+    sensitivity_samples: int = Field(
+        64, ge=1, description="eval samples whose intermediate tensors are compared (memory grows with it)"
+    )
+    exclusion_rounds: int = Field(6, ge=1, description="max re-quantizations while keeping nodes in float")
+    min_speedup: float = Field(1.02, ge=1, description="auto: a candidate must be this much faster than the input")
+    weight_only_min_elements: int = Field(
+        65536, ge=1, description="auto tries 4-bit weight-only when a MatMul weight has at least this many values"
+    )
+
+
+class PruneSettings(SettingsGroup):
+    """The prune step (compression/pruning)."""
+
+    env_prefix: ClassVar[str] = "prune_"
+
+    activation_samples: int = Field(256, ge=1, description="samples scored for activation importance")
+    min_channels: int = Field(1, ge=1, description="structured pruning never leaves a group narrower")
+    round_to_candidates: list[int] = Field(
+        [8, 16], description="channel multiples tried when structured pruning with round_to 1 comes out slower"
+    )
+
+
+class DistillSettings(SettingsGroup):
+    """The distill step (compression/training): bounds on the torch training it runs."""
+
+    env_prefix: ClassVar[str] = "distill_"
+
+    threads: int = Field(1, ge=1, description="torch (and teacher onnxruntime) threads while distilling")
+    max_epochs: int = Field(200, ge=1, description="largest 'epochs' a distill step may ask for")
+    max_train_samples: int = Field(100_000, ge=1, description="train samples used by distill (first N)")
+    max_target_mb: int = Field(2048, ge=1, description="memory cap on the cached teacher outputs")
+    max_loop_iterations: int = Field(10_000, ge=1, description="iterations a Loop or Scan may run per forward")
+
+
+GROUPS: dict[str, type[SettingsGroup]] = {
+    "latency": LatencySettings,
+    "evaluation": EvalSettings,
+    "quantize": QuantizeSettings,
+    "prune": PruneSettings,
+    "distill": DistillSettings,
+}
+
+
+def flat_names() -> dict[str, tuple[str, str]]:
+    """Every flat knob name (aliases included) -> (group, field)."""
+    names: dict[str, tuple[str, str]] = {}
+    for group, model in GROUPS.items():
+        for field in model.model_fields:
+            names[f"{model.env_prefix}{field}"] = (group, field)
+        for alias, field in model.aliases.items():
+            names[alias] = (group, field)
+    return names
 
 
 class EngineSettings(BaseModel):
-    latency_runs: int = Field(50, ge=3, description="timed runs per model after warm-up")
-    latency_warmup: int = Field(5, ge=0, description="untimed runs before timing")
-    latency_threads: int = Field(1, ge=1, description="intra-op threads for every latency and eval session")
-    latency_batch_size: int = Field(32, ge=1, description="samples per timed run (batched datasets)")
-    eval_max_samples: int = Field(2000, ge=1, description="cap on eval samples used for fidelity")
-    eval_batch_size: int = Field(256, ge=1)
+    seed: int = Field(0, description="seed for synthetic inputs and sampling")
     synthetic_samples: int = Field(64, ge=1, description="samples drawn from declared shapes without eval data")
-    seed: int = 0
-    # quantize step (compression/quantization): budget floors, search limits, speed checks
-    quant_min_output_cosine: float = Field(0.98, ge=0, le=1, description="per-output cosine floor vs the input")
-    quant_min_channel_cosine: float = Field(0.9, ge=0, le=1, description="floor per last-axis channel (small outputs)")
-    quant_min_conv_reduction: int = Field(32, ge=1, description="Convs reducing over fewer values: timed float vs int8")
-    quant_eval_samples: int = Field(1000, ge=1, description="eval samples for budget checks")
-    quant_sensitivity_samples: int = Field(
-        64, ge=1, description="eval samples whose intermediate tensors are compared (memory grows with it)"
-    )
-    quant_exclusion_rounds: int = Field(6, ge=1, description="max re-quantizations while keeping nodes in float")
-    quant_latency_runs: int = Field(30, ge=3, description="interleaved timed runs per candidate in speed checks")
-    quant_min_speedup: float = Field(
-        1.02, ge=1, description="auto: a candidate must be this much faster than the input"
-    )
-    quant_weight_only_min_elements: int = Field(
-        65536, ge=1, description="auto tries 4-bit weight-only when a MatMul weight has at least this many values"
-    )
-    quant_slowdown_tolerance: float = Field(
-        1.05, ge=1, description="explicit modes: latency ratio above which the input model is returned instead"
-    )
-    # prune step (compression/passes/prune.py)
-    prune_activation_samples: int = Field(256, ge=1, description="samples scored for activation importance")
-    prune_min_channels: int = Field(1, ge=1, description="structured pruning never leaves a group narrower")
-    prune_latency_runs: int = Field(30, ge=3, description="interleaved timed runs per model in the prune speed check")
-    prune_slowdown_tolerance: float = Field(
-        1.05, ge=0, description="structured pruning retries channel multiples when its latency ratio exceeds this"
-    )
-    prune_round_to_candidates: list[int] = Field(
-        [8, 16], description="channel multiples tried when structured pruning with round_to 1 comes out slower"
-    )
-    # distill step (compression/training): bounds on the torch training the step runs
-    distill_threads: int = Field(1, ge=1, description="torch (and teacher onnxruntime) threads while distilling")
-    distill_max_epochs: int = Field(200, ge=1, description="largest 'epochs' a distill step may ask for")
-    distill_max_train_samples: int = Field(100_000, ge=1, description="train samples used by distill (first N)")
-    distill_max_target_mb: int = Field(2048, ge=1, description="memory cap on the cached teacher outputs")
-    distill_max_loop_iterations: int = Field(10_000, ge=1, description="iterations a Loop or Scan may run per forward")
+    latency: LatencySettings = Field(default_factory=LatencySettings)
+    evaluation: EvalSettings = Field(default_factory=EvalSettings)
+    quantize: QuantizeSettings = Field(default_factory=QuantizeSettings)
+    prune: PruneSettings = Field(default_factory=PruneSettings)
+    distill: DistillSettings = Field(default_factory=DistillSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_names(cls, data: Any) -> Any:
+        """Accept flat names (`latency_runs=5`) beside nested groups; a flat name wins over its group's value."""
+        if not isinstance(data, dict):
+            return data
+        names = flat_names()
+        flat = {key: data[key] for key in list(data) if key in names}
+        if not flat:
+            return data
+        nested = {key: value for key, value in data.items() if key not in flat}
+        aliases = {alias for model in GROUPS.values() for alias in model.aliases}
+        for key, value in sorted(flat.items(), key=lambda item: item[0] not in aliases):  # current names win
+            group, field = names[key]
+            current = nested.get(group, {})
+            if isinstance(current, BaseModel):
+                current = current.model_dump(exclude_unset=True)
+            nested[group] = {**current, field: value}
+        return nested
+
+    def engine_only(self) -> EngineSettings:
+        """These knobs alone (a service settings object carries more)."""
+        return EngineSettings.model_validate(self.model_dump(include=set(EngineSettings.model_fields)))

@@ -7,6 +7,7 @@ python scripts/generate_reference.py --check  # exit 1 when README.md is stale (
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import typing
 from pathlib import Path
@@ -15,8 +16,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from app.core.config import Settings
 from compression.passes.registry import registered_passes
+from compression.settings import GROUPS
+from service.settings import Settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKERS = {
@@ -27,8 +29,8 @@ MARKERS = {
 
 def _type_name(annotation: object) -> str:
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
-    for noise in ("typing.", "pathlib.", "compression.passes.", "NoneType"):
-        text = text.replace(noise, "" if noise != "NoneType" else "null")
+    text = re.sub(r"\b(?:[a-z_]+\.)+([A-Z]\w*)", r"\1", text)  # compression.training.config.Hint -> Hint
+    text = text.replace("NoneType", "null")
     return text.replace("|", "\\|")
 
 
@@ -83,8 +85,15 @@ def step_reference() -> str:
 def settings_reference() -> str:
     lines = ["| variable | type | default | description |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        description = (field.description or "").replace("|", "\\|")
-        lines.append(f"| `{name.upper()}` | {_type_name(field.annotation)} | {_default(field)} | {description} |")
+        group = GROUPS.get(name)
+        rows = (
+            [(f"{group.env_prefix}{key}", value) for key, value in group.model_fields.items()]
+            if group is not None
+            else [(name, field)]
+        )
+        for flat, info in rows:
+            description = (info.description or "").replace("|", "\\|")
+            lines.append(f"| `{flat.upper()}` | {_type_name(info.annotation)} | {_default(info)} | {description} |")
     return "\n".join(lines) + "\n"
 
 

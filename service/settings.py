@@ -1,4 +1,8 @@
-"""Service settings, read from the environment (and `.env`); every limit lives here with a sane default."""
+"""Service settings, read from the environment (and `.env`); every limit lives here with a sane default.
+
+Shared by the API and the workers; the engine's own knobs (`EngineSettings`) are inherited, so each is an
+environment variable too and reaches the engine through `Settings.engine_settings()`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, computed_field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from compression.settings import EngineSettings
+from service.engine_env import EngineKnobsSource
 
 MiB = 1024 * 1024
 
@@ -19,6 +24,18 @@ class Settings(BaseSettings, EngineSettings):
     are inherited, so every one of them is an environment variable too."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The engine's knobs come from their flat variables (`LATENCY_RUNS`), below explicit arguments."""
+        return init_settings, EngineKnobsSource(settings_cls), env_settings, dotenv_settings, file_secret_settings
 
     data_dir: Path = Field(Path("data"), description="root for the embedded database, broker and artifacts")
     database_url: str | None = Field(None, description="SQLAlchemy URL of the job store; default SQLite in DATA_DIR")

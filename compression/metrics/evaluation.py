@@ -16,13 +16,13 @@ from compression.settings import EngineSettings
 
 class Evaluator:
     def __init__(self, reference_model: Path, dataset: Dataset, settings: EngineSettings) -> None:
-        self.dataset = dataset.take(settings.eval_max_samples)
+        self.dataset = dataset.take(settings.evaluation.max_samples)
         self.settings = settings
         self.reference_outputs = self.outputs(reference_model)
 
     def outputs(self, model_path: Path) -> dict[str, np.ndarray]:
-        session = make_session(model_path, self.settings.latency_threads)
-        return run_dataset(session, self.dataset, self.settings.eval_batch_size)
+        session = make_session(model_path, self.settings.latency.threads)
+        return run_dataset(session, self.dataset, self.settings.evaluation.batch_size)
 
     def fidelity(self, model_path: Path) -> Fidelity:
         return self.compare_outputs(self.outputs(model_path))
@@ -43,18 +43,18 @@ class Evaluator:
         return measure_latency(
             paths,
             self.latency_feed(),
-            runs=runs or self.settings.latency_runs,
-            warmup=self.settings.latency_warmup,
-            threads=self.settings.latency_threads,
+            runs=runs or self.settings.latency.runs,
+            warmup=self.settings.latency.warmup,
+            threads=self.settings.latency.threads,
             batch_size=self.latency_batch_size,
             check=check,
         )
 
     def latency_feed(self) -> dict[str, np.ndarray]:
-        return self.dataset.first_feed(self.settings.latency_batch_size)
+        return self.dataset.first_feed(self.settings.latency.batch_size)
 
     @property
     def latency_batch_size(self) -> int:
         if self.dataset.layout == "stacked":
             return 1
-        return min(self.settings.latency_batch_size, self.dataset.n_samples)
+        return min(self.settings.latency.batch_size, self.dataset.n_samples)

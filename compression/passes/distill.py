@@ -49,9 +49,9 @@ def _metrics(ctx: PassContext, student: str, student_path: Path, out: Path, outc
     teacher_latency, student_latency = measure_latency(
         [ctx.original_model, out],
         reference.latency_feed(),
-        runs=settings.latency_runs,
-        warmup=settings.latency_warmup,
-        threads=settings.latency_threads,
+        runs=settings.latency.runs,
+        warmup=settings.latency.warmup,
+        threads=settings.latency.threads,
         batch_size=reference.latency_batch_size,
     )
     teacher_stats, student_stats = model_stats(ctx.original_model), model_stats(out)

@@ -79,11 +79,11 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
                 sparsity=config.sparsity,
                 importance=config.importance,
                 round_to=round_to,
-                min_channels=ctx.settings.prune_min_channels,
+                min_channels=ctx.settings.prune.min_channels,
                 exclude=config.exclude,
                 dataset=dataset,
-                batch_size=ctx.settings.eval_batch_size,
-                max_samples=ctx.settings.prune_activation_samples,
+                batch_size=ctx.settings.evaluation.batch_size,
+                max_samples=ctx.settings.prune.activation_samples,
                 check_canceled=ctx.check_canceled,
                 bias_compensation=config.bias_compensation,
             )
@@ -94,12 +94,12 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
         ctx.progress(0.5, "timing the pruned model against its input")
         ratios = self._latency_ratios(model_path, [out], ctx)
         details["latency_ratio"] = ratios[0]
-        if ratios[0] <= ctx.settings.prune_slowdown_tolerance or config.round_to != 1:
+        if ratios[0] <= ctx.settings.latency.slowdown_tolerance or config.round_to != 1:
             return details
         # Odd channel counts can miss onnxruntime's blocked kernels: try multiples that hit them.
         tries = {
             round_to: ctx.new_model_path(f"prune_round{round_to}")
-            for round_to in ctx.settings.prune_round_to_candidates
+            for round_to in ctx.settings.prune.round_to_candidates
         }
         candidates = {round_to: prune(path, round_to) for round_to, path in tries.items()}
         ratios = self._latency_ratios(model_path, [out, *tries.values()], ctx)
@@ -112,7 +112,7 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
             tried={str(k): round(v, 3) for (v, k, _) in options},
             chosen_round_to=round_to,
         )
-        if ratio > ctx.settings.prune_slowdown_tolerance:
+        if ratio > ctx.settings.latency.slowdown_tolerance:
             ctx.event("every tried channel multiple is slower than the input", latency_ratio=round(ratio, 3))
         return {
             **chosen,
@@ -123,7 +123,7 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
 
     @staticmethod
     def _latency_ratios(src: Path, candidates: list[Path], ctx: PassContext) -> list[float]:
-        stats = ctx.reference().latency([src, *candidates], ctx.settings.prune_latency_runs, ctx.check_canceled)
+        stats = ctx.reference().latency([src, *candidates], ctx.settings.latency.runs, ctx.check_canceled)
         return [candidate.median_ms / stats[0].median_ms for candidate in stats[1:]]
 
     def _recalibrate(self, path: Path, ctx: PassContext, changed: bool) -> list[str] | str:
@@ -136,5 +136,5 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
             return "skipped (needs a calibration or train dataset)"
         ctx.progress(0.7, "re-estimating BatchNorm statistics")
         return recalibrate_batchnorm(
-            path, dataset, ctx.settings.eval_batch_size, ctx.settings.prune_activation_samples, ctx.check_canceled
+            path, dataset, ctx.settings.evaluation.batch_size, ctx.settings.prune.activation_samples, ctx.check_canceled
         )

@@ -44,9 +44,9 @@ __all__ = [
 def step_evaluator(model_path: Path, ctx: PassContext) -> Evaluator:
     """Reference outputs of this step's input on the job's eval data (synthetic inputs without it)."""
     reference = ctx.reference()
-    if model_path == ctx.original_model and reference.dataset.n_samples <= ctx.settings.quant_eval_samples:
+    if model_path == ctx.original_model and reference.dataset.n_samples <= ctx.settings.quantize.eval_samples:
         return reference
-    return Evaluator(model_path, reference.dataset.take(ctx.settings.quant_eval_samples), ctx.settings)
+    return Evaluator(model_path, reference.dataset.take(ctx.settings.quantize.eval_samples), ctx.settings)
 
 
 @register_pass
@@ -86,10 +86,10 @@ class QuantizePass(CompressionPass[ModeConfig | AutoQuantizeConfig]):
             before, after = interleaved_latency([model_path, result.best.path], evaluator, ctx.settings)
             ratio = after.median_ms / before.median_ms
             metrics.update(input_latency_ms=before.median_ms, latency_ms=after.median_ms, latency_ratio=ratio)
-            if ratio > ctx.settings.quant_slowdown_tolerance:
+            if ratio > ctx.settings.latency.slowdown_tolerance:
                 ratio = confirmed_ratio(model_path, result.best.path, evaluator, ctx.settings)
                 metrics["latency_ratio_confirmed"] = ratio
-            if ratio > ctx.settings.quant_slowdown_tolerance:
+            if ratio > ctx.settings.latency.slowdown_tolerance:
                 metrics["reason"] = (
                     f"the quantized model is slower than the input ({ratio:.2f}x latency); returning the input "
                     "model (set speed_guard: false to get it anyway)"

@@ -49,7 +49,7 @@ def plan(model_path: Path, config: AutoQuantizeConfig, ctx: PassContext) -> tupl
             notes.append("static skipped: no calibration dataset (set synthetic_calibration to allow it)")
         wanted.append("dynamic")
         notes.append("dynamic: int8 MatMul/recurrent kernels, int8 storage for Conv")
-        if _largest_matmul_weight(model_path) >= ctx.settings.quant_weight_only_min_elements:
+        if _largest_matmul_weight(model_path) >= ctx.settings.quantize.weight_only_min_elements:
             wanted.append("weight_only")
             notes.append("weight_only: the graph has large MatMul weights")
     configs: list[ModeConfig] = []
@@ -129,7 +129,7 @@ def run_auto(
     faster = [
         (stat.median_ms, result)
         for result, stat in zip(ok, stats[1:], strict=True)
-        if stat.median_ms * ctx.settings.quant_min_speedup < base
+        if stat.median_ms * ctx.settings.quantize.min_speedup < base
     ]
     if not faster:
         metrics["reason"] = "no candidate within budget is faster than the input model; returning the input model"
@@ -137,7 +137,7 @@ def run_auto(
     latency, best = min(faster, key=lambda pair: pair[0])
     confirmed = confirmed_ratio(model_path, best.best.path, evaluator, ctx.settings)
     metrics["latency_ratio_confirmed"] = confirmed
-    if confirmed * ctx.settings.quant_min_speedup >= 1.0:
+    if confirmed * ctx.settings.quantize.min_speedup >= 1.0:
         metrics["reason"] = (
             f"{best.mode} looked faster but a longer run measured {confirmed:.3f}x the input's latency; "
             "returning the input model"

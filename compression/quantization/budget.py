@@ -17,8 +17,8 @@ class Budget(BaseModel):
     def from_settings(cls, max_accuracy_drop: float | None, settings: EngineSettings) -> Budget:
         return cls(
             max_accuracy_drop=max_accuracy_drop,
-            min_output_cosine=settings.quant_min_output_cosine,
-            min_channel_cosine=settings.quant_min_channel_cosine,
+            min_output_cosine=settings.quantize.min_output_cosine,
+            min_channel_cosine=settings.quantize.min_channel_cosine,
         )
 
 

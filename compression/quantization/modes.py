@@ -145,7 +145,7 @@ class StaticQuantizer(ModeQuantizer):
         prepared = prepare(src, self.work / "prep", self.report, per_channel=self.config.per_channel)
         if self.config.keep_small_convs_float:
             prepared.details["small_conv_candidates"] = small_convs(
-                prepared.path, self.ctx.settings.quant_min_conv_reduction
+                prepared.path, self.ctx.settings.quantize.min_conv_reduction
             )
         return prepared
 

@@ -145,7 +145,7 @@ class BudgetSearch:
         ranked = self._rank(prepared, attempt.path, [c for c in candidates if c not in excluded])
         result.sensitivity = ranked
         order = [s.node for s in ranked]
-        rounds = self.ctx.settings.quant_exclusion_rounds
+        rounds = self.ctx.settings.quantize.exclusion_rounds
         group = max(1, math.ceil(len(order) / rounds))
         for start in range(0, len(order), group):
             before = list(excluded)
@@ -175,9 +175,9 @@ class BudgetSearch:
             prepared.path,
             quantized,
             candidates,
-            self.evaluator.dataset.take(self.ctx.settings.quant_sensitivity_samples),
+            self.evaluator.dataset.take(self.ctx.settings.quantize.sensitivity_samples),
             self.quantizer.work / "sensitivity",
-            self.ctx.settings.latency_threads,
+            self.ctx.settings.latency.threads,
         )
 
     def _shrink(self, result: SearchResult, prepared: Prepared, before: list[str], chunk: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from compression.settings import EngineSettings
 
 def interleaved_latency(paths: list[Path], evaluator: Evaluator, settings: EngineSettings) -> list[LatencyStats]:
     """Median latency of each path on the same feed and threads; the input model goes first."""
-    return evaluator.latency(paths, runs=settings.quant_latency_runs)
+    return evaluator.latency(paths, runs=settings.latency.runs)
 
 
 def confirmed_ratio(src: Path, candidate: Path, evaluator: Evaluator, settings: EngineSettings) -> float:
@@ -20,6 +20,5 @@ def confirmed_ratio(src: Path, candidate: Path, evaluator: Evaluator, settings: 
     A 0.2 ms model on a shared machine can read 5% slower by chance; a verdict that hands back
     the input (or picks a winner) is worth the extra runs.
     """
-    longer = settings.model_copy(update={"quant_latency_runs": settings.quant_latency_runs * 3})
-    before, after = interleaved_latency([src, candidate], evaluator, longer)
+    before, after = evaluator.latency([src, candidate], runs=settings.latency.runs * 3)
     return after.median_ms / before.median_ms

@@ -141,9 +141,9 @@ class Distiller:
         settings: EngineSettings,
         hooks: TrainingHooks,
     ) -> None:
-        if config.epochs > settings.distill_max_epochs:
+        if config.epochs > settings.distill.max_epochs:
             raise CompressionError(
-                f"epochs={config.epochs} exceeds the limit distill_max_epochs={settings.distill_max_epochs}"
+                f"epochs={config.epochs} exceeds the limit distill_max_epochs={settings.distill.max_epochs}"
             )
         self.config, self.settings, self.hooks = config, settings, hooks
         self.student_proto = onnx.load(str(student_path))
@@ -151,18 +151,18 @@ class Distiller:
         bn_train = config.batchnorm == "train" or (config.batchnorm == "auto" and train.layout == "batched")
         self.module = OnnxGraphModule(self.student_proto, frozen=config.frozen, bn_train=bn_train)
         _check_inputs(self.module, train, "train")
-        train = train.take(settings.distill_max_train_samples)
+        train = train.take(settings.distill.max_train_samples)
         self.eval_on = "eval" if eval_data is not None else "train"
-        eval_data = (eval_data or train).take(settings.eval_max_samples)
+        eval_data = (eval_data or train).take(settings.evaluation.max_samples)
         _check_inputs(self.module, eval_data, self.eval_on)
         hint_names = [h.teacher for h in config.hints]
-        max_bytes = settings.distill_max_target_mb << 20
-        batch = settings.eval_batch_size
+        max_bytes = settings.distill.max_target_mb << 20
+        batch = settings.evaluation.batch_size
         self.train = _Data(
-            train, teacher_targets(teacher_path, train, hint_names, settings.distill_threads, batch, max_bytes)
+            train, teacher_targets(teacher_path, train, hint_names, settings.distill.threads, batch, max_bytes)
         )
         self.eval = _Data(
-            eval_data, teacher_targets(teacher_path, eval_data, hint_names, settings.distill_threads, batch, max_bytes)
+            eval_data, teacher_targets(teacher_path, eval_data, hint_names, settings.distill.threads, batch, max_bytes)
         )
         self.plans = plan_losses(
             self.student_proto,
@@ -207,7 +207,7 @@ class Distiller:
         label_plan = next((p for p in self.plans if p.use_labels), None)
         kl_plan = label_plan or next((p for p in self.plans if p.kind == "kl"), None)
         total_loss, seen, correct, agree, rows = 0.0, 0, 0, 0, 0
-        step = self.settings.eval_batch_size if self.eval.dataset.layout == "batched" else 1
+        step = self.settings.evaluation.batch_size if self.eval.dataset.layout == "batched" else 1
         with torch.no_grad():
             for start in range(0, self.eval.n, step):
                 index = np.arange(start, min(start + step, self.eval.n))
@@ -235,7 +235,7 @@ class Distiller:
 
     def run(self) -> DistillOutcome:
         config, hooks = self.config, self.hooks
-        with _torch_threads(self.settings.distill_threads):
+        with _torch_threads(self.settings.distill.threads):
             torch.manual_seed(config.seed)
             rng = np.random.default_rng(config.seed)
             params = [p for p in self.module.parameters() if p.requires_grad]

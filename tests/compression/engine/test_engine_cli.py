@@ -11,7 +11,9 @@ import onnxruntime as ort
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnx_compress.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "onnx_compress.cli", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_compress_writes_model_and_metrics(digits_cnn, tmp_path: Path) -> None:

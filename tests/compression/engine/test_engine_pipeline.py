@@ -67,7 +67,7 @@ def test_two_steps_record_metrics_after_each(mlp, tmp_path: Path) -> None:
     assert metrics.fidelity.accuracy.drop <= 0.02
     assert metrics.output.size_bytes < metrics.input.size_bytes
     assert metrics.ratios["size"] == pytest.approx(metrics.output.size_bytes / metrics.input.size_bytes)
-    assert metrics.input.latency.runs == FAST.latency_runs and metrics.input.latency.batch_size == 32
+    assert metrics.input.latency.runs == FAST.latency.runs and metrics.input.latency.batch_size == 32
     assert result.model_path.is_file() and result.model_path != mlp.path
 
 

@@ -27,7 +27,7 @@ def run(digits_cnn, tmp_path: Path, settings: EngineSettings, **config):
 
 
 def test_slower_result_retries_channel_multiples(digits_cnn, tmp_path: Path) -> None:
-    always_slower = EngineSettings(prune_slowdown_tolerance=0.0, prune_latency_runs=5, latency_warmup=1)
+    always_slower = EngineSettings(latency_slowdown_tolerance=1e-6, latency_runs=5, latency_warmup=1)
     result, _ = run(digits_cnn, tmp_path, always_slower)
     metrics = result.metrics
     assert metrics["round_to_tried"] == [1, 8, 16]
@@ -39,7 +39,7 @@ def test_slower_result_retries_channel_multiples(digits_cnn, tmp_path: Path) -> 
 
 
 def test_speed_check_off_or_round_to_pinned_keeps_the_request(digits_cnn, tmp_path: Path) -> None:
-    always_slower = EngineSettings(prune_slowdown_tolerance=0.0, prune_latency_runs=5, latency_warmup=1)
+    always_slower = EngineSettings(latency_slowdown_tolerance=1e-6, latency_runs=5, latency_warmup=1)
     off, _ = run(digits_cnn, tmp_path / "off", always_slower, speed_check=False)
     assert "latency_ratio" not in off.metrics and conv_widths(off.model_path) == [12, 24]
     pinned, _ = run(digits_cnn, tmp_path / "pinned", always_slower, round_to=4)

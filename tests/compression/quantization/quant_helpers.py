@@ -17,7 +17,7 @@ from compression.settings import EngineSettings
 from compression.spec import CompressionSpec
 from model_zoo import DevModel
 
-SETTINGS = EngineSettings(latency_runs=40, quant_latency_runs=40)
+SETTINGS = EngineSettings(latency_runs=40)
 
 
 @dataclass

