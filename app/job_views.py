@@ -8,14 +8,16 @@ from datetime import datetime
 
 from sqlalchemy import Select, and_, or_, select
 
-from app.models import Job, JobEvent
+from app.api.paths import job_path
 from app.schemas import JobDatasets, JobError, JobEventOut, JobOut, StepStatus
+from service.orm import Job, JobEvent
+from service.status import JobStatus
 
 
 def job_urls(job: Job) -> dict[str, str]:
-    base = f"/v1/jobs/{job.id}"
+    base = job_path(job.id)
     urls = {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
-    if job.status == "succeeded":
+    if job.status == JobStatus.SUCCEEDED:
         urls["model"] = f"{base}/artifacts/model.onnx"
         urls["metrics"] = f"{base}/artifacts/metrics.json"
     return urls
@@ -25,7 +27,7 @@ def job_out(job: Job) -> JobOut:
     return JobOut(
         id=job.id,
         model_id=job.model_id,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         stage=job.stage,
         progress=job.progress,
         created_at=job.created_at,
@@ -56,7 +58,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return datetime.fromisoformat(created), str(job_id)
 
 
-def page_query(status: str | None, cursor: str | None, limit: int) -> Select[tuple[Job]]:
+def page_query(status: JobStatus | None, cursor: str | None, limit: int) -> Select[tuple[Job]]:
     """Newest first; the cursor is the last row's (created_at, id), stable under concurrent inserts."""
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if status:

@@ -8,8 +8,8 @@ from fastapi import Depends, FastAPI
 
 from app.api.deps import require_api_key
 from app.api.routes import datasets, health, jobs, models
-from app.core.config import Settings, get_settings
-from app.core.db import init_db
+from service.db import init_db
+from service.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

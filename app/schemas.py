@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from compression.model_info import TensorSpec
 from compression.spec import Step
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+from service.status import EventKind, JobStatus, StepState
 
 
 class ApiModel(BaseModel):
@@ -74,7 +73,7 @@ class StepStatus(BaseModel):
     index: int
     type: str
     config: dict[str, Any]
-    status: Literal["pending", "running", "succeeded", "failed", "canceled"]
+    status: StepState
     metrics: dict[str, Any] | None = None
 
 
@@ -103,7 +102,7 @@ class JobPage(BaseModel):
 
 class JobEventOut(ApiModel):
     id: int
-    kind: str
+    kind: EventKind
     message: str
     progress: float | None
     stage: str | None

@@ -25,9 +25,9 @@ def api(
     """Start the HTTP API (production: run workers separately)."""
     import uvicorn
 
-    from app.core.config import get_settings
-    from app.core.db import init_db
     from app.main import create_app
+    from service.db import init_db
+    from service.settings import get_settings
 
     settings = get_settings()
     init_db(settings)
@@ -40,8 +40,8 @@ def worker(
     loglevel: str = "INFO",
 ) -> None:
     """Start a Celery worker that runs compression jobs."""
-    from app.core.config import get_settings
-    from app.core.db import init_db
+    from service.db import init_db
+    from service.settings import get_settings
     from workers.celery_app import app as celery_app
 
     settings = get_settings()
@@ -57,11 +57,11 @@ def serve(
     port: Annotated[int | None, typer.Option(help="default: PORT setting")] = None,
 ) -> None:
     """Embedded mode: the API and one worker process, SQLite for jobs and broker, artifacts on local disk."""
-    from app.core.config import get_settings
+    from service.settings import get_settings
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    worker_process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=os.environ.copy())
+    worker_process = subprocess.Popen([sys.executable, "-m", "onnx_compress", "worker"], env=os.environ.copy())
     try:
         api(host=host, port=port)
     finally:

@@ -1,4 +1,16 @@
-"""Artifact storage shared by the api and every worker: a local (or mounted) folder, or an S3 bucket."""
+"""Artifact storage shared by the api and every worker: a local (or mounted) folder, or an S3 bucket.
+
+Keys are relative, slash-separated names (`models/<id>.onnx`, `jobs/<id>/model.onnx`). Every store keeps the
+same contract (tests/service/test_artifact_store.py runs one conformance test against both):
+
+- `put_file(key, src)` copies `src` in; `move_in(key, src)` adopts it (src is gone afterwards). A reader never
+  sees a half-written artifact, and replacing a key never changes a file an earlier `fetch` handed out.
+- `fetch(key, dst)` makes `dst` hold the artifact and returns `dst`. The local store hard-links when it can
+  (same filesystem; no copy) and copies otherwise, so treat `dst` as read-only: write results to new files.
+- `stream(key)` yields the bytes in chunks; `size(key)`, `exists(key)`; `delete(key)` removes it (a missing
+  key is not an error).
+- `fetch`, `stream` and `size` of a missing key raise `ArtifactNotFoundError`.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +22,48 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-from app.core.config import Settings
+from service.settings import Settings
 
 CHUNK = 1 << 20
+
+
+class ArtifactNotFoundError(LookupError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"artifact {key!r} does not exist")
+        self.key = key
 
 
 class ArtifactStore(Protocol):
     def put_file(self, key: str, src: Path) -> None: ...
 
+    def move_in(self, key: str, src: Path) -> None: ...
+
     def fetch(self, key: str, dst: Path) -> Path: ...
+
+    def stream(self, key: str) -> Iterator[bytes]: ...
 
     def exists(self, key: str) -> bool: ...
 
     def size(self, key: str) -> int: ...
 
-    def stream(self, key: str) -> Iterator[bytes]: ...
+    def delete(self, key: str) -> None: ...
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    """Copy through a temp file in dst's folder and rename it over dst: readers see all or nothing."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".incoming-")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class LocalArtifactStore:
-    """Keys are relative paths under one root; writes land atomically (temp file + rename)."""
+    """Keys are relative paths under one root (a local disk or a volume every process mounts)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -39,42 +74,58 @@ class LocalArtifactStore:
             raise ValueError(f"artifact key escapes the store: {key!r}")
         return path
 
+    def _existing(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise ArtifactNotFoundError(key)
+        return path
+
     def put_file(self, key: str, src: Path) -> None:
-        dst = self._path(key)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".incoming-")
-        os.close(fd)
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _atomic_copy(src, self._path(key))
 
     def move_in(self, key: str, src: Path) -> None:
-        """Adopt a file already written under the store's filesystem without copying it."""
+        """Adopt a file already written on the store's filesystem without copying it."""
         dst = self._path(key)
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(src, dst)
         except OSError:  # another filesystem
-            self.put_file(key, src)
+            _atomic_copy(src, dst)
             src.unlink(missing_ok=True)
 
     def fetch(self, key: str, dst: Path) -> Path:
-        """Workers on the same filesystem read in place; no copy."""
-        return self._path(key)
+        """Hard-link the artifact at dst (no copy on the same filesystem); copy when linking is not possible.
+
+        Safe because the store never rewrites a file in place (writes land by rename): later writes to the
+        key leave the linked file as it was. Never write into dst.
+        """
+        src = self._existing(key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:  # another filesystem, or links not supported
+            _atomic_copy(src, dst)
+        return dst
+
+    def stream(self, key: str) -> Iterator[bytes]:
+        handle = self._existing(key).open("rb")  # opened now: a missing key raises here, not at the first chunk
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while chunk := handle.read(CHUNK):
+                    yield chunk
+
+        return chunks()
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
     def size(self, key: str) -> int:
-        return self._path(key).stat().st_size
+        return self._existing(key).stat().st_size
 
-    def stream(self, key: str) -> Iterator[bytes]:
-        with self._path(key).open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                yield chunk
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
 
 class S3ArtifactStore:
@@ -89,6 +140,14 @@ class S3ArtifactStore:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    @staticmethod
+    def _missing(exc: Exception) -> bool:
+        from botocore.exceptions import ClientError
+
+        if not isinstance(exc, ClientError):
+            return False
+        return exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}
+
     def put_file(self, key: str, src: Path) -> None:
         self.client.upload_file(str(src), self.bucket, self._key(key))
 
@@ -98,24 +157,46 @@ class S3ArtifactStore:
 
     def fetch(self, key: str, dst: Path) -> Path:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        self.client.download_file(self.bucket, self._key(key), str(dst))
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".fetching-")
+        os.close(fd)
+        try:
+            self.client.download_file(self.bucket, self._key(key), tmp)
+            os.replace(tmp, dst)
+        except Exception as exc:
+            Path(tmp).unlink(missing_ok=True)
+            if self._missing(exc):
+                raise ArtifactNotFoundError(key) from exc
+            raise
         return dst
 
-    def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
+    def stream(self, key: str) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except Exception as exc:
+            if self._missing(exc):
+                raise ArtifactNotFoundError(key) from exc
+            raise
+        return body.iter_chunks(CHUNK)
 
+    def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
-        except ClientError:
-            return False
+        except Exception as exc:
+            if self._missing(exc):
+                return False
+            raise
 
     def size(self, key: str) -> int:
-        return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except Exception as exc:
+            if self._missing(exc):
+                raise ArtifactNotFoundError(key) from exc
+            raise
 
-    def stream(self, key: str) -> Iterator[bytes]:
-        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
-        yield from body.iter_chunks(CHUNK)
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 
 @lru_cache

@@ -9,7 +9,8 @@ from functools import lru_cache
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.config import Settings
+from service.orm import Base
+from service.settings import Settings
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
@@ -48,8 +49,6 @@ def get_engine(settings: Settings) -> Engine:
 
 
 def init_db(settings: Settings) -> None:
-    from app.models import Base
-
     Base.metadata.create_all(get_engine(settings))
 
 

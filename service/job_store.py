@@ -7,20 +7,35 @@ so a worker that lost its lease (crashed, partitioned, killed) can no longer cha
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Job, JobEvent, utcnow
+from service.orm import Job, JobEvent, utcnow
+from service.status import TERMINAL, EventKind, JobStatus
 
-TERMINAL = ("succeeded", "failed", "canceled")
+
+class ClaimOutcome(StrEnum):
+    CLAIMED = "claimed"  # this worker runs the job now, under a new attempt number
+    FINISHED = "finished"  # it already ended
+    CANCELED = "canceled"  # it was canceled before it started
+    BUSY = "busy"  # another attempt holds a live lease
+    MISSING = "missing"
+
+
+class CancelOutcome(StrEnum):
+    CANCELED = "canceled"  # it was queued: ended at once, never runs
+    REQUESTED = "requested"  # it is running: flagged, stops at its next check
+    FINISHED = "finished"  # it already ended: nothing to cancel
+    MISSING = "missing"
 
 
 def add_event(
     session: Session,
     job_id: str,
-    kind: str,
+    kind: EventKind,
     message: str,
     *,
     attempt: int = 0,
@@ -33,16 +48,16 @@ def add_event(
     )
 
 
-def claim(session: Session, job_id: str, worker: str, lease: timedelta) -> tuple[str, int]:
-    """Try to start the job: returns (outcome, attempt); outcome is claimed|finished|busy|canceled|missing.
+def claim(session: Session, job_id: str, worker: str, lease: timedelta) -> tuple[ClaimOutcome, int]:
+    """Try to start the job: returns (outcome, attempt).
 
     A running job whose heartbeat is older than the lease belongs to a dead worker and is taken over.
     """
     job = session.get(Job, job_id)
     if job is None:
-        return "missing", 0
+        return ClaimOutcome.MISSING, 0
     if job.status in TERMINAL:
-        return ("canceled" if job.status == "canceled" else "finished"), job.attempt
+        return (ClaimOutcome.CANCELED if job.status == JobStatus.CANCELED else ClaimOutcome.FINISHED), job.attempt
     previous_attempt, previous_status = job.attempt, job.status  # the UPDATE below refreshes `job`
     now = utcnow()
     stale_before = now - lease
@@ -51,10 +66,13 @@ def claim(session: Session, job_id: str, worker: str, lease: timedelta) -> tuple
         .where(
             Job.id == job_id,
             Job.attempt == previous_attempt,
-            or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale_before)),
+            or_(
+                Job.status == JobStatus.QUEUED,
+                (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < stale_before),
+            ),
         )
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             attempt=previous_attempt + 1,
             worker=worker,
             heartbeat_at=now,
@@ -63,22 +81,22 @@ def claim(session: Session, job_id: str, worker: str, lease: timedelta) -> tuple
     )
     if result.rowcount != 1:
         session.rollback()
-        return "busy", previous_attempt
+        return ClaimOutcome.BUSY, previous_attempt
     attempt = previous_attempt + 1
-    takeover = previous_status == "running"
+    takeover = previous_status == JobStatus.RUNNING
     add_event(
         session,
         job_id,
-        "started",
+        EventKind.STARTED,
         f"attempt {attempt} started on {worker}" + (" (took over from a worker that stopped)" if takeover else ""),
         attempt=attempt,
     )
     session.commit()
-    return "claimed", attempt
+    return ClaimOutcome.CLAIMED, attempt
 
 
-def _owned(job_id: str, attempt: int):  # noqa: ANN202
-    return (Job.id == job_id) & (Job.attempt == attempt) & (Job.status == "running")
+def _owned(job_id: str, attempt: int) -> ColumnElement[bool]:
+    return (Job.id == job_id) & (Job.attempt == attempt) & (Job.status == JobStatus.RUNNING)
 
 
 def heartbeat(session: Session, job_id: str, attempt: int) -> bool:
@@ -96,7 +114,7 @@ def update_progress(
     progress: float | None = None,
     stage: str | None = None,
     steps: list[Any] | None = None,
-    event: tuple[str, str, dict[str, Any] | None] | None = None,
+    event: tuple[EventKind, str, dict[str, Any] | None] | None = None,
 ) -> bool:
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if progress is not None:
@@ -117,15 +135,17 @@ def finish(
     session: Session,
     job_id: str,
     attempt: int,
-    status: str,
+    status: JobStatus,
     *,
     metrics: dict[str, Any] | None = None,
     error: tuple[str, str] | None = None,
     steps: list[Any] | None = None,
 ) -> bool:
     """End the job once: only the attempt that owns it may, and only from `running`."""
+    if not status.terminal:
+        raise ValueError(f"a job finishes succeeded, failed or canceled, not {status}")
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "heartbeat_at": None}
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         values["progress"] = 1.0
         values["stage"] = "done"
     if metrics is not None:
@@ -137,13 +157,13 @@ def finish(
     result = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values))
     if result.rowcount == 1:
         message = f"job {status}" + (f": {error[1]}" if error else "")
-        add_event(session, job_id, status, message, attempt=attempt, progress=values.get("progress"))
+        add_event(session, job_id, EventKind(status.value), message, attempt=attempt, progress=values.get("progress"))
     session.commit()
     return result.rowcount == 1
 
 
 def fail_without_claim(session: Session, job_id: str, code: str, message: str) -> bool:
-    """Fail a job that is not running under a live attempt (used when attempts are exhausted)."""
+    """Fail a job that is not running under a live attempt (attempts exhausted, or it could not be queued)."""
     job = session.get(Job, job_id)
     if job is None or job.status in TERMINAL:
         return False
@@ -151,40 +171,39 @@ def fail_without_claim(session: Session, job_id: str, code: str, message: str) -
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempt == attempt, Job.status == current)
-        .values(status="failed", finished_at=utcnow(), error_code=code, error_message=message, heartbeat_at=None)
+        .values(
+            status=JobStatus.FAILED, finished_at=utcnow(), error_code=code, error_message=message, heartbeat_at=None
+        )
     )
     if result.rowcount == 1:
-        add_event(session, job_id, "failed", f"job failed: {message}", attempt=attempt)
+        add_event(session, job_id, EventKind.FAILED, f"job failed: {message}", attempt=attempt)
     session.commit()
     return result.rowcount == 1
 
 
-def request_cancel(session: Session, job_id: str) -> str:
-    """Cancel: a queued job ends at once and never runs; a running one is flagged and stops at its next check.
-
-    Returns the outcome: canceled|requested|finished|missing.
-    """
+def request_cancel(session: Session, job_id: str) -> CancelOutcome:
+    """Cancel: a queued job ends at once and never runs; a running one is flagged and stops at its next check."""
     job = session.get(Job, job_id)
     if job is None:
-        return "missing"
+        return CancelOutcome.MISSING
     if job.status in TERMINAL:
-        return "finished"
-    if job.status == "queued":
+        return CancelOutcome.FINISHED
+    if job.status == JobStatus.QUEUED:
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(status="canceled", finished_at=utcnow(), cancel_requested=True)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.CANCELED, finished_at=utcnow(), cancel_requested=True)
         )
         if result.rowcount == 1:
-            add_event(session, job_id, "canceled", "canceled before it started")
+            add_event(session, job_id, EventKind.CANCELED, "canceled before it started")
             session.commit()
-            return "canceled"
+            return CancelOutcome.CANCELED
         session.rollback()
         return request_cancel(session, job_id)  # it started meanwhile: flag the running job instead
     session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
-    add_event(session, job_id, "cancel_requested", "cancel requested; the job stops at its next check")
+    add_event(session, job_id, EventKind.CANCEL_REQUESTED, "cancel requested; the job stops at its next check")
     session.commit()
-    return "requested"
+    return CancelOutcome.REQUESTED
 
 
 def is_cancel_requested(session: Session, job_id: str) -> bool:
@@ -193,5 +212,5 @@ def is_cancel_requested(session: Session, job_id: str) -> bool:
 
 def stale_running_jobs(session: Session, lease: timedelta, now: datetime | None = None) -> list[str]:
     stale_before = (now or utcnow()) - lease
-    query = select(Job.id).where(Job.status == "running", Job.heartbeat_at < stale_before)
+    query = select(Job.id).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale_before)
     return list(session.scalars(query))

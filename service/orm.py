@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from service.status import EventKind, JobStatus
 
 
 def new_id() -> str:
@@ -16,6 +21,26 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class EnumText(TypeDecorator[E]):
+    """A StrEnum stored as plain text (no database enum type to migrate); rows read back as enum members."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
 
 
 class Base(DeclarativeBase):
@@ -55,7 +80,7 @@ class Job(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     datasets: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[JobStatus] = mapped_column(EnumText(JobStatus, 16), default=JobStatus.QUEUED)
     stage: Mapped[str | None] = mapped_column(String(64), default=None)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     steps: Mapped[list[Any]] = mapped_column(JSON)
@@ -79,7 +104,7 @@ class JobEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
-    kind: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[EventKind] = mapped_column(EnumText(EventKind, 32))
     message: Mapped[str] = mapped_column(Text)
     progress: Mapped[float | None] = mapped_column(Float, default=None)
     stage: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from app.cli import cli
-from app.core.config import Settings
+from onnx_compress.cli import cli
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 AWS_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
@@ -48,7 +48,7 @@ def test_dockerfile_targets_run_cli_commands() -> None:
     commands = [cmd.split('"')[3] for cmd in re.findall(r"^CMD \[.*\]", text, flags=re.MULTILINE)]
     assert commands == ["api", "worker"]
     assert set(commands) <= cli_commands()
-    for package in ("compression", "app", "workers"):
+    for package in ("compression", "service", "app", "workers", "onnx_compress"):
         assert f"COPY {package} ./{package}" in text
 
 

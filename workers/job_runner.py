@@ -8,27 +8,38 @@ import os
 import shutil
 import socket
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app import job_store
-from app.core.config import Settings
-from app.core.db import session_scope
-from app.models import DatasetRecord, Job, ModelRecord
-from app.storage import ArtifactStore, get_store, job_artifact_key
 from compression.datasets import DatasetBundle
 from compression.errors import CompressionError, JobCanceledError, MissingDatasetError, MissingModelError
 from compression.jsonable import to_jsonable
 from compression.model_info import inspect_model
 from compression.pipeline import run_pipeline
 from compression.spec import CompressionSpec
+from service import job_store
+from service.artifacts import ArtifactStore, get_store, job_artifact_key
+from service.db import session_scope
+from service.job_store import ClaimOutcome
+from service.orm import DatasetRecord, Job, ModelRecord
+from service.settings import Settings
+from service.status import EventKind, JobStatus
 from workers.progress import Heartbeat, JobProgressSink, LeaseLost
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["succeeded", "failed", "canceled", "skipped", "busy", "lost"]
+
+class Outcome(StrEnum):
+    """How one delivery of a job's task ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    SKIPPED = "skipped"  # the job had ended (or was canceled) before this delivery
+    BUSY = "busy"  # another attempt holds a live lease
+    LOST = "lost"  # this attempt lost its lease mid-run; another one owns the job
 
 
 def worker_name() -> str:
@@ -39,10 +50,10 @@ def run_job(job_id: str, settings: Settings) -> Outcome:
     lease = timedelta(seconds=settings.job_lease_seconds)
     with session_scope(settings) as session:
         outcome, attempt = job_store.claim(session, job_id, worker_name(), lease)
-        if outcome == "canceled":
-            job_store.add_event(session, job_id, "skipped", "task received for a canceled job; not started")
-        if outcome != "claimed":
-            return "busy" if outcome == "busy" else "skipped"
+        if outcome == ClaimOutcome.CANCELED:
+            job_store.add_event(session, job_id, EventKind.SKIPPED, "task received for a canceled job; not started")
+        if outcome != ClaimOutcome.CLAIMED:
+            return Outcome.BUSY if outcome == ClaimOutcome.BUSY else Outcome.SKIPPED
         job = session.get(Job, job_id)
         assert job is not None
         steps = job.steps
@@ -51,30 +62,30 @@ def run_job(job_id: str, settings: Settings) -> Outcome:
                 f"the job was interrupted {attempt - 1} times (worker crash or hard time limit); "
                 f"giving up after JOB_MAX_ATTEMPTS={settings.job_max_attempts}"
             )
-            job_store.finish(session, job_id, attempt, "failed", error=("too_many_attempts", message))
-            return "failed"
+            job_store.finish(session, job_id, attempt, JobStatus.FAILED, error=("too_many_attempts", message))
+            return Outcome.FAILED
 
     sink = JobProgressSink(settings, job_id, attempt, steps)
     work_dir = settings.work_dir / job_id / f"attempt{attempt}"
     try:
         with Heartbeat(settings, job_id, attempt, sink):
             metrics = _execute(job_id, settings, sink, work_dir)
-        return _finish(settings, job_id, attempt, sink, "succeeded", metrics=metrics)
+        return _finish(settings, job_id, attempt, sink, JobStatus.SUCCEEDED, metrics=metrics)
     except LeaseLost:
         log.warning("job %s attempt %s lost its lease; another worker runs it now", job_id, attempt)
-        return "lost"
+        return Outcome.LOST
     except JobCanceledError:
-        return _finish(settings, job_id, attempt, sink, "canceled", error=("canceled", "canceled by request"))
+        return _finish(settings, job_id, attempt, sink, JobStatus.CANCELED, error=("canceled", "canceled by request"))
     except CompressionError as exc:
         if isinstance(exc.__cause__, SoftTimeLimitExceeded):
-            return _finish(settings, job_id, attempt, sink, "failed", error=_time_limit(settings))
-        return _finish(settings, job_id, attempt, sink, "failed", error=(exc.code, exc.message))
+            return _finish(settings, job_id, attempt, sink, JobStatus.FAILED, error=_time_limit(settings))
+        return _finish(settings, job_id, attempt, sink, JobStatus.FAILED, error=(exc.code, exc.message))
     except SoftTimeLimitExceeded:
-        return _finish(settings, job_id, attempt, sink, "failed", error=_time_limit(settings))
+        return _finish(settings, job_id, attempt, sink, JobStatus.FAILED, error=_time_limit(settings))
     except Exception as exc:
         log.exception("job %s failed with an internal error", job_id)
         error = ("internal_error", f"{type(exc).__name__}: {exc}"[:2000])
-        return _finish(settings, job_id, attempt, sink, "failed", error=error)
+        return _finish(settings, job_id, attempt, sink, JobStatus.FAILED, error=error)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -88,14 +99,14 @@ def _finish(
     job_id: str,
     attempt: int,
     sink: JobProgressSink,
-    status: Literal["succeeded", "failed", "canceled"],
+    status: JobStatus,
     metrics: dict | None = None,
     error: tuple[str, str] | None = None,
 ) -> Outcome:
-    steps = sink.steps if status == "succeeded" else sink.mark_unfinished(status)
+    steps = sink.steps if status == JobStatus.SUCCEEDED else sink.mark_unfinished(status)
     with session_scope(settings) as session:
         owned = job_store.finish(session, job_id, attempt, status, metrics=metrics, error=error, steps=steps)
-    return status if owned else "lost"
+    return Outcome(status.value) if owned else Outcome.LOST
 
 
 def _execute(job_id: str, settings: Settings, sink: JobProgressSink, work_dir: Path) -> dict:
@@ -119,7 +130,7 @@ def _execute(job_id: str, settings: Settings, sink: JobProgressSink, work_dir: P
     model_path = store.fetch(model_storage_key, inputs_dir / "model.onnx")
     paths = {role: store.fetch(key, inputs_dir / f"{role}.npz") for role, key in dataset_keys.items()}
     datasets = DatasetBundle.load(paths, inspect_model(model_path).inputs)
-    sink.check_cancelled()
+    sink.check_canceled()
     result = run_pipeline(
         model_path,
         spec,
@@ -132,7 +143,7 @@ def _execute(job_id: str, settings: Settings, sink: JobProgressSink, work_dir: P
     metrics = to_jsonable(result.metrics)
     metrics_path = work_dir / "metrics.json"
     metrics_path.write_text(json.dumps({"job_id": job_id, **metrics}, indent=2))
-    sink.check_cancelled()
+    sink.check_canceled()
     store.put_file(job_artifact_key(job_id, "model.onnx"), result.model_path)
     store.put_file(job_artifact_key(job_id, "metrics.json"), metrics_path)
     return metrics
@@ -143,6 +154,6 @@ def _resolve_model(settings: Settings, store: ArtifactStore, model_id: str, dire
     with session_scope(settings) as session:
         record = session.get(ModelRecord, model_id)
         if record is None:
-            raise MissingModelError(f"model {model_id!r} not found: upload it with POST /v1/models")
+            raise MissingModelError(f"model {model_id!r} not found: upload it before submitting the job")
         key = record.storage_key
     return store.fetch(key, directory / f"model-{model_id}.onnx")

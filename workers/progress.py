@@ -6,12 +6,13 @@ import threading
 import time
 from typing import Any
 
-from app import job_store
-from app.core.config import Settings
-from app.core.db import session_scope
 from compression.errors import JobCanceledError, JobInterrupted
 from compression.jsonable import to_jsonable
 from compression.pipeline import StepMetrics
+from service import job_store
+from service.db import session_scope
+from service.settings import Settings
+from service.status import EventKind, JobStatus, StepState
 
 
 class LeaseLost(JobInterrupted):
@@ -19,6 +20,8 @@ class LeaseLost(JobInterrupted):
 
 
 class JobProgressSink:
+    """The engine's ProgressSink for one attempt of one job (writes are dropped once the lease is lost)."""
+
     def __init__(self, settings: Settings, job_id: str, attempt: int, steps: list[dict[str, Any]]) -> None:
         self.settings, self.job_id, self.attempt = settings, job_id, attempt
         self.steps = steps
@@ -41,9 +44,9 @@ class JobProgressSink:
         self._write(progress=round(fraction, 4), stage=(stage or "")[:64])
 
     def event(self, message: str, data: dict[str, Any] | None = None) -> None:
-        self._write(event=("info", message, data))
+        self._write(event=(EventKind.INFO, message, data))
 
-    def check_cancelled(self) -> None:
+    def check_canceled(self) -> None:
         if self.lease_lost.is_set():
             raise LeaseLost
         now = time.monotonic()
@@ -55,22 +58,21 @@ class JobProgressSink:
                 raise JobCanceledError
 
     def step_started(self, index: int, step_type: str) -> None:
-        self.steps[index]["status"] = "running"
-        self._write(
-            steps=self.steps, stage=f"{index}:{step_type}", event=("step", f"step {index} ({step_type}) started", None)
-        )
+        self.steps[index]["status"] = StepState.RUNNING
+        started = (EventKind.STEP, f"step {index} ({step_type}) started", None)
+        self._write(steps=self.steps, stage=f"{index}:{step_type}", event=started)
 
     def step_finished(self, index: int, metrics: StepMetrics) -> None:
-        self.steps[index]["status"] = "succeeded"
+        self.steps[index]["status"] = StepState.SUCCEEDED
         self.steps[index]["metrics"] = to_jsonable(metrics)
         summary = {"wall_time_s": round(metrics.wall_time_s, 3), "size_bytes": metrics.size_bytes}
-        self._write(steps=self.steps, event=("step", f"step {index} ({metrics.type}) finished", summary))
+        self._write(steps=self.steps, event=(EventKind.STEP, f"step {index} ({metrics.type}) finished", summary))
 
-    def mark_unfinished(self, status: str) -> list[dict[str, Any]]:
+    def mark_unfinished(self, status: JobStatus) -> list[dict[str, Any]]:
         """Steps that were running end with the job's status; pending ones stay pending."""
         for step in self.steps:
-            if step["status"] == "running":
-                step["status"] = status
+            if step["status"] == StepState.RUNNING:
+                step["status"] = StepState(status.value)
         return self.steps
 
 

@@ -13,10 +13,11 @@ from datetime import timedelta
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from app import job_store
-from app.core.config import Settings, get_settings
-from app.core.db import forget_inherited_connections, init_db, session_scope
-from workers.celery_app import enqueue_job
+from service import job_store
+from service.db import forget_inherited_connections, init_db, session_scope
+from service.queue import enqueue_job
+from service.settings import Settings, get_settings
+from service.status import EventKind
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -26,7 +27,9 @@ def requeue_stale_jobs(settings: Settings) -> list[str]:
     with session_scope(settings) as session:
         stale = job_store.stale_running_jobs(session, timedelta(seconds=settings.job_lease_seconds))
         for job_id in stale:
-            job_store.add_event(session, job_id, "requeued", "the worker running this job stopped; job requeued")
+            job_store.add_event(
+                session, job_id, EventKind.REQUEUED, "the worker running this job stopped; job requeued"
+            )
     for job_id in stale:
         log.warning("job %s: worker lease expired; requeueing", job_id)
         enqueue_job(settings, job_id)

@@ -6,8 +6,10 @@ import logging
 
 from celery import Task
 
-from app.core.config import get_settings
-from workers.celery_app import RUN_JOB, app
+from service.queue import RUN_JOB
+from service.settings import get_settings
+from workers.celery_app import app
+from workers.job_runner import Outcome
 from workers.job_runner import run_job as run_job_now
 
 log = logging.getLogger(__name__)
@@ -18,7 +20,7 @@ def run_job(self: Task, job_id: str) -> str:
     """Run a job unless another live attempt owns it; then check back once its lease could expire."""
     settings = get_settings()
     outcome = run_job_now(job_id, settings)
-    if outcome == "busy":
+    if outcome == Outcome.BUSY:
         log.info("job %s is running elsewhere; checking again in %s s", job_id, settings.job_lease_seconds)
         raise self.retry(countdown=settings.job_lease_seconds)
     return outcome

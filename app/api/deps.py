@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
-from app.core.config import Settings, get_settings
-from app.core.db import session_scope
-from app.storage import ArtifactStore, get_store
+from service.artifacts import ArtifactStore, get_store
+from service.db import session_scope
+from service.settings import Settings, get_settings
 
 
 def _settings(request: Request) -> Settings:

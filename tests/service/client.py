@@ -8,7 +8,9 @@ from typing import Any
 
 import httpx
 
-TERMINAL = {"succeeded", "failed", "canceled"}
+from service.status import JobStatus
+
+TERMINAL = {status.value for status in JobStatus if status.terminal}
 
 
 def upload(client: httpx.Client, route: str, path: Path) -> dict[str, Any]:

@@ -70,7 +70,7 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        args = [sys.executable, "-m", "app.cli", self.command]
+        args = [sys.executable, "-m", "onnx_compress", self.command]
         if self.port is not None:
             args += ["--port", str(self.port)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.config import Settings
 from app.main import create_app
+from service.settings import Settings
+from service.status import JobStatus
 
 
 @pytest.fixture
@@ -159,8 +160,8 @@ def test_cursor_pagination_and_status_filter(client: TestClient, model_id: str) 
         if cursor is None:
             break
     assert seen == list(reversed(created))
-    assert len(client.get("/v1/jobs", params={"status": "queued"}).json()["items"]) == 5
-    assert client.get("/v1/jobs", params={"status": "succeeded"}).json()["items"] == []
+    assert len(client.get("/v1/jobs", params={"status": JobStatus.QUEUED}).json()["items"]) == 5
+    assert client.get("/v1/jobs", params={"status": JobStatus.SUCCEEDED}).json()["items"] == []
     assert client.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
     assert client.get("/v1/jobs", params={"cursor": "garbage"}).status_code == 422
 
@@ -168,7 +169,7 @@ def test_cursor_pagination_and_status_filter(client: TestClient, model_id: str) 
 def test_cancel_queued_job_and_finished_job(client: TestClient, model_id: str) -> None:
     job = client.post("/v1/jobs", json=job_body(model_id)).json()
     canceled = client.post(f"/v1/jobs/{job['id']}/cancel")
-    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    assert canceled.status_code == 200 and canceled.json()["status"] == JobStatus.CANCELED
     assert canceled.json()["started_at"] is None
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
 
@@ -197,6 +198,16 @@ def test_readyz_names_the_broken_dependency(tmp_path: Path) -> None:
     assert response.status_code == 503
     checks = response.json()["checks"]
     assert checks["database"] == "ok" and checks["broker"].startswith("down")
+
+
+def test_broker_down_answers_503_and_fails_the_job(tmp_path: Path, digits_cnn) -> None:
+    settings = Settings(data_dir=tmp_path / "data", broker_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(settings)) as client:
+        model = post_file(client, "/v1/models", "digits.onnx", digits_cnn.path.read_bytes()).json()
+        response = client.post("/v1/jobs", json=job_body(model["id"]))
+        assert response.status_code == 503 and "retry later" in response.json()["detail"]
+        (job,) = client.get("/v1/jobs").json()["items"]
+    assert job["status"] == JobStatus.FAILED and job["error"]["code"] == "broker_unavailable"
 
 
 def test_openapi_documents_the_steps(client: TestClient) -> None:

@@ -1,7 +1,8 @@
-"""Artifact stores: local folder and S3 (against moto's S3 server, the way MinIO serves compose)."""
+"""Artifact stores: one conformance test for both the local folder and S3 (moto's S3 server, as MinIO in compose)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,12 +10,14 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from app.storage import LocalArtifactStore, S3ArtifactStore
+from service.artifacts import ArtifactNotFoundError, ArtifactStore, LocalArtifactStore, S3ArtifactStore
+from service.status import JobStatus
 from tests.service.client import poll, submit, upload
 from tests.service.conftest import Stack
 from tests.service.stack import free_port
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+SIZE = 3_000_000  # several 1 MiB stream chunks
 
 
 @pytest.fixture(scope="module")
@@ -31,29 +34,74 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
-def exercise(store, tmp_path: Path) -> None:
-    src = tmp_path / "src.bin"
-    src.write_bytes(b"x" * 3_000_000)
-    assert not store.exists("jobs/j1/model.onnx")
-    store.put_file("jobs/j1/model.onnx", src)
-    assert store.exists("jobs/j1/model.onnx") and store.size("jobs/j1/model.onnx") == 3_000_000
-    assert b"".join(store.stream("jobs/j1/model.onnx")) == src.read_bytes()
-    fetched = store.fetch("jobs/j1/model.onnx", tmp_path / "fetched" / "m.onnx")
-    assert fetched.read_bytes() == src.read_bytes()
-    store.move_in("models/m.onnx", src)
-    assert store.exists("models/m.onnx") and not src.exists()
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
+    if request.param == "local":
+        return LocalArtifactStore(tmp_path / "root")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return S3ArtifactStore("artifacts", prefix=f"unit-{tmp_path.name}", endpoint_url=endpoint)
 
 
-def test_local_store(tmp_path: Path) -> None:
-    exercise(LocalArtifactStore(tmp_path / "root"), tmp_path)
+def payload(path: Path, byte: bytes, size: int = SIZE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(byte * size)
+    return path
+
+
+def test_store_contract(store: ArtifactStore, tmp_path: Path) -> None:
+    key = "jobs/j1/model.onnx"
+    src = payload(tmp_path / "src.bin", b"x")
+
+    # put_file copies in; exists, size and stream see it; the source stays
+    assert not store.exists(key)
+    store.put_file(key, src)
+    assert src.exists() and store.exists(key) and store.size(key) == SIZE
+    chunks = list(store.stream(key))
+    assert len(chunks) > 1 and b"".join(chunks) == src.read_bytes()
+
+    # fetch fills dst (creating its folder) and returns it
+    dst = tmp_path / "work" / "inputs" / "model.onnx"
+    assert store.fetch(key, dst) == dst and dst.read_bytes() == src.read_bytes()
+    assert store.fetch(key, dst) == dst  # fetching again over an existing dst is fine
+
+    # replacing the key never changes a file an earlier fetch handed out
+    store.put_file(key, payload(tmp_path / "new.bin", b"y", 1000))
+    assert dst.read_bytes() == b"x" * SIZE and store.size(key) == 1000
+
+    # move_in adopts the file: the key has its bytes, the source is gone
+    moved = payload(tmp_path / "incoming" / "upload.bin", b"z", 5000)
+    store.move_in("models/m.onnx", moved)
+    assert not moved.exists() and b"".join(store.stream("models/m.onnx")) == b"z" * 5000
+
+    # delete removes the key and only it; deleting a missing key is not an error
+    store.delete(key)
+    assert not store.exists(key) and store.exists("models/m.onnx")
+    store.delete(key)
+
+    # a missing key is one clear error for every read
+    with pytest.raises(ArtifactNotFoundError, match="jobs/j1/model.onnx"):
+        store.fetch(key, tmp_path / "missing.onnx")
+    assert not (tmp_path / "missing.onnx").exists()
+    with pytest.raises(ArtifactNotFoundError):
+        store.size(key)
+    with pytest.raises(ArtifactNotFoundError):
+        store.stream(key)
+
+
+def test_local_store_links_instead_of_copying(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "root")
+    store.put_file("models/m.onnx", payload(tmp_path / "src.bin", b"x"))
+    dst = store.fetch("models/m.onnx", tmp_path / "work" / "m.onnx")
+    assert os.path.samefile(dst, tmp_path / "root" / "models" / "m.onnx")  # same filesystem: a hard link
+
+
+def test_local_store_refuses_keys_outside_its_root(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="escapes"):
         LocalArtifactStore(tmp_path / "root").exists("../outside")
 
 
-def test_s3_store(s3_endpoint: str, tmp_path: Path) -> None:
-    exercise(S3ArtifactStore("artifacts", prefix="unit", endpoint_url=s3_endpoint), tmp_path)
-
-
+@pytest.mark.services
+@pytest.mark.slow
 def test_flow_with_s3_artifacts(production_backend: Stack, s3_endpoint: str, digits_cnn, tmp_path: Path) -> None:
     """api and worker share nothing but PostgreSQL, Redis and the bucket, as on separate machines."""
     s3 = {"ARTIFACT_STORE": "s3", "S3_BUCKET": "artifacts", "S3_PREFIX": "flow", "S3_ENDPOINT_URL": s3_endpoint}
@@ -66,7 +114,7 @@ def test_flow_with_s3_artifacts(production_backend: Stack, s3_endpoint: str, dig
             model = upload(client, "/v1/models", digits_cnn.path)
             job = submit(client, {"model_id": model["id"], "steps": [{"type": "quantize", "mode": "dynamic"}]})
             job = poll(client, job["id"], timeout=120)
-            assert job["status"] == "succeeded", job["error"]
+            assert job["status"] == JobStatus.SUCCEEDED, job["error"]
             response = client.get(job["urls"]["model"])
         assert response.status_code == 200 and len(response.content) < digits_cnn.path.stat().st_size
         keys = {

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from service.status import EventKind, JobStatus, StepState
 from tests.service.client import download, poll, submit, upload
 from tests.service.conftest import Stack
 
@@ -39,21 +40,21 @@ def run_digits_flow(stack: Stack, digits_cnn, tmp_path: Path) -> dict:
                 "datasets": {"eval": dataset["id"]},
             },
         )
-        assert job["status"] == "queued" and job["steps"][0]["status"] == "pending"
+        assert job["status"] == JobStatus.QUEUED and job["steps"][0]["status"] == StepState.PENDING
         missing = client.get(f"/v1/jobs/{job['id']}/artifacts/model.onnx")
         assert missing.status_code == 404
 
         job = poll(client, job["id"])
-        assert job["status"] == "succeeded", job["error"]
+        assert job["status"] == JobStatus.SUCCEEDED, job["error"]
         assert job["progress"] == 1.0 and job["attempt"] == 1
-        assert job["steps"][0]["status"] == "succeeded" and job["steps"][0]["metrics"]["changed"]
+        assert job["steps"][0]["status"] == StepState.SUCCEEDED and job["steps"][0]["metrics"]["changed"]
 
         out_model = download(client, job["urls"]["model"], tmp_path / "compressed.onnx")
         metrics = json.loads(download(client, job["urls"]["metrics"], tmp_path / "metrics.json").read_text())
         events = client.get(f"/v1/jobs/{job['id']}/events").json()
 
     kinds = [event["kind"] for event in events]
-    assert kinds[0] == "queued" and kinds[1] == "started" and kinds[-1] == "succeeded"
+    assert kinds[0] == EventKind.QUEUED and kinds[1] == EventKind.STARTED and kinds[-1] == EventKind.SUCCEEDED
     assert [e["id"] for e in events] == sorted(e["id"] for e in events)
 
     before = onnx_accuracy(digits_cnn.path, digits_cnn.x_test, digits_cnn.y_test)
@@ -103,11 +104,11 @@ def test_prune_distill_quantize_pipeline_over_http(embedded_stack: Stack, residu
         ]
         job = submit(client, {"model_id": model["id"], "steps": steps, "datasets": datasets})
         job = poll(client, job["id"], timeout=600)
-        assert job["status"] == "succeeded", job["error"]
+        assert job["status"] == JobStatus.SUCCEEDED, job["error"]
         events = client.get(f"/v1/jobs/{job['id']}/events").json()
         out_model = download(client, job["urls"]["model"], tmp_path / "compressed.onnx")
 
-    assert [step["status"] for step in job["steps"]] == ["succeeded"] * 3
+    assert [step["status"] for step in job["steps"]] == [StepState.SUCCEEDED] * 3
     metrics = job["metrics"]
     assert metrics["ratios"]["size"] <= 0.125  # >= 8x smaller
     assert metrics["fidelity"]["accuracy"]["drop"] <= 0.01

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from service.status import EventKind, JobStatus
 from tests.service.client import poll, submit, upload
 from tests.service.conftest import Stack
 from tests.service.stack import wait_until
@@ -25,18 +26,18 @@ def test_canceled_queued_job_never_starts(production_backend: Stack, digits_cnn)
     with production_backend.client() as client:
         model_id = upload(client, "/v1/models", digits_cnn.path)["id"]
         doomed = dynamic_job(client, model_id)  # no worker is running: it stays queued
-        assert client.post(f"/v1/jobs/{doomed['id']}/cancel").json()["status"] == "canceled"
+        assert client.post(f"/v1/jobs/{doomed['id']}/cancel").json()["status"] == JobStatus.CANCELED
         follower = dynamic_job(client, model_id)
         worker = production_backend.start_worker(**QUICK)
         try:
-            assert poll(client, follower["id"], timeout=120)["status"] == "succeeded"
-            wait_until(lambda: "skipped" in event_kinds(client, doomed["id"]), 30, "the canceled job's task")
+            assert poll(client, follower["id"], timeout=120)["status"] == JobStatus.SUCCEEDED
+            wait_until(lambda: EventKind.SKIPPED in event_kinds(client, doomed["id"]), 30, "the canceled job's task")
         finally:
             worker.stop()
         job = client.get(f"/v1/jobs/{doomed['id']}").json()
         kinds = event_kinds(client, doomed["id"])
-    assert job["status"] == "canceled" and job["started_at"] is None and job["attempt"] == 0
-    assert "started" not in kinds
+    assert job["status"] == JobStatus.CANCELED and job["started_at"] is None and job["attempt"] == 0
+    assert EventKind.STARTED not in kinds
 
 
 def test_cancel_running_job(production_backend: Stack, digits_cnn) -> None:
@@ -45,7 +46,7 @@ def test_cancel_running_job(production_backend: Stack, digits_cnn) -> None:
         with production_backend.client() as client:
             model_id = upload(client, "/v1/models", digits_cnn.path)["id"]
             job = dynamic_job(client, model_id)
-            poll(client, job["id"], timeout=60, until={"running"})
+            poll(client, job["id"], timeout=60, until={JobStatus.RUNNING})
             response = client.post(f"/v1/jobs/{job['id']}/cancel")
             assert response.status_code == 200 and response.json()["cancel_requested"]
             job = poll(client, job["id"], timeout=60)
@@ -53,8 +54,8 @@ def test_cancel_running_job(production_backend: Stack, digits_cnn) -> None:
             assert client.get(f"/v1/jobs/{job['id']}/artifacts/model.onnx").status_code == 404
     finally:
         worker.stop()
-    assert job["status"] == "canceled" and job["error"]["code"] == "canceled"
-    assert kinds[-1] == "canceled" and "cancel_requested" in kinds
+    assert job["status"] == JobStatus.CANCELED and job["error"]["code"] == "canceled"
+    assert kinds[-1] == EventKind.CANCELED and EventKind.CANCEL_REQUESTED in kinds
 
 
 def test_job_survives_sigkill_of_its_worker(production_backend: Stack, digits_cnn) -> None:
@@ -62,10 +63,10 @@ def test_job_survives_sigkill_of_its_worker(production_backend: Stack, digits_cn
     with production_backend.client() as client:
         model_id = upload(client, "/v1/models", digits_cnn.path)["id"]
         job = dynamic_job(client, model_id)
-        poll(client, job["id"], timeout=60, until={"running"})
+        poll(client, job["id"], timeout=60, until={JobStatus.RUNNING})
         time.sleep(1.5)
         first.kill()  # SIGKILL to the worker and its pool children, mid-job
-        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
+        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == JobStatus.RUNNING
         second = production_backend.start_worker(**QUICK)
         try:
             done = poll(client, job["id"], timeout=120)
@@ -74,7 +75,7 @@ def test_job_survives_sigkill_of_its_worker(production_backend: Stack, digits_cn
             kinds = event_kinds(client, job["id"])
         finally:
             second.stop()
-    assert done["status"] == "succeeded", done["error"]
-    assert final["status"] == "succeeded" and final["attempt"] == 2
-    assert kinds.count("succeeded") == 1 and kinds.count("started") == 2 and "requeued" in kinds
+    assert done["status"] == JobStatus.SUCCEEDED, done["error"]
+    assert final["status"] == JobStatus.SUCCEEDED and final["attempt"] == 2
+    assert kinds.count(EventKind.SUCCEEDED) == 1 and kinds.count(EventKind.STARTED) == 2 and EventKind.REQUEUED in kinds
     assert final["finished_at"] == done["finished_at"]

@@ -5,15 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, status
 from starlette.concurrency import run_in_threadpool
 
+from app.api import paths
 from app.api.deps import SessionDep, SettingsDep, StoreDep
 from app.api.routes.models import UPLOAD_DOC
-from app.models import DatasetRecord, new_id
 from app.schemas import ArrayInfo, DatasetOut
-from app.storage import dataset_key
 from app.uploads import receive_checked
 from compression.datasets import LABELS, describe_npz
+from service.artifacts import dataset_key
+from service.orm import DatasetRecord, new_id
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix=paths.DATASETS, tags=["datasets"])
 
 
 def dataset_out(record: DatasetRecord) -> DatasetOut:

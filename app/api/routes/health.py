@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.api.deps import SettingsDep
-from app.core.db import get_engine
+from service.db import get_engine
+from service.queue import check_broker
 
 router = APIRouter(tags=["health"])
 
@@ -28,10 +29,7 @@ def readyz(settings: SettingsDep) -> JSONResponse:
     except Exception as exc:
         checks["database"] = f"down: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     try:
-        from workers.celery_app import get_celery
-
-        with get_celery(settings).connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=2)
+        check_broker(settings)
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"down: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"

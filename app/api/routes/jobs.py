@@ -11,17 +11,21 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app import job_store
+from app.api import paths
 from app.api.deps import SessionDep, SettingsDep, StoreDep
 from app.job_views import decode_cursor, encode_cursor, event_out, job_out, page_query
-from app.models import DatasetRecord, Job, JobEvent, ModelRecord, new_id
-from app.schemas import JobCreate, JobEventOut, JobOut, JobPage, JobStatus
-from app.storage import job_artifact_key
+from app.schemas import JobCreate, JobEventOut, JobOut, JobPage
 from compression.datasets import check_compatible
 from compression.errors import DatasetMismatchError
 from compression.model_info import ModelInfo
+from service import job_store
+from service.artifacts import job_artifact_key
+from service.job_store import CancelOutcome
+from service.orm import DatasetRecord, Job, JobEvent, ModelRecord, new_id
+from service.queue import enqueue_job
+from service.status import EventKind, JobStatus, StepState
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix=paths.JOBS, tags=["jobs"])
 
 ARTIFACTS = {"model.onnx": "application/octet-stream", "metrics.json": "application/json"}
 
@@ -41,7 +45,7 @@ def _check_references(session: SessionDep, body: JobCreate) -> None:
     """Unknown ids and datasets that cannot feed the model are refused before anything is queued."""
     model = session.get(ModelRecord, body.model_id)
     if model is None:
-        raise _unprocessable(f"model_id {body.model_id!r} not found: upload the model with POST /v1/models first")
+        raise _unprocessable(f"model_id {body.model_id!r} not found: upload the model with POST {paths.MODELS} first")
     inputs = ModelInfo.model_validate(model.info).inputs
     for role, dataset_id in body.datasets.model_dump().items():
         if dataset_id is None:
@@ -73,7 +77,13 @@ def create_job(
             return _replay(existing, request_hash, response)
     _check_references(session, body)
     steps = [
-        {"index": i, "type": step.type, "config": step.model_dump(mode="json"), "status": "pending", "metrics": None}
+        {
+            "index": i,
+            "type": step.type,
+            "config": step.model_dump(mode="json"),
+            "status": StepState.PENDING,
+            "metrics": None,
+        }
         for i, step in enumerate(body.steps)
     ]
     job = Job(
@@ -86,7 +96,7 @@ def create_job(
         request_hash=request_hash,
     )
     session.add(job)
-    job_store.add_event(session, job.id, "queued", "job queued")
+    job_store.add_event(session, job.id, EventKind.QUEUED, "job queued")
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the race
@@ -95,14 +105,13 @@ def create_job(
         if existing is None:
             raise
         return _replay(existing, request_hash, response)
-    from workers.celery_app import enqueue_job
-
     try:
         enqueue_job(settings, job.id)
     except Exception as exc:  # the broker is down: fail the job rather than leave it queued forever
         job_store.fail_without_claim(session, job.id, "broker_unavailable", f"could not queue the job: {exc}")
+        cause = type(exc.__cause__ or exc).__name__
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"the job broker is not answering ({type(exc).__name__}); retry later"
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"the job broker is not answering ({cause}); retry later"
         ) from exc
     return job_out(job)
 
@@ -154,11 +163,11 @@ def get_events(
 def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobOut:
     """A queued job ends `canceled` and never runs; a running one stops at its next check."""
     outcome = job_store.request_cancel(session, job_id)
-    if outcome == "missing":
+    if outcome == CancelOutcome.MISSING:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id!r} not found")
     job = _get_job(session, job_id)
     session.refresh(job)
-    if outcome == "finished":
+    if outcome == CancelOutcome.FINISHED:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id!r} already {job.status}; nothing to cancel")
     return job_out(job)
 
@@ -169,7 +178,7 @@ def get_artifact(job_id: str, name: str, session: SessionDep, store: StoreDep) -
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no artifact {name!r}; artifacts: {sorted(ARTIFACTS)}")
     job = _get_job(session, job_id)
     key = job_artifact_key(job.id, name)
-    if job.status != "succeeded" or not store.exists(key):
+    if job.status != JobStatus.SUCCEEDED or not store.exists(key):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} does not exist yet: the job is {job.status}")
     headers = {
         "Content-Length": str(store.size(key)),

@@ -5,14 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, status
 from starlette.concurrency import run_in_threadpool
 
+from app.api import paths
 from app.api.deps import SessionDep, SettingsDep, StoreDep
-from app.models import ModelRecord, new_id
 from app.schemas import ModelOut
-from app.storage import model_key
 from app.uploads import receive_checked
 from compression.model_info import ModelInfo, validate_model
+from service.artifacts import model_key
+from service.orm import ModelRecord, new_id
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix=paths.MODELS, tags=["models"])
 
 UPLOAD_DOC = {
     "requestBody": {
