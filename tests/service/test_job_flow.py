@@ -13,6 +13,8 @@ from service.status import EventKind, JobStatus, StepState
 from tests.service.client import download, poll, submit, upload
 from tests.service.conftest import Stack
 
+pytestmark = pytest.mark.slow  # real api and worker processes
+
 
 def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -76,6 +78,7 @@ def test_embedded_flow(embedded_stack: Stack, digits_cnn, tmp_path: Path) -> Non
     run_digits_flow(embedded_stack, digits_cnn, tmp_path)
 
 
+@pytest.mark.services
 def test_production_flow(production_backend: Stack, digits_cnn, tmp_path: Path) -> None:
     worker = production_backend.start_worker()
     try:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from service.status import EventKind, JobStatus
 from tests.service.client import poll, submit, upload
 from tests.service.conftest import Stack
 from tests.service.stack import wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.services]  # worker processes on PostgreSQL + Redis
 
 # A job whose final latency measurement runs long enough to be interrupted mid-run.
 SLOW = {"LATENCY_RUNS": "20000", "JOB_LEASE_SECONDS": "4", "JOB_HEARTBEAT_SECONDS": "1"}
