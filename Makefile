@@ -1,20 +1,33 @@
-# Quickstart: `make run` (install, start api + worker embedded) and `make test` (install, run every test).
+# Quickstart: `make run` (install what serving needs, start api + worker embedded) and `make test` (install the
+# dev extras too, run every test). Each install is remembered by a stamp file and redone when pyproject.toml changes.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench docs clean
+.PHONY: install install-run run test lint format bench docs clean
 
-install: $(STAMP)
+# serving: the base dependencies and the `train` extra (workers run distillation with torch)
+install-run: $(RUN_STAMP)
 
-$(STAMP): pyproject.toml
+# developing: serving plus the `dev` extras (pytest, ruff, import-linter, moto, scikit-learn, ...)
+install: $(DEV_STAMP)
+
+$(VENV)/.venv-created:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $@
 
-run: install
+$(RUN_STAMP): pyproject.toml $(VENV)/.venv-created
+	$(PY) -m pip install -q -e '.[train]'
+	touch $@
+
+$(DEV_STAMP): pyproject.toml $(VENV)/.venv-created
+	$(PY) -m pip install -q -e '.[train,dev]'
+	touch $@ $(RUN_STAMP)
+
+run: install-run
 	$(VENV)/bin/onnx-compress serve
 
 test: install
@@ -23,6 +36,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: install
 	$(VENV)/bin/ruff check --fix .
