@@ -158,8 +158,15 @@ def line_chart(
     return svg.render()
 
 
+def _far_fence(samples: list[float]) -> float:
+    """Tukey's far-out fence of one model's samples: q3 + 3 IQR."""
+    ordered = sorted(samples)
+    q1, q3 = ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
+    return q3 + 3 * (q3 - q1)
+
+
 def histograms(items: list[Histogram], label: str, unit: str = "ms", width: float = 500, height: float = 240) -> str:
-    """Overlaid histograms on shared bins; the top 1% of all samples folds into the last bin."""
+    """Overlaid histograms on shared bins; far outliers (beyond q3 + 3 IQR of their model) fold into the last bin."""
     left, right, top, bottom = 44, 16, 30, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     svg = Svg(width, height, label)
@@ -168,7 +175,8 @@ def histograms(items: list[Histogram], label: str, unit: str = "ms", width: floa
         svg.text(width / 2, height / 2, "no samples", anchor="middle", fill=MUTED)
         return svg.render()
     low = pooled[0]
-    high = pooled[min(len(pooled) - 1, int(len(pooled) * 0.99))]
+    high = min(pooled[-1], max(_far_fence(item.samples) for item in items if item.samples))
+    folded = sum(1 for v in pooled if v > high)
     if high <= low:
         high = low + max(abs(low) * 0.01, 1e-6)
     bins = 30
@@ -205,14 +213,10 @@ def histograms(items: list[Histogram], label: str, unit: str = "ms", width: floa
             svg.line(x, top + plot_h, x, top + plot_h + 4, AXIS)
             svg.text(x, top + plot_h + 16, tick_label(tick), anchor="middle", size=10, fill=MUTED)
     svg.line(left, top + plot_h, left + plot_w, top + plot_h, AXIS)
-    svg.text(
-        left + plot_w / 2,
-        height - 6,
-        f"{unit} per run (dashed: median; last bin holds the slowest 1%)",
-        anchor="middle",
-        size=11,
-        fill=MUTED,
-    )
+    caption = f"{unit} per run (dashed: median)"
+    if folded:
+        caption += f"; {folded} slower run(s) counted in the last bin"
+    svg.text(left + plot_w / 2, height - 6, caption, anchor="middle", size=11, fill=MUTED)
     svg.text(left, 14, "runs", size=11, fill=MUTED)
     legend_x = width - right
     for item in reversed(items):

@@ -12,6 +12,7 @@ nav a{color:var(--blue);text-decoration:none;margin-right:18px;font-weight:500}
 section{margin-top:28px}
 h2{font-size:19px;border-bottom:2px solid var(--line);padding-bottom:4px;margin:0 0 12px}
 h3{font-size:16px;margin:0 0 4px}
+section>h3{margin-top:18px}
 h4{font-size:14px;margin:16px 0 6px}
 p{margin:6px 0}
 .note{color:var(--muted);font-size:13px}

@@ -26,7 +26,7 @@ def _change(ratio: float | None, lower_is_better: bool = True) -> tuple[str, str
         return "–", "neutral"
     change = (ratio - 1) * 100
     good = change < 0 if lower_is_better else change > 0
-    kind = "neutral" if abs(change) < 0.5 else ("good" if good else "bad")
+    kind = "neutral" if abs(change) < 2 else ("good" if good else "bad")
     return f"{fmt_ratio(ratio)} ({change:+.0f}%)", kind
 
 

@@ -29,10 +29,11 @@ def _arrays(summary: DatasetSummary) -> str:
 
 
 def render_datasets(datasets: list[DatasetSummary], metrics: dict[str, Any]) -> str:
+    named = any(d.name for d in datasets)
     rows = [
         [
             esc(d.role),
-            esc(d.name or ""),
+            *([esc(d.name or "")] if named else []),
             esc(d.n_samples if d.n_samples is not None else "–"),
             _arrays(d),
             esc("yes" if d.has_labels else "no"),
@@ -43,12 +44,13 @@ def render_datasets(datasets: list[DatasetSummary], metrics: dict[str, Any]) -> 
     fidelity = as_dict(metrics.get("fidelity"))
     if fidelity.get("synthetic") and not any(d.role == "eval" for d in datasets):
         rows.append(
-            [esc("eval"), esc("(none given)"), esc(fidelity.get("n_samples", "–")), esc("drawn from the model's declared input shapes"),
-             esc("no"), badge("synthetic", "warn")]
+            [esc("eval"), *([esc("(none given)")] if named else []), esc(fidelity.get("n_samples", "–")),
+             esc("none given: drawn from the model's declared input shapes"), esc("no"), badge("synthetic", "warn")]
         )  # fmt: skip
     if not rows:
-        return note("No dataset summary was given to the report.")
-    return table(["role", "name", "samples", "arrays (shape, dtype)", "labels", "source"], rows, numeric={2})
+        return note("No datasets listed.")
+    headers = ["role", *(["name"] if named else []), "samples", "arrays (shape, dtype)", "labels", "source"]
+    return table(headers, rows, numeric={2 if named else 1})
 
 
 def render_versions(versions: dict[str, str]) -> str:

@@ -43,7 +43,8 @@ def _budget_line(summary: dict[str, Any], budget: dict[str, Any]) -> str:
         else ""
     )
     drop = as_float(summary.get("drop"))
-    text = "Budget: " + (", ".join(rules) if rules else "not recorded") + ". "
+    text = "Quantized candidate: " if summary.get("input_model_returned") else ""
+    text += "Budget: " + (", ".join(rules) if rules else "not recorded") + ". "
     if drop is not None:
         text += f"Change on this step's input: {fmt_points(drop)} {summary.get('budget_metric') or ''}. ".replace(
             " .", "."
@@ -171,12 +172,11 @@ def _preparation(details_: dict[str, Any]) -> str:
         facts.append(f"nodes_to_exclude names no node: {', '.join(unknown[:20])}")
     if as_float(details_.get("latency_ratio")) is not None:
         confirmed = as_float(details_.get("latency_ratio_confirmed"))
-        facts.append(
-            f"speed check: {fmt_ms(details_.get('latency_ms'))} vs {fmt_ms(details_.get('input_latency_ms'))} "
-            f"({fmt_ratio(details_['latency_ratio'])}"
-            + (f", confirmed {fmt_ratio(confirmed)}" if confirmed is not None else "")
-            + ")"
-        )
+        timing = ""
+        if as_float(details_.get("latency_ms")) is not None and as_float(details_.get("input_latency_ms")) is not None:
+            timing = f"{fmt_ms(details_['latency_ms'])} vs {fmt_ms(details_['input_latency_ms'])} for the input, "
+        confirmed_text = f", confirmed {fmt_ratio(confirmed)} in a longer run" if confirmed is not None else ""
+        facts.append(f"speed check: {timing}latency {fmt_ratio(details_['latency_ratio'])}{confirmed_text}")
     return tag("ul", "".join(tag("li", esc(f)) for f in facts), cls="facts-list") if facts else ""
 
 
