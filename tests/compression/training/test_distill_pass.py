@@ -26,6 +26,8 @@ from compression.pipeline import PipelineResult, run_pipeline
 from compression.settings import EngineSettings
 from compression.spec import CompressionSpec
 
+pytestmark = pytest.mark.slow  # trains torch models
+
 SETTINGS = EngineSettings(latency_runs=5, latency_warmup=1)
 HALF_RUN = {"epochs": 10, "lr": 3e-3, "temperature": 4.0, "seed": 0}
 
