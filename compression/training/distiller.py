@@ -149,7 +149,12 @@ class Distiller:
         self.student_proto = onnx.load(str(student_path))
         teacher_proto = onnx.load(str(teacher_path), load_external_data=False)
         bn_train = config.batchnorm == "train" or (config.batchnorm == "auto" and train.layout == "batched")
-        self.module = OnnxGraphModule(self.student_proto, frozen=config.frozen, bn_train=bn_train)
+        self.module = OnnxGraphModule(
+            self.student_proto,
+            frozen=config.frozen,
+            bn_train=bn_train,
+            max_loop_iterations=settings.distill.max_loop_iterations,
+        )
         _check_inputs(self.module, train, "train")
         train = train.take(settings.distill.max_train_samples)
         self.eval_on = "eval" if eval_data is not None else "train"
