@@ -24,8 +24,8 @@ def lint_imports() -> subprocess.CompletedProcess[str]:
     executable = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     assert executable, "import-linter is not installed: `make test` installs the dev extras"
     return subprocess.run(
-        [executable, "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
-        cwd=ROOT,
+        [executable, "--no-cache"],
+        cwd=ROOT,  # reads [tool.importlinter] from pyproject.toml
         capture_output=True,
         text=True,
         timeout=300,
