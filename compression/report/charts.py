@@ -91,8 +91,14 @@ def line_chart(
     width: float = 500,
     height: float = 240,
     y_zero: bool = False,
+    y_clip: float | None = None,
 ) -> str:
-    """Lines over a shared x axis; `x_names` labels integer x positions (categorical axes)."""
+    """Lines over a shared x axis; `x_names` labels integer x positions (categorical axes).
+
+    Values above `y_clip` are drawn at `y_clip` (spikes stay visible without flattening the rest).
+    """
+    if y_clip is not None:
+        series = [Series(s.name, [(x, min(y, y_clip)) for x, y in s.points], s.color, s.markers) for s in series]
     left, right, top, bottom = 54, 16, 30, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     svg = Svg(width, height, label)
@@ -158,7 +164,7 @@ def line_chart(
     return svg.render()
 
 
-def _far_fence(samples: list[float]) -> float:
+def far_fence(samples: list[float]) -> float:
     """Tukey's far-out fence of one model's samples: q3 + 3 IQR."""
     ordered = sorted(samples)
     q1, q3 = ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
@@ -175,7 +181,7 @@ def histograms(items: list[Histogram], label: str, unit: str = "ms", width: floa
         svg.text(width / 2, height / 2, "no samples", anchor="middle", fill=MUTED)
         return svg.render()
     low = pooled[0]
-    high = min(pooled[-1], max(_far_fence(item.samples) for item in items if item.samples))
+    high = min(pooled[-1], max(far_fence(item.samples) for item in items if item.samples))
     folded = sum(1 for v in pooled if v > high)
     if high <= low:
         high = low + max(abs(low) * 0.01, 1e-6)

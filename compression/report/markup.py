@@ -69,7 +69,7 @@ def meter(fraction: float | None, kind: str = "out") -> str:
     return tag("span", tag("span", "", cls=f"fill {kind}", style=f"width:{width:.1f}%"), cls="meter")
 
 
-def details(summary: str, body: str, open_: bool = False) -> str:
+def collapsible(summary: str, body: str, open_: bool = False) -> str:
     return tag("details", tag("summary", esc(summary)) + body, open=open_)
 
 

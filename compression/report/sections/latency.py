@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compression.report.charts import INPUT_COLOR, OUTPUT_COLOR, Histogram, Series, histograms, line_chart
+from compression.report.charts import INPUT_COLOR, OUTPUT_COLOR, Histogram, Series, far_fence, histograms, line_chart
 from compression.report.markup import esc, fmt_ms, note, table, tag
 from compression.report.values import as_dict, as_floats, dig
 
@@ -34,11 +34,16 @@ def render_latency(metrics: dict[str, Any]) -> str:
             [Histogram(name, values, colors[name]) for name, values in samples.items() if values],
             "latency distribution",
         )
+        pooled = [v for values in samples.values() for v in values]
+        clip = min(max(pooled), max(far_fence(values) for values in samples.values() if values))
+        spikes = sum(1 for v in pooled if v > clip)
+        y_label = "ms" + (f" ({spikes} runs > {clip:.3g} ms clipped)" if spikes else "")
         charts += line_chart(
             [Series(name, _trace(values), colors[name], markers=False) for name, values in samples.items() if values],
             "latency per run, in run order",
-            y_label="ms",
+            y_label=y_label,
             x_label="run (input and output alternate, so machine noise hits both alike)",
+            y_clip=clip if spikes else None,
         )
         html += tag("div", charts, cls="figure row")
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from compression.report.charts import heatmap
-from compression.report.markup import details, esc, fmt_num, fmt_pct, meter, note, para, table, tag
+from compression.report.markup import collapsible, esc, fmt_num, fmt_pct, meter, note, para, table, tag
 from compression.report.values import as_dict, as_float, as_int, as_list
 
 KNOWN_COLUMNS = {
@@ -76,5 +76,5 @@ def render_outputs(metrics: dict[str, Any]) -> str:
                 [esc(k), esc(fmt_num(v, 5))]
                 for k, v in (value.items() if isinstance(value, dict) else enumerate(value))
             ][:100]
-            html += details(f"'{name}': {key}", table(["slice", "value"], rows, numeric={1}))
+            html += collapsible(f"'{name}': {key}", table(["slice", "value"], rows, numeric={1}))
     return html

@@ -5,10 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from compression.report.charts import INPUT_COLOR, OUTPUT_COLOR, KeptBar, kept_bars
-from compression.report.markup import badge, esc, fmt_bytes, fmt_count, fmt_pct, fmt_ratio, meter, para, table, tag
+from compression.report.markup import (
+    badge,
+    collapsible,
+    esc,
+    fmt_bytes,
+    fmt_count,
+    fmt_pct,
+    fmt_ratio,
+    meter,
+    para,
+    table,
+    tag,
+)
 from compression.report.values import as_dict, as_float, as_int, as_list, as_texts, dig
 
 MAX_ROWS = 200
+MAX_CHART_ROWS = 60
+OPEN_ROWS = 30
 STATUS_KIND = {"pruned": "good", "kept": "neutral", "skipped": "warn"}
 
 
@@ -31,6 +45,22 @@ def _before_after(details: dict[str, Any]) -> str:
     return table(["", "before", "after", "ratio"], rows, cls="compact", numeric={1, 2, 3}) if rows else ""
 
 
+def _producers(group: dict[str, Any]) -> str:
+    return ", ".join(as_texts(group.get("producers"))) or "?"
+
+
+def _group_row(group: dict[str, Any]) -> list[str]:
+    channels, kept = as_int(group.get("channels")), as_int(group.get("kept"))
+    status = str(group.get("status") or "?")
+    return [
+        esc(_producers(group)),
+        badge(status, STATUS_KIND.get(status, "neutral")),
+        esc(channels if channels is not None else "–"),
+        esc(kept if kept is not None else "–"),
+        esc(group.get("reason") or ("" if status == "pruned" else "–")),
+    ]
+
+
 def _structured(details: dict[str, Any]) -> str:
     removed, prunable = as_int(details.get("channels_removed")), as_int(details.get("channels_prunable"))
     pruned, total = as_int(details.get("groups_pruned")), as_int(details.get("groups_total"))
@@ -49,29 +79,26 @@ def _structured(details: dict[str, Any]) -> str:
         parts.append(f"channel counts rounded to multiples of {details['round_to_used']}")
     html = para("Structured pruning " + ", ".join(parts) + ".") if parts else ""
     groups = [as_dict(g) for g in as_list(details.get("groups"))]
-    bars, rows = [], []
-    for group in groups[:MAX_ROWS]:
-        producers = ", ".join(as_texts(group.get("producers"))) or "?"
+    bars = []
+    for group in groups[:MAX_CHART_ROWS]:
         channels, kept = as_int(group.get("channels")), as_int(group.get("kept"))
-        status = str(group.get("status") or "?")
         if channels is not None and kept is not None:
-            color = OUTPUT_COLOR if status == "pruned" else INPUT_COLOR
-            bars.append(KeptBar(producers, channels, kept, f"{channels} → {kept}", color))
-        rows.append(
-            [
-                esc(producers),
-                badge(status, STATUS_KIND.get(status, "neutral")),
-                esc(channels if channels is not None else "–"),
-                esc(kept if kept is not None else "–"),
-                esc(group.get("reason") or ("" if status == "pruned" else "–")),
-            ]
-        )
+            color = OUTPUT_COLOR if group.get("status") == "pruned" else INPUT_COLOR
+            bars.append(KeptBar(_producers(group), channels, kept, f"{channels} → {kept}", color))
     if bars:
         html += tag("div", kept_bars(bars, "channels per layer before (grey) and kept (blue)"), cls="figure")
-    if rows:
-        html += table(
-            ["layer(s) producing the channels", "status", "channels before", "after", "reason"], rows, numeric={2, 3}
-        )
+        if len(groups) > len(bars):
+            html += para(f"The chart shows the first {len(bars)} groups; the table lists more.", cls="note")
+    headers = ["layer(s) producing the channels", "status", "channels before", "after", "reason"]
+    rows = [_group_row(group) for group in groups[:MAX_ROWS]]
+    if len(groups) > OPEN_ROWS:  # long lists: the intact groups in view, every group one click away
+        intact = [group for group in groups if group.get("status") != "pruned"]
+        if intact:
+            html += tag("h4", esc(f"Left intact ({len(intact)})"))
+            html += table(headers, [_group_row(group) for group in intact[:MAX_ROWS]], numeric={2, 3})
+        html += collapsible(f"All groups ({len(groups)})", table(headers, rows, numeric={2, 3}))
+    elif rows:
+        html += table(headers, rows, numeric={2, 3})
     if len(groups) > MAX_ROWS:
         html += para(f"… and {len(groups) - MAX_ROWS} more groups (all in metrics.json).", cls="note")
     if not groups:

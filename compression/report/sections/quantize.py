@@ -6,7 +6,7 @@ from typing import Any
 
 from compression.report.markup import (
     badge,
-    details,
+    collapsible,
     esc,
     fmt_bytes,
     fmt_ms,
@@ -138,7 +138,7 @@ def _search(summary: dict[str, Any], budget: dict[str, Any]) -> str:
             ]
             for index, a in enumerate(history[:MAX_ATTEMPT_ROWS], start=1)
         ]
-        html += details(
+        html += collapsible(
             f"Attempts ({len(history)})",
             table(["attempt", "nodes in float", "verdict", "change", "reasons"], rows, numeric={0, 1}),
         )
@@ -211,7 +211,7 @@ def _candidates(details_: dict[str, Any], budget: dict[str, Any]) -> str:
     )
     for candidate in candidates:
         if candidate.get("mode") != chosen and (candidate.get("sensitivity") or candidate.get("nodes_kept_float")):
-            html += details(f"{candidate.get('mode')}: budget search and sensitivity", _search(candidate, budget))
+            html += collapsible(f"{candidate.get('mode')}: budget search and sensitivity", _search(candidate, budget))
     return html
 
 

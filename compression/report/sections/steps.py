@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from compression.report.charts import INPUT_COLOR, PALETTE, Series, line_chart
-from compression.report.markup import badge, details, esc, fmt_bytes, fmt_count, fmt_pct, fmt_s, note, pre, tag
+from compression.report.markup import badge, collapsible, esc, fmt_bytes, fmt_count, fmt_pct, fmt_s, note, pre, tag
 from compression.report.sections.distill import render_distill
 from compression.report.sections.prune import render_prune
 from compression.report.sections.quantize import render_quantize
@@ -79,14 +79,17 @@ def _summary_line(step: dict[str, Any]) -> str:
 
 
 def _raw(details_: dict[str, Any]) -> str:
+    """The step's details as indented JSON, encoded only up to RAW_DETAILS_MAX_CHARS (sensitivity tables get long)."""
     if not details_:
         return ""
-    text = json.dumps(details_, indent=1, default=str)
-    if len(text) > RAW_DETAILS_MAX_CHARS:
-        text = (
-            text[:RAW_DETAILS_MAX_CHARS] + f"\n… ({len(text) - RAW_DETAILS_MAX_CHARS} more characters in metrics.json)"
-        )
-    return details("all figures of this step (JSON)", pre(text))
+    chunks, size = [], 0
+    for chunk in json.JSONEncoder(indent=1, default=str).iterencode(details_):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > RAW_DETAILS_MAX_CHARS:
+            chunks.append("\n… (cut here: the whole document is in metrics.json)")
+            break
+    return collapsible("all figures of this step (JSON)", pre("".join(chunks)))
 
 
 def render_step(step: dict[str, Any], position: int) -> str:

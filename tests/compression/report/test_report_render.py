@@ -62,7 +62,7 @@ def test_report_of_prune_distill_quantize_has_every_section_and_chart(distill_jo
     ):
         assert expected in text, expected
     assert "kept: epoch" in page and "train loss" in page
-    assert len(page.encode()) < ONE_MB / 4
+    assert len(page.encode()) < ONE_MB / 4 and "could not be drawn" not in page
     written = write_report(tmp_path / "report.html", metrics, context).read_text(encoding="utf-8")
     assert "step 1: distill" in parse(written).plain_text()
 
@@ -78,10 +78,35 @@ def test_report_of_prune_quantize(fast_job) -> None:
     text = parser.plain_text()
     assert "Sensitivity ranking" in text
     assert "tensor 'logits' is a graph output" in text  # why the last group stayed intact
+    assert "could not be drawn" not in page
     assert "top-1 agreement" in text
     assert all(package in context.versions for package in ("onnx", "onnxruntime", "numpy"))
     # the interleaved per-run samples reach the report
     assert len(metrics["input"]["latency"]["samples_ms"]) == metrics["input"]["latency"]["runs"]
+
+
+def test_report_of_a_large_model_stays_small(fast_job) -> None:
+    """Thousands of nodes, groups and latency runs: tables and charts are capped, the page stays far below 1 MB."""
+    metrics = copy.deepcopy(fast_job[0])
+    quantize = metrics["steps"][-1]["details"]
+    quantize["sensitivity"] = [
+        {"node": f"/layers.{i}/MatMul", "op_type": "MatMul", "error": 1e-3 / (i + 1), "local_error": 1e-4 / (i + 1)}
+        for i in range(5000)
+    ]
+    quantize["nodes_kept_float"] = [f"/layers.{i}/MatMul" for i in range(500)]
+    prune = metrics["steps"][0]["details"]
+    prune["groups"] = [
+        {"producers": [f"/conv{i}"], "channels": 256, "kept": 128, "status": "pruned" if i % 5 else "skipped",
+         "reason": None if i % 5 else "feeds a Reshape with a constant shape"}
+        for i in range(3000)
+    ]  # fmt: skip
+    for side in ("input", "output"):
+        metrics[side]["latency"]["samples_ms"] = [0.5 + (i % 97) / 100 for i in range(50_000)]
+    page = render_report(metrics)
+    parse(page)
+    assert len(page.encode()) < ONE_MB / 2 and "could not be drawn" not in page
+    assert "Left intact (600)" in page and "All groups (3000)" in page
+    assert "4960 less sensitive nodes not shown" in page
 
 
 HOSTILE = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>&amp;"
