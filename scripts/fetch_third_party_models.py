@@ -1,4 +1,4 @@
-"""Fetch every third-party model into the model-zoo cache and describe its interface.
+"""Fetch every third-party model into the model-zoo cache and describe its interface, features and inputs.
 
 Usage: python scripts/fetch_third_party_models.py [NAME ...]
 """
@@ -14,6 +14,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model_zoo.third_party import THIRD_PARTY_MODELS, ThirdPartyUnavailable, fetch  # noqa: E402
+from model_zoo.third_party_inputs import recipe  # noqa: E402
 
 
 def _value_info(value: onnx.ValueInfoProto) -> str:
@@ -45,6 +46,13 @@ def main(names: list[str]) -> int:
     for name in names or list(THIRD_PARTY_MODELS):
         spec = THIRD_PARTY_MODELS[name]
         print(f"{name} ({spec.package}=={spec.version}: {spec.about})")
+        print(f"  member: {spec.member}" + (f" + {spec.external_data} (inlined)" if spec.external_data else ""))
+        print(f"  exercises: {', '.join(spec.features)}")
+        inputs = recipe(name)
+        print(
+            f"  inputs: {inputs.layout}, {inputs.calibration_samples} calibration / {inputs.eval_samples} eval; "
+            f"{inputs.note}"
+        )
         try:
             print(describe(fetch(name)))
         except ThirdPartyUnavailable as exc:

