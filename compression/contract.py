@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from compression.datasets import Dataset, DatasetBundle
-from compression.errors import MissingDatasetError, MissingModelError
+from compression.errors import MissingDatasetError, MissingModelError, StepFailedError
 from compression.metrics.evaluation import Evaluator
 from compression.model_info import inspect_model
 from compression.settings import EngineSettings
@@ -151,6 +151,29 @@ class PassResult:
     @property
     def changed(self) -> bool:
         return self.model_path is not None
+
+
+def adopt_output(result: PassResult, ctx: PassContext, step_type: str) -> Path | None:
+    """The step's model at its output path (moved there from the scratch dir), or None for "input unchanged".
+
+    A pass may only return its output path or a file it wrote under its scratch dir: anything else (its input,
+    another step's file, a path outside the work dir) is a contract violation and fails the step.
+    """
+    if result.model_path is None:
+        return None
+    assert ctx.output_path is not None and ctx.scratch_dir is not None
+    label = f"step {ctx.step_index} ({step_type})"
+    returned, output = result.model_path.resolve(), ctx.output_path.resolve()
+    if returned != output:
+        if not returned.is_relative_to(ctx.scratch_dir.resolve()):
+            raise StepFailedError(
+                f"{label} returned {result.model_path.name}: neither its output path nor a scratch file"
+            )
+        output.parent.mkdir(parents=True, exist_ok=True)
+        returned.replace(output)
+    if not output.is_file():
+        raise StepFailedError(f"{label} said it changed the model but wrote no file")
+    return ctx.output_path
 
 
 def step_type_of(config_model: Any) -> str:

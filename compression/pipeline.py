@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from compression.contract import NullProgress, PassContext, PassResult, ProgressSink
+from compression.contract import NullProgress, PassContext, ProgressSink, adopt_output
 from compression.datasets import DatasetBundle
 from compression.errors import CompressionError, InvalidModelError, JobInterrupted, StepFailedError
 from compression.metrics.evaluation import Evaluator
@@ -120,7 +120,7 @@ def run_pipeline(
         step_started = time.perf_counter()
         try:
             result = create_pass(step).run(current, ctx)
-            returned = _adopt_output(result, ctx, index, step.type)
+            returned = adopt_output(result, ctx, step.type)
         except (CompressionError, JobInterrupted):
             raise
         except Exception as exc:  # a library failure inside a pass: report it as this step's failure
@@ -179,30 +179,6 @@ def run_pipeline(
     )
     ctx.sink.progress(1.0, "done")
     return PipelineResult(model_path=current, metrics=metrics)
-
-
-def _adopt_output(result: PassResult, ctx: PassContext, index: int, step_type: str) -> Path | None:
-    """The step's model at its output path (moved there from the scratch dir), or None for "input unchanged".
-
-    A pass may only return its output path or a file it wrote under its scratch dir: anything else (its input,
-    another step's file, a path outside the work dir) is a contract violation and fails the step.
-    """
-    if result.model_path is None:
-        return None
-    assert ctx.output_path is not None and ctx.scratch_dir is not None
-    returned = result.model_path.resolve()
-    output = ctx.output_path.resolve()
-    if returned != output:
-        if not returned.is_relative_to(ctx.scratch_dir.resolve()):
-            raise StepFailedError(
-                f"step {index} ({step_type}) returned {result.model_path.name}, which is neither its output path "
-                "nor a file in its scratch dir"
-            )
-        output.parent.mkdir(parents=True, exist_ok=True)
-        returned.replace(output)
-    if not output.is_file():
-        raise StepFailedError(f"step {index} ({step_type}) said it changed the model but wrote no file")
-    return ctx.output_path
 
 
 def _step_fidelity(evaluator: Evaluator, model_path: Path, index: int, step_type: str) -> Fidelity:

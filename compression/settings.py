@@ -32,15 +32,36 @@ class LatencySettings(SettingsGroup):
         "prune_slowdown_tolerance": "slowdown_tolerance",
     }
 
-    runs: int = Field(50, ge=3, description="timed runs per model after warm-up (every latency comparison)")
-    warmup: int = Field(5, ge=0, description="untimed runs before timing")
+    runs: int = Field(
+        200,
+        ge=3,
+        description="most interleaved rounds per latency comparison (a round times every compared model once); "
+        "it stops earlier once every ratio's interval is narrow enough or decided",
+    )
+    min_rounds: int = Field(10, ge=3, description="rounds before the ratio intervals are first checked")
+    max_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="wall-time cap on one latency comparison (sessions, warm-up and rounds), whatever the load; "
+        "a comparison stopped by it before its intervals are narrow or decided is marked inconclusive",
+    )
+    target_half_width: float = Field(
+        0.03,
+        gt=0,
+        description="a ratio's interval is narrow enough when its half-width is within this fraction of the ratio",
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="coverage of the interval around each median latency ratio"
+    )
+    warmup: int = Field(5, ge=0, description="untimed runs of each model before timing")
     threads: int = Field(1, ge=1, description="intra-op threads for every latency and eval session")
     batch_size: int = Field(32, ge=1, description="samples per timed run (batched datasets)")
     slowdown_tolerance: float = Field(
         1.05,
         gt=0,
-        description="a compressed model whose latency ratio exceeds this counts as slower than its input "
-        "(quantize returns the input; structured prune retries channel multiples)",
+        description="a compressed model counts as slower than its input when its latency ratio exceeds this "
+        "(quantize: when the ratio's whole interval is above it, the input is returned; structured prune retries "
+        "channel multiples)",
     )
 
 
@@ -58,13 +79,32 @@ class QuantizeSettings(SettingsGroup):
 
     min_output_cosine: float = Field(0.98, ge=0, le=1, description="per-output cosine floor vs the input")
     min_channel_cosine: float = Field(0.9, ge=0, le=1, description="floor per last-axis channel (small outputs)")
+    min_slice_cosine: float = Field(
+        0.98,
+        ge=0,
+        le=1,
+        description="floor on the worst per-slice cosine: one step of a sequence output, one channel or tile of a "
+        "dense map",
+    )
+    min_snr_db: float = Field(20.0, description="floor on the worst per-sample SNR of outputs judged by 'snr_db'")
     min_conv_reduction: int = Field(32, ge=1, description="Convs reducing over fewer values: timed float vs int8")
     eval_samples: int = Field(1000, ge=1, description="eval samples for budget checks")
     sensitivity_samples: int = Field(
         64, ge=1, description="eval samples whose intermediate tensors are compared (memory grows with it)"
     )
     exclusion_rounds: int = Field(6, ge=1, description="max re-quantizations while keeping nodes in float")
-    min_speedup: float = Field(1.02, ge=1, description="auto: a candidate must be this much faster than the input")
+    min_speedup: float = Field(
+        1.02,
+        ge=1,
+        description="objective 'latency': a candidate is clearly faster when the upper end of its latency ratio's "
+        "interval times this is below 1",
+    )
+    size_tie: float = Field(
+        0.1,
+        ge=0,
+        description="objective 'balanced': candidates at most this fraction larger than the smallest count as "
+        "equally small, and the fastest of them is chosen",
+    )
     weight_only_min_elements: int = Field(
         65536, ge=1, description="auto tries 4-bit weight-only when a MatMul weight has at least this many values"
     )
@@ -94,12 +134,21 @@ class DistillSettings(SettingsGroup):
     max_loop_iterations: int = Field(10_000, ge=1, description="iterations a Loop or Scan may run per forward")
 
 
+class OptimizeSettings(SettingsGroup):
+    """The optimize step (compression/optimize): bounds on its search."""
+
+    env_prefix: ClassVar[str] = "optimize_"
+
+    max_seconds: float = Field(1800.0, gt=0, description="an optimize step starts no new candidate after this long")
+
+
 GROUPS: dict[str, type[SettingsGroup]] = {
     "latency": LatencySettings,
     "evaluation": EvalSettings,
     "quantize": QuantizeSettings,
     "prune": PruneSettings,
     "distill": DistillSettings,
+    "optimize": OptimizeSettings,
 }
 
 
@@ -122,6 +171,7 @@ class EngineSettings(BaseModel):
     quantize: QuantizeSettings = Field(default_factory=QuantizeSettings)
     prune: PruneSettings = Field(default_factory=PruneSettings)
     distill: DistillSettings = Field(default_factory=DistillSettings)
+    optimize: OptimizeSettings = Field(default_factory=OptimizeSettings)
 
     @model_validator(mode="before")
     @classmethod
