@@ -311,3 +311,15 @@ def _reverse_sequence(xs: Inputs, node: NodeInfo) -> Tensor:
     shape = [1] * x.dim()
     shape[time_axis], shape[batch_axis] = steps, lens.shape[0]
     return torch.gather(x, time_axis, index.reshape(shape).expand(x.shape))
+
+
+@register("OneHot")
+def _one_hot(xs: Inputs, node: NodeInfo) -> Tensor:
+    """values[1] where the index (negative ones wrap once) hits, values[0] elsewhere; the new axis at `axis`."""
+    indices, values = xs[0].long(), xs[2]
+    depth = int(xs[1].reshape(-1)[0])
+    indices = torch.where(indices < 0, indices + depth, indices)
+    valid = (indices >= 0) & (indices < depth)
+    hot = F.one_hot(indices.clamp(0, depth - 1), depth).bool() & valid.unsqueeze(-1)
+    out = torch.where(hot, values[1], values[0])
+    return out.movedim(-1, node.attr("axis", -1) % out.dim())
