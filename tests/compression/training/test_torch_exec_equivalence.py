@@ -200,3 +200,16 @@ def test_gradients_reach_every_parameter() -> None:
     assert "attn.scale" not in names and "gelu.sqrt2" not in names  # scalars of decompositions stay fixed
     missing = [n for n, p in zip(names, module.parameters(), strict=True) if p.grad is None or not p.grad.any()]
     assert not missing
+
+
+@pytest.mark.parametrize("axis", [-1, 1, 0])
+def test_one_hot_matches_onnxruntime(axis: int) -> None:
+    node = helper.make_node("OneHot", ["indices", "depth", "values"], ["y"], axis=axis)
+    inits = [
+        numpy_helper.from_array(np.array(5, dtype=np.int64), "depth"),
+        numpy_helper.from_array(np.array([-0.5, 2.0], dtype=np.float32), "values"),
+    ]
+    indices = helper.make_tensor_value_info("indices", TensorProto.INT64, [2, 3])
+    model = _model([node], [indices], [_f("y", None)], inits)
+    feeds = {"indices": np.array([[0, 4, -1], [-5, 7, 2]], dtype=np.int64)}  # -1 and -5 wrap, 7 is out of range
+    assert max(_max_diff(model, feeds).values()) == 0.0
