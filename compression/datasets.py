@@ -3,6 +3,11 @@
 An `.npz` holds one array per model input (plus optional `labels`). An array of the input's
 rank holds samples along axis 0 (the batch axis); an array of rank + 1 holds one complete
 input per entry of its leading axis, which is how fixed-batch and state inputs get samples.
+A rank-0 input (a sample rate, a threshold) takes either one value per sample (shape [n], the
+stacked layout) or a single 0-d value shared by every sample, whatever the other inputs' layout.
+
+Every feed handed to onnxruntime is an np.ndarray of the input's declared rank: a rank-0 input
+is fed as a 0-d array, never as a numpy scalar (onnxruntime rejects those).
 """
 
 from __future__ import annotations
@@ -35,10 +40,17 @@ def count_samples(arrays: dict[str, np.ndarray]) -> int:
     return count_samples_of({name: a.shape[0] if a.ndim else 0 for name, a in arrays.items()})
 
 
-def count_samples_of(lengths: dict[str, int]) -> int:
-    """Leading-axis length shared by all arrays; an upload with ragged arrays is refused."""
+def count_samples_of(lengths: dict[str, int | None]) -> int:
+    """Leading-axis length shared by all arrays; an upload with ragged arrays is refused.
+
+    A 0-d array (length None) is one value shared by every sample and does not count; a dataset of
+    0-d arrays only holds one sample.
+    """
     if not lengths:
         raise DatasetMismatchError("the .npz holds no arrays")
+    if all(n is None for n in lengths.values()):
+        return 1
+    lengths = {name: n for name, n in lengths.items() if n is not None}
     if len(set(lengths.values())) != 1:
         detail = ", ".join(f"{name}: {n}" for name, n in lengths.items())
         raise DatasetMismatchError(f"arrays disagree on the number of samples (leading axis): {detail}")
@@ -70,7 +82,7 @@ def describe_npz(path: Path) -> tuple[dict[str, dict[str, object]], int]:
                 arrays[member[:-4]] = {"shape": list(shape), "dtype": dtype.name}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise DatasetMismatchError(f"not a readable .npz file: {exc}") from exc
-    lengths = {name: info["shape"][0] if info["shape"] else 0 for name, info in arrays.items()}
+    lengths = {name: info["shape"][0] if info["shape"] else None for name, info in arrays.items()}
     return arrays, count_samples_of(lengths)
 
 
@@ -85,12 +97,17 @@ def check_compatible(arrays: dict[str, dict[str, object]], inputs: list[TensorSp
 
 @dataclass
 class Dataset:
-    """Arrays validated against a model's inputs, with a single layout shared by every input."""
+    """Arrays validated against a model's inputs, with a single layout shared by every input.
+
+    `scalars` names the rank-0 inputs: their arrays hold one value per sample (shape [n]) and each
+    feed gets a 0-d array, in either layout.
+    """
 
     arrays: dict[str, np.ndarray]
     labels: np.ndarray | None
     layout: Layout
     synthetic: bool = False
+    scalars: frozenset[str] = frozenset()
 
     @property
     def n_samples(self) -> int:
@@ -119,51 +136,81 @@ class Dataset:
             )
         layouts: dict[str, Layout] = {}
         bound: dict[str, np.ndarray] = {}
+        shared: dict[str, np.ndarray] = {}
         for spec in inputs:
-            if cast:
-                layouts[spec.name], bound[spec.name] = _bind_array(arrays[spec.name], spec)
+            array = np.asarray(arrays[spec.name])
+            if not spec.shape and array.ndim == 0:  # one value for every sample
+                _check_dtype(spec.name, array.dtype, spec)
+                shared[spec.name] = _cast(array, spec) if cast else array
+            elif cast:
+                layouts[spec.name], bound[spec.name] = _bind_array(array, spec)
             else:
-                array = arrays[spec.name]
                 layouts[spec.name], bound[spec.name] = _layout_for(spec.name, array.shape, array.dtype, spec), array
-        if len(set(layouts.values())) != 1:
+        if len(set(layouts.values())) > 1:
+            scalar = sorted(name for name in layouts if name in {s.name for s in inputs if not s.shape})
+            hint = f"; scalar input(s) {scalar} can also take one 0-d value shared by every sample" if scalar else ""
             raise DatasetMismatchError(
                 f"inputs mix layouts {layouts}: give every input either its own rank (samples along the "
-                "batch axis) or rank + 1 (one complete input per leading entry)"
+                f"batch axis) or rank + 1 (one complete input per leading entry){hint}"
             )
-        n = count_samples(bound)
+        n = count_samples(bound) if bound else 1
         if labels is not None and labels.shape[0] != n:
             raise DatasetMismatchError(f"'{LABELS}' has {labels.shape[0]} entries but the inputs hold {n} samples")
-        return cls(arrays=bound, labels=labels, layout=next(iter(layouts.values())))
+        for name, value in shared.items():
+            bound[name] = np.broadcast_to(value, (n,))
+        ordered = {spec.name: bound[spec.name] for spec in inputs}
+        layout: Layout = next(iter(layouts.values())) if layouts else "stacked"
+        scalars = frozenset(spec.name for spec in inputs if not spec.shape)
+        return cls(arrays=ordered, labels=labels, layout=layout, scalars=scalars)
 
     @classmethod
     def synthetic_for(cls, inputs: list[TensorSpec], n_samples: int, seed: int = 0) -> Dataset:
-        """Inputs drawn from the declared shapes, for when the user gave no data."""
+        """Inputs drawn from the declared shapes, for when the user gave no data.
+
+        Samples go along the batch axis when every non-scalar input has a symbolic first dimension;
+        otherwise each sample is one complete input (stacked). A rank-0 input gets one value shared by
+        every sample: a scalar is usually a setting (a sample rate, a threshold), not data.
+        """
         rng = np.random.default_rng(seed)
         arrays: dict[str, np.ndarray] = {}
-        batched = all(spec.shape and not isinstance(spec.shape[0], int) for spec in inputs)
+        tensors = [spec for spec in inputs if spec.shape]
+        batched = bool(tensors) and all(not isinstance(spec.shape[0], int) for spec in tensors)
         for spec in inputs:
             dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+            if not spec.shape:
+                value = _random_array(rng, [], np.dtype(spec.dtype))
+                arrays[spec.name] = np.broadcast_to(value, (n_samples,))
+                continue
             shape = [n_samples, *dims[1:]] if batched else [n_samples, *dims]
             arrays[spec.name] = _random_array(rng, shape, np.dtype(spec.dtype))
-        return cls(arrays=arrays, labels=None, layout="batched" if batched else "stacked", synthetic=True)
+        scalars = frozenset(spec.name for spec in inputs if not spec.shape)
+        layout: Layout = "batched" if batched else "stacked"
+        return cls(arrays=arrays, labels=None, layout=layout, synthetic=True, scalars=scalars)
 
     def take(self, n: int) -> Dataset:
         if n >= self.n_samples:
             return self
         labels = None if self.labels is None else self.labels[:n]
         arrays = {name: a[:n] for name, a in self.arrays.items()}
-        return Dataset(arrays=arrays, labels=labels, layout=self.layout, synthetic=self.synthetic)
+        return Dataset(arrays=arrays, labels=labels, layout=self.layout, synthetic=self.synthetic, scalars=self.scalars)
 
     def batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
-        """Feeds for onnxruntime: slices of the batch axis, or one stacked entry at a time."""
+        """Feeds for onnxruntime: slices of the batch axis, or one stacked entry at a time.
+
+        Every value is an np.ndarray of the input's rank; a rank-0 input gets a 0-d array (in the
+        batched layout a scalar input always holds one value shared by every sample).
+        """
         step = batch_size if self.layout == "batched" else 1
         for start in range(0, self.n_samples, step):
             stop = start + step
             labels = None if self.labels is None else self.labels[start:stop]
-            if self.layout == "batched":
-                yield {name: a[start:stop] for name, a in self.arrays.items()}, labels
-            else:
-                yield {name: a[start] for name, a in self.arrays.items()}, labels
+            feed: dict[str, np.ndarray] = {}
+            for name, a in self.arrays.items():
+                if self.layout == "batched" and name not in self.scalars:
+                    feed[name] = a[start:stop]
+                else:
+                    feed[name] = a[start, ...]  # an array view (0-d for a scalar input), never a numpy scalar
+            yield feed, labels
 
     def first_feed(self, batch_size: int) -> dict[str, np.ndarray]:
         return next(self.batches(batch_size))[0]
@@ -189,18 +236,25 @@ def _layout_for(name: str, shape: tuple[int, ...], dtype: np.dtype, spec: Tensor
                 f"array '{name}' has shape {list(shape)} but input '{spec.name}' needs {spec.shape}: "
                 f"array dimension {axis + 1} should be {want}, got {got}"
             )
+    _check_dtype(name, dtype, spec)
+    return layout
+
+
+def _check_dtype(name: str, dtype: np.dtype, spec: TensorSpec) -> None:
     want_dtype = np.dtype(spec.dtype)
     if dtype != want_dtype and ((dtype.kind in "fc") != (want_dtype.kind in "fc") or dtype.kind in "OSUV"):
         raise DatasetMismatchError(
             f"array '{name}' has dtype {dtype.name}; input '{spec.name}' needs {want_dtype.name}"
         )
-    return layout
+
+
+def _cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    want = np.dtype(spec.dtype)
+    return array if array.dtype == want else array.astype(want)
 
 
 def _bind_array(array: np.ndarray, spec: TensorSpec) -> tuple[Layout, np.ndarray]:
-    layout = _layout_for(spec.name, array.shape, array.dtype, spec)
-    want = np.dtype(spec.dtype)
-    return layout, array if array.dtype == want else array.astype(want)
+    return _layout_for(spec.name, array.shape, array.dtype, spec), _cast(array, spec)
 
 
 def _random_array(rng: np.random.Generator, shape: list[int], dtype: np.dtype) -> np.ndarray:

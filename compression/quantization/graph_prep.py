@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from compression.graph_names import used_names
+
 
 def gemm_to_matmul(model: ir.Model) -> int:
     """Rewrite plain Gemm (alpha=beta=1, no transA, constant B) as MatMul + Add.
@@ -53,8 +55,10 @@ def gemm_to_matmul(model: ir.Model) -> int:
 
 
 def _drop_unused_initializers(graph: ir.Graph) -> None:
+    """Remove initializers nothing reads, If/Loop/Scan bodies included (they read outer names)."""
+    used = used_names(graph)
     for name, value in list(graph.initializers.items()):
-        if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+        if name not in used and not value.uses() and not value.is_graph_output() and not value.is_graph_input():
             del graph.initializers[name]
 
 

@@ -142,7 +142,13 @@ class StaticQuantizer(ModeQuantizer):
             self.ctx, src, self.config.synthetic_calibration, "static quantization"
         )
         self.details["synthetic_calibration"] = synthetic
-        prepared = prepare(src, self.work / "prep", self.report, per_channel=self.config.per_channel)
+        prepared = prepare(
+            src,
+            self.work / "prep",
+            self.report,
+            per_channel=self.config.per_channel,
+            expose_outer_references=self.config.format == "qoperator",
+        )
         if self.config.keep_small_convs_float:
             prepared.details["small_conv_candidates"] = small_convs(
                 prepared.path, self.ctx.settings.quantize.min_conv_reduction
@@ -206,7 +212,8 @@ class StaticQuantizer(ModeQuantizer):
             model = ir.load(stage)
             conv_weights_to_int8(model, set(), only=set(always))
             ir.save(model, stage)
-        self.details["bytes_saved_by_compaction"] = compact(stage, dst, original_names(prepared.path))
+        names = original_names(prepared.path)
+        self.details["bytes_saved_by_compaction"] = compact(stage, dst, names, prepared.extra_outputs)
 
 
 def static_op_types(format: str) -> frozenset[str]:

@@ -10,6 +10,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from compression.graph_names import outer_references
 from compression.model_info import iter_nodes
 from compression.quantization.graph_prep import gemm_to_matmul, lift_constants
 from compression.quantization.opset import PER_CHANNEL_MIN_OPSET, ensure_opset
@@ -20,9 +21,12 @@ Report = Callable[[str], None]
 
 @dataclass
 class Prepared:
+    """The graph the quantizer sees. `extra_outputs` were added by `prepare` and leave again in `compact`."""
+
     path: Path
     per_channel_ok: bool = True
     details: dict[str, Any] = field(default_factory=dict)
+    extra_outputs: list[str] = field(default_factory=list)
 
 
 def prepare(
@@ -33,9 +37,15 @@ def prepare(
     per_channel: bool = False,
     optimize: bool = True,
     rewrite_gemm: bool = False,
+    expose_outer_references: bool = False,
     min_constant_elements: int = 16,
 ) -> Prepared:
-    """Lift Constant weights, upgrade the opset for per-channel, pre-process, optionally rewrite Gemm."""
+    """Lift Constant weights, upgrade the opset for per-channel, pre-process, optionally rewrite Gemm.
+
+    `expose_outer_references` makes the values If/Loop/Scan bodies read from the main graph graph outputs
+    for the quantizer's sake: onnxruntime's QOperator quantizer renames a quantized node's output and only
+    re-creates the float value for graph outputs, so a body reading it would be left with a dangling name.
+    """
     work.mkdir(parents=True, exist_ok=True)
     details: dict[str, Any] = {}
     model = ir.load(src)
@@ -68,7 +78,28 @@ def prepare(
     if named:
         details["nodes_named"] = named
         path = work / "named.onnx"
-    return Prepared(path=path, per_channel_ok=per_channel_ok, details=details)
+    extra: list[str] = []
+    if expose_outer_references:
+        extra = expose_body_inputs(path, work / "exposed.onnx")
+        if extra:
+            path = work / "exposed.onnx"
+    return Prepared(path=path, per_channel_ok=per_channel_ok, details=details, extra_outputs=extra)
+
+
+def expose_body_inputs(src: Path, dst: Path) -> list[str]:
+    """Add the node outputs that subgraph bodies read from the main graph as graph outputs; returns them."""
+    model = onnx.load(str(src))
+    graph = model.graph
+    produced = {name for node in graph.node for name in node.output if name}
+    present = {value.name for value in graph.output}
+    added = sorted((outer_references(graph) & produced) - present)
+    if not added:
+        return []
+    known = {value.name: value for value in graph.value_info}
+    for name in added:
+        graph.output.append(known.get(name) or onnx.ValueInfoProto(name=name))
+    onnx.save(model, str(dst))
+    return added
 
 
 def name_nodes(src: Path, dst: Path) -> int:
