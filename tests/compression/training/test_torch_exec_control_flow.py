@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compression.errors import UnsupportedOperatorError
 from compression.training.graph_module import OnnxGraphModule
 from compression.training.ops_control import LoopLimitError
+from compression.training.scopes import walk_graphs
 from compression.training.weights import write_back
 
 TOLERANCE = 1e-4
@@ -218,6 +219,60 @@ def test_loop_state_trains_a_weight_read_in_the_body() -> None:
     (out["s_final"].square().sum() + out["states"].sum()).backward()
     weight = module.weights[module.roles.parameters.index("W_loop")]
     assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def _as_double(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph with every float tensor, value and Constant in float64 (for torch's gradcheck)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for scope in walk_graphs(out.graph):
+        for tensor in scope.initializer:
+            if tensor.data_type == TensorProto.FLOAT:
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name))
+        for node in scope.node:
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
+                    array = numpy_helper.to_array(attribute.t).astype(np.float64)
+                    attribute.t.CopyFrom(numpy_helper.from_array(array, attribute.t.name))
+        for value in [*scope.input, *scope.output, *scope.value_info]:
+            if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+                value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    return out
+
+
+@pytest.mark.parametrize("case", ["if-then", "if-else", "loop", "scan"])
+def test_control_flow_gradients_match_finite_differences(case: str) -> None:
+    """torch.autograd.gradcheck (float64) of every output w.r.t. every weight and float input."""
+    models = {
+        "if-then": (_if_model, {"x": np.abs(RNG.standard_normal((2, 3)))}),
+        "if-else": (_if_model, {"x": -np.abs(RNG.standard_normal((2, 3)))}),
+        "loop": (
+            lambda: _loop_model(trip=False, cond=True),
+            {"x": RNG.standard_normal((6, 2, 4)), "s0": RNG.standard_normal((2, 4)), "stop": np.array(4)},
+        ),
+        "scan": (
+            lambda: _scan_model([1, 0], [1], [2]),
+            {
+                "state0": RNG.standard_normal((2, 3)),
+                "a": RNG.standard_normal((2, 5, 4)),
+                "b": RNG.standard_normal((5, 2, 3)),
+            },
+        ),
+    }
+    build, arrays = models[case]
+    module = OnnxGraphModule(_as_double(build())).eval()
+    weights = dict(module.named_parameters())
+    feeds = {name: torch.from_numpy(array) for name, array in arrays.items()}
+    float_inputs = [name for name, value in feeds.items() if value.is_floating_point()]
+
+    def outputs(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        call_feeds = {**feeds, **dict(zip(float_inputs, args[len(weights) :], strict=True))}
+        out = torch.func.functional_call(module, dict(zip(weights, args[: len(weights)], strict=True)), (call_feeds,))
+        return tuple(value for value in out.values() if value.is_floating_point())
+
+    args = [w.detach().clone().requires_grad_() for w in weights.values()]
+    args += [feeds[name].clone().requires_grad_() for name in float_inputs]
+    assert torch.autograd.gradcheck(outputs, args, eps=1e-6, atol=1e-6)
 
 
 def test_loop_past_the_iteration_limit_fails_with_a_clear_error() -> None:
