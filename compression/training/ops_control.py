@@ -19,6 +19,7 @@ class LoopLimitError(CompressionError):
 
 
 def _check_iterations(node: NodeInfo, iteration: int) -> None:
+    """Called before running iteration `iteration` (0-based), or with a known total before starting."""
     if iteration >= node.max_loop_iterations:
         raise LoopLimitError(
             f"{node.op_type} node {node.name!r} runs more than {node.max_loop_iterations} iterations, the limit "
@@ -58,6 +59,8 @@ def _loop(xs: Inputs, node: NodeInfo) -> OpOutput:
         raise ValueError(f"Loop node {node.name!r}: omitted loop-carried inputs are not supported")
     max_trips = None if trip is None else int(trip.reshape(-1)[0])
     keep_going = True if cond is None else _truth(cond, node, "the initial condition")
+    if cond is None and max_trips is not None and max_trips > 0:
+        _check_iterations(node, max_trips - 1)  # a plain for loop: refuse before running any iteration
     cond_in = torch.tensor(keep_going)
     n_scans = len(body.output_names) - 1 - len(carried)
     scans: list[list[Tensor]] = [[] for _ in range(n_scans)]
@@ -92,8 +95,9 @@ def _scan(xs: Inputs, node: NodeInfo) -> OpOutput:
     out_axes = node.attr("scan_output_axes") or [0] * n_scan_out
     out_backward = node.attr("scan_output_directions") or [0] * n_scan_out
     scans: list[list[Tensor]] = [[] for _ in range(n_scan_out)]
+    if steps:
+        _check_iterations(node, steps - 1)  # the step count is known: refuse before running any
     for t in range(steps):
-        _check_iterations(node, t)
         slices = [x[steps - 1 - t] if back else x[t] for x, back in zip(sequences, in_backward, strict=True)]
         outs = body.run_body(scope, [*states, *slices], node.training)
         states = outs[: len(states)]

@@ -282,6 +282,21 @@ def test_loop_past_the_iteration_limit_fails_with_a_clear_error() -> None:
     with pytest.raises(LoopLimitError, match="distill_max_loop_iterations") as caught:
         OnnxGraphModule(model, max_loop_iterations=4)(feeds)
     assert "Loop node" in caught.value.message and "4 iterations" in caught.value.message
+    for_loop = _loop_model(trip=True, cond=False)
+    with pytest.raises(LoopLimitError, match="more than 3 iterations"):
+        OnnxGraphModule(for_loop, max_loop_iterations=3)({**feeds, "M": torch.tensor(4)})
+
+
+def test_scan_past_the_iteration_limit_fails_before_running() -> None:
+    feeds = {
+        "state0": torch.zeros(2, 3),
+        "a": torch.zeros(2, 5, 4),
+        "b": torch.zeros(5, 2, 3),
+    }
+    model = _scan_model([0, 0], [0], [0])
+    assert OnnxGraphModule(model, max_loop_iterations=5)(feeds)["gates"].shape == (5, 2, 3)
+    with pytest.raises(LoopLimitError, match="Scan node"):
+        OnnxGraphModule(model, max_loop_iterations=4)(feeds)
 
 
 def _scan_model(directions: list[int], out_directions: list[int], out_axes: list[int]) -> onnx.ModelProto:
