@@ -4,7 +4,8 @@ For every model of `model_zoo.third_party` (or those named with --models) the be
 calibration and eval sets (`model_zoo.third_party_inputs`) to .npz files, as a user would upload them,
 and runs the spec (default: quantize auto with a 1% budget) through `compression.pipeline.run_pipeline`
 in a subprocess of its own: a crash, a hang past --timeout or memory past --max-rss-mb ends that job
-alone and is recorded. Wall time and peak RSS are the job process's (wait4 rusage, plus /proc sampling).
+alone and is recorded. Wall time runs from the job's engine imports to its exit (the timeout too);
+peak RSS is the job process's (wait4 rusage, plus /proc sampling).
 
 Then `bench/judge.py` compares the returned model with the input on the eval feeds with onnxruntime:
 worst per-sample and per-slice fidelity, top-1 agreement where outputs are class scores, and the latency
@@ -44,6 +45,8 @@ from bench.judge import FidelityVerdict, compare_latency, judge_models  # noqa: 
 from model_zoo import third_party, third_party_inputs  # noqa: E402
 
 RESULT_FILE = "result.json"
+READY_MARKER = "== job started =="
+STARTUP_LIMIT_S = 180.0  # interpreter start and imports, not counted in the job's wall time
 POLL_S = 0.2
 
 
@@ -59,7 +62,9 @@ class ModelResult:
     name: str
     status: Status
     note: str = ""
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the job from engine imports done to exit (interpreter start is startup_s)
+    startup_s: float = 0.0
+    killed_for: str = ""  # timeout / memory, when the bench ended the job
     peak_rss_mb: float = 0.0
     input_mb: float = 0.0
     size_ratio: float | None = None
@@ -113,8 +118,8 @@ class LogProgress:
 
 def child_main(model: Path, spec_json: str, work: Path) -> None:
     """Run the spec on `model` with the npz datasets in `work`; write result.json (also on failure)."""
-    started = time.perf_counter()
     record: dict[str, Any]
+    started = time.perf_counter()
     try:
         from compression.datasets import DatasetBundle
         from compression.jsonable import to_jsonable
@@ -122,6 +127,8 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
         from compression.pipeline import run_pipeline
         from compression.spec import CompressionSpec
 
+        print(READY_MARKER, flush=True)  # imports done: the parent's timeout clock starts here
+        started = time.perf_counter()
         spec = CompressionSpec.model_validate(json.loads(spec_json))
         inputs = inspect_model(model).inputs
         bundle = DatasetBundle.load({"calibration": work / "calibration.npz", "eval": work / "eval.npz"}, inputs)
@@ -160,7 +167,8 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
 class JobRun:
     exit_code: int | None
     killed_for: str | None
-    wall_s: float
+    wall_s: float  # from the child's READY_MARKER (imports done) to its exit
+    startup_s: float
     peak_rss_mb: float
 
 
@@ -174,30 +182,48 @@ def _rss_mb(pid: int, field_name: str) -> float:
     return 0.0
 
 
+def _ready(log: Path) -> bool:
+    try:
+        with log.open("rb") as handle:
+            return READY_MARKER.encode() in handle.read(1 << 16)
+    except OSError:
+        return False
+
+
 def run_job(command: list[str], log: Path, timeout_s: float, max_rss_mb: float) -> JobRun:
-    """Start the job in a new session; kill it (by its own group id) on timeout or memory; measure it."""
-    started = time.perf_counter()
+    """Start the job in a new session; kill it (by its own group id) on timeout or memory; measure it.
+
+    The timeout counts from the moment the job has imported the engine (it prints READY_MARKER), so a
+    loaded machine's slow interpreter start is not charged to the engine; the start itself is capped.
+    """
+    launched = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    sampled, killed_for = 0.0, None
+    sampled, killed_for, ready_at = 0.0, None, None
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid == process.pid:
             break
+        now = time.perf_counter()
+        if ready_at is None and _ready(log):
+            ready_at = now
         sampled = max(sampled, _rss_mb(process.pid, "VmHWM"))
-        elapsed = time.perf_counter() - started
-        if killed_for is None and elapsed > timeout_s:
+        if ready_at is None and now - launched > STARTUP_LIMIT_S:
+            killed_for = f"no start within {STARTUP_LIMIT_S:.0f} s"
+        elif ready_at is not None and now - ready_at > timeout_s:
             killed_for = f"timeout after {timeout_s:.0f} s"
-        elif killed_for is None and _rss_mb(process.pid, "VmRSS") > max_rss_mb:
+        elif _rss_mb(process.pid, "VmRSS") > max_rss_mb:
             killed_for = f"memory above {max_rss_mb:.0f} MB"
         if killed_for is not None:
             os.killpg(process.pid, signal.SIGKILL)  # the group this job's process leads, nothing else
             _, status, usage = os.wait4(process.pid, 0)
             break
         time.sleep(POLL_S)
+    ended = time.perf_counter()
     process.returncode = os.waitstatus_to_exitcode(status)
     peak = max(sampled, usage.ru_maxrss / 1024.0)  # ru_maxrss is in KiB on Linux
-    return JobRun(process.returncode, killed_for, time.perf_counter() - started, peak)
+    start = ready_at if ready_at is not None else ended
+    return JobRun(process.returncode, killed_for, ended - start, start - launched, peak)
 
 
 def _short(text: str, limit: int = 150) -> str:
@@ -218,7 +244,8 @@ def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespac
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(source), "--spec", spec_json]
     command += ["--work", str(work)]
     job = run_job(command, work / "job.log", args.timeout, args.max_rss_mb)
-    result = ModelResult(name, Status.CRASHED, wall_s=job.wall_s, peak_rss_mb=job.peak_rss_mb)
+    result = ModelResult(name, Status.CRASHED, wall_s=job.wall_s, startup_s=job.startup_s, peak_rss_mb=job.peak_rss_mb)
+    result.killed_for = job.killed_for or ""
     result.input_mb = source.stat().st_size / 1e6
     record_path = work / RESULT_FILE
     if job.killed_for or not record_path.is_file():
@@ -281,8 +308,11 @@ def table(results: list[ModelResult]) -> list[str]:
 
 def counts(results: list[ModelResult]) -> str:
     by = {s: sum(r.status == s for r in results) for s in Status}
+    timeouts = sum(r.killed_for.startswith("timeout") for r in results)
+    memory = sum(r.killed_for.startswith("memory") for r in results)
     return (
-        f"models {len(results)}: crashed {by[Status.CRASHED]}, returned unchanged {by[Status.UNCHANGED]}, "
+        f"models {len(results)}: crashed {by[Status.CRASHED]} (timeouts {timeouts}, memory kills {memory}), "
+        f"returned unchanged {by[Status.UNCHANGED]}, "
         f"changed and clean {by[Status.CLEAN]}, changed and BROKEN {by[Status.BROKEN]}, "
         f"gained {sum(r.gained for r in results)}, slower beyond the interval {sum(r.slower for r in results)}"
     )
