@@ -82,6 +82,9 @@ def _metrics(ctx: PassContext, student: str, student_path: Path, out: Path, outc
             for r in outcome.history
         ],
         "seconds_per_epoch": sum(r.seconds for r in epochs) / len(epochs) if epochs else 0.0,
+        "lr": outcome.lr,
+        "stopped_early": outcome.stopped_early,
+        "qat": {"weights": outcome.qat_weights, "learned_scales": outcome.learned_scales},
     }
 
 

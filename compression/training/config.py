@@ -25,17 +25,42 @@ class DistillConfig(StepConfig):
     student: str = Field("current", description="'current' (the pipeline's model so far) or an uploaded model id")
     epochs: int = Field(10, ge=1, description="passes over the train dataset (at most distill_max_epochs)")
     batch_size: int = Field(64, ge=1, description="samples per optimizer step (stacked data: entries per step)")
-    lr: float = Field(1e-3, gt=0, le=1.0, description="AdamW peak learning rate, cosine-decayed to 0")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        le=1.0,
+        description="AdamW peak learning rate after a short linear warmup, cosine-decayed to 0; default (None): "
+        "1e-3 x sqrt(batch/64), clamped to [1e-4, 1e-3] (gentle for a pretrained, pruned student)",
+    )
+    warmup: float = Field(0.05, ge=0, lt=1, description="fraction of the steps the learning rate ramps up over")
     weight_decay: float = Field(0.0, ge=0)
     temperature: float = Field(4.0, gt=0, description="softens both distributions in the KL term")
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the KL term; 1 - alpha weighs cross-entropy")
     hints: list[Hint] = Field(default_factory=list, description="intermediate tensors matched with MSE")
     hint_weight: float = Field(1.0, ge=0, description="weight of each hint loss")
     output_loss: dict[str, Literal["kl", "mse"]] = Field(
-        default_factory=dict, description="per-output override of the automatic kl (class scores) / mse choice"
+        default_factory=dict,
+        description="per-output override of the automatic choice: kl (class scores, per position for [N, T, C] "
+        "sequences) or mse (dense maps, boxes, states; divided by the teacher output's mean square)",
     )
     batchnorm: Literal["auto", "train", "frozen"] = Field(
-        "auto", description="BatchNormalization: batch statistics while training (auto: for batched data) or frozen"
+        "auto",
+        description="BatchNormalization: batch statistics while training or frozen running statistics; auto: "
+        "batch statistics only for batched data with at least 16 samples per step",
+    )
+    max_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="training time budget: the learning rate decays over it and training stops when it is spent "
+        "(the best epoch so far is kept); None: only epochs bound it",
+    )
+    qat: Literal["auto", "off"] = Field(
+        "auto",
+        description="quantization-aware training of a QDQ student: int8 weights feeding DequantizeLinear train as "
+        "float, fake-quantized with their scales (straight-through), and are re-quantized on write-back",
+    )
+    learn_scales: bool = Field(
+        False, description="QAT: also learn the weight scales (LSQ-style gradient); activation scales stay fixed"
     )
     frozen: list[str] = Field(default_factory=list, description="initializer names to keep fixed")
     select: Literal["loss", "metric", "last"] = Field(

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from compression.datasets import Dataset
 from compression.errors import CompressionError, DatasetMismatchError
@@ -22,8 +23,11 @@ from compression.training import losses
 from compression.training.config import DistillConfig
 from compression.training.graph_module import OnnxGraphModule
 from compression.training.plan import OutputLoss, plan_losses
+from compression.training.qat import QatPlan, find_qat_weights, finish_qat, prepare_qat
 from compression.training.teacher import teacher_targets
 from compression.training.weights import write_back
+
+BN_MIN_BATCH = 16  # below this many samples per step, batch statistics are too noisy: BatchNorm stays frozen
 
 
 class TrainingHooks(Protocol):
@@ -81,6 +85,10 @@ class DistillOutcome:
     trainable_parameters: int = 0
     eval_on: str = "eval"
     selected_by: str = "loss"
+    qat_weights: int = 0  # integer weights trained as float and re-quantized (0: not a QDQ student)
+    learned_scales: int = 0
+    lr: float = 0.0
+    stopped_early: bool = False  # the time budget ended training before the last epoch
 
 
 @dataclass
@@ -148,13 +156,20 @@ class Distiller:
         self.config, self.settings, self.hooks = config, settings, hooks
         self.student_proto = onnx.load(str(student_path))
         teacher_proto = onnx.load(str(teacher_path), load_external_data=False)
-        bn_train = config.batchnorm == "train" or (config.batchnorm == "auto" and train.layout == "batched")
+        per_step = min(config.batch_size, train.n_samples)
+        bn_train = config.batchnorm == "train" or (
+            config.batchnorm == "auto" and train.layout == "batched" and per_step >= BN_MIN_BATCH
+        )
+        self.qat = find_qat_weights(self.student_proto.graph) if config.qat == "auto" else QatPlan()
+        trainable = self.qat.learnable_scales if config.learn_scales else []
         self.module = OnnxGraphModule(
-            self.student_proto,
+            prepare_qat(self.student_proto, self.qat) if self.qat.active else self.student_proto,
             frozen=config.frozen,
             bn_train=bn_train,
             max_loop_iterations=settings.distill.max_loop_iterations,
+            trainable=trainable,
         )
+        self.lr = config.lr if config.lr is not None else auto_lr(per_step)
         _check_inputs(self.module, train, "train")
         train = train.take(settings.distill.max_train_samples)
         self.eval_on = "eval" if eval_data is not None else "train"
@@ -180,6 +195,7 @@ class Distiller:
         extra = {p.student_tensor for p in self.plans if p.student_tensor != p.student_output}
         extra |= {h.student for h in config.hints}
         self.module.set_extra_outputs(sorted(extra))
+        self.hint_scales = {h.teacher: losses.teacher_scale(self.train.targets[h.teacher]) for h in config.hints}
 
     def loss(
         self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], labels: torch.Tensor | None
@@ -189,9 +205,11 @@ class Distiller:
         for plan in self.plans:
             student, teacher = out[plan.student_tensor], targets[plan.teacher_output]
             if plan.kind == "mse":
-                total = total + losses.mse(student, teacher)
+                total = total + losses.scaled_mse(student, teacher, plan.scale)
                 continue
             kd = losses.kd_kl(student, _teacher_logits(teacher, plan), config.temperature, plan.axis)
+            if plan.raw_scores:  # the output is the scores themselves: match their values too, not only softmax
+                kd = kd + losses.scaled_mse(student, teacher, plan.scale)
             if plan.use_labels and labels is not None:
                 ce = losses.cross_entropy(student, labels, plan.axis)
                 total = total + config.alpha * kd + (1.0 - config.alpha) * ce
@@ -204,7 +222,7 @@ class Distiller:
                     f"hint teacher {hint.teacher!r} has shape {list(teacher.shape)} but student {hint.student!r} "
                     f"has {list(student.shape)}: hints need tensors of the same shape"
                 )
-            total = total + config.hint_weight * losses.mse(student, teacher)
+            total = total + config.hint_weight * losses.scaled_mse(student, teacher, self.hint_scales[hint.teacher])
         return total
 
     def evaluate(self) -> EvalResult:
@@ -229,6 +247,23 @@ class Distiller:
         accuracy = correct / rows if label_plan is not None and self.eval.dataset.labels is not None and rows else None
         return EvalResult(loss=total_loss / max(seen, 1), accuracy=accuracy, agreement=agree / rows if rows else None)
 
+    def _progress(self, done: int, total_steps: int, start: float) -> float:
+        """Share of the training done: by steps, or by the time budget when that runs out first."""
+        progress = done / total_steps
+        if self.config.max_seconds is not None:
+            progress = max(progress, (time.perf_counter() - start) / self.config.max_seconds)
+        return min(progress, 1.0)
+
+    def _trained_values(self) -> dict[str, np.ndarray]:
+        values = self.module.trained_values()
+        if not self.qat.active:
+            return values
+        input_scales = {x_scale for _, x_scale, _ in self.qat.bias_links}
+        constants = {
+            t.name: numpy_helper.to_array(t) for t in self.student_proto.graph.initializer if t.name in input_scales
+        }
+        return finish_qat(values, self.qat, constants)
+
     def _selection_key(self, metric: float, loss: float, epoch: int) -> tuple[float, ...]:
         """Larger is better: the eval metric (ties: lower loss), the eval loss alone, or simply the last epoch."""
         select = self.config.select
@@ -244,13 +279,11 @@ class Distiller:
             torch.manual_seed(config.seed)
             rng = np.random.default_rng(config.seed)
             params = [p for p in self.module.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=config.weight_decay)
             steps_per_epoch = math.ceil(self.train.n / config.batch_size)
             total_steps = max(1, config.epochs * steps_per_epoch)
-            schedule = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total_steps) / total_steps))
-            )
             start = time.perf_counter()
+            out_of_time = False
             first = self.evaluate()
             metric_name, best_metric = first.metric()
             best_key = self._selection_key(best_metric, first.loss, 0)
@@ -271,9 +304,13 @@ class Distiller:
                         (loss / len(forwards)).backward()
                         running += loss.item() * len(index)
                         count += len(index)
+                    for group in optimizer.param_groups:
+                        group["lr"] = self.lr * lr_factor(self._progress(done, total_steps, start), config.warmup)
                     optimizer.step()
-                    schedule.step()
                     done += 1
+                    if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
+                        out_of_time = True
+                        break
                     if done * 100 // total_steps != (done - 1) * 100 // total_steps:  # at most ~100 updates
                         hooks.progress(0.05 + 0.85 * done / total_steps, f"distill epoch {epoch}/{config.epochs}")
                 result = self.evaluate()
@@ -291,9 +328,12 @@ class Distiller:
                     **{metric_name: round(metric, 6)},
                     seconds=round(seconds, 3),
                 )
+                if out_of_time:
+                    hooks.event(f"distill: time budget of {config.max_seconds:g} s spent after epoch {epoch}")
+                    break
             self.module.load_state_dict(best_state)
         return DistillOutcome(
-            model=write_back(self.student_proto, self.module.trained_values()),
+            model=write_back(self.student_proto, self._trained_values()),
             best_epoch=best_epoch,
             metric_name=metric_name,
             history=history,
@@ -301,7 +341,24 @@ class Distiller:
             trainable_parameters=sum(p.numel() for p in self.module.parameters()),
             eval_on=self.eval_on,
             selected_by=config.select,
+            qat_weights=len(self.qat.weights),
+            learned_scales=len(self.qat.learnable_scales) if config.learn_scales else 0,
+            lr=self.lr,
+            stopped_early=len(history) - 1 < config.epochs,
         )
+
+
+def auto_lr(per_step: int) -> float:
+    """The default peak learning rate: 1e-3 at 64 samples per step, scaled by sqrt(batch), within [1e-4, 1e-3]."""
+    return float(min(1e-3, max(1e-4, 1e-3 * math.sqrt(per_step / 64))))
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warmup over the first `warmup` share of training, then cosine decay to 0."""
+    if warmup > 0 and progress < warmup:
+        return (progress + 1e-3) / warmup
+    rest = (progress - warmup) / max(1.0 - warmup, 1e-9)
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(rest, 0.0), 1.0)))
 
 
 def _teacher_logits(teacher: torch.Tensor, plan: OutputLoss) -> torch.Tensor:

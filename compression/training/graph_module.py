@@ -15,7 +15,14 @@ from onnx import numpy_helper
 from torch import nn
 
 from compression.errors import CompressionError, DatasetMismatchError, InvalidModelError
-from compression.training import ops_control, ops_math, ops_nn, ops_rnn, ops_shape  # noqa: F401  (registers the ops)
+from compression.training import (  # noqa: F401  (registers the ops)
+    ops_control,
+    ops_math,
+    ops_nn,
+    ops_quant,
+    ops_rnn,
+    ops_shape,
+)
 from compression.training.compiled_graph import CompiledGraph, CompileOptions
 from compression.training.op_registry import DEFAULT_MAX_LOOP_ITERATIONS, check_supported, to_torch
 from compression.training.scopes import walk_graphs
@@ -56,11 +63,12 @@ class OnnxGraphModule(nn.Module):
         bn_train: bool = True,
         extra_outputs: Sequence[str] = (),
         max_loop_iterations: int = DEFAULT_MAX_LOOP_ITERATIONS,
+        trainable: Iterable[str] = (),
     ) -> None:
         super().__init__()
         graph = model.graph
         check_supported(graph)
-        self.roles: WeightRoles = classify(graph, frozen)
+        self.roles: WeightRoles = classify(graph, frozen, trainable)
         initializers = {t.name for t in graph.initializer}
         self.input_names = [v.name for v in graph.input if v.name not in initializers]
         self.output_names = [v.name for v in graph.output]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +26,18 @@ def cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor, axis: int)
 
 def mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(student.float(), teacher.float())
+
+
+def scaled_mse(student: torch.Tensor, teacher: torch.Tensor, scale: float) -> torch.Tensor:
+    """MSE divided by the teacher output's mean square: box coordinates in pixels and scores in [0, 1]
+    weigh alike, and 1 - cosine ~ half this value for small errors."""
+    return mse(student, teacher) / scale
+
+
+def teacher_scale(target: np.ndarray) -> float:
+    """Mean square of a teacher output over the train set (a floor keeps all-zero outputs finite)."""
+    value = float(np.mean(np.square(target.astype(np.float64)))) if target.size else 0.0
+    return max(value, 1e-8)
 
 
 def _rows(logits: torch.Tensor, axis: int) -> torch.Tensor:

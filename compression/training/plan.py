@@ -11,6 +11,7 @@ import onnx
 
 from compression.errors import CompressionError
 from compression.training.graph_module import default_opset
+from compression.training.losses import teacher_scale
 
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
 
@@ -30,6 +31,12 @@ class OutputLoss:
     teacher_form: Literal["logits", "probs", "log_probs"] = "logits"
     axis: int = -1
     use_labels: bool = False
+    scale: float = 1.0  # the teacher output's mean square over the train set: mse terms are divided by it
+
+    @property
+    def raw_scores(self) -> bool:
+        """A kl output that is itself the scores (no Softmax in front): its values matter, not only its softmax."""
+        return self.kind == "kl" and self.student_tensor == self.student_output
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -68,6 +75,10 @@ def plan_losses(
 ) -> list[OutputLoss]:
     """Auto rule: a Softmax output, or a float output of rank 2 with >= 2 columns, is class scores (kl); else mse.
 
+    A Softmax over the last axis of an [N, T, C] output (CTC recognizers, taggers) is one distribution per
+    position: the KL term averages over positions. Everything else (dense maps, boxes, states, raw sequence
+    features) gets mse divided by the teacher output's mean square (`scale`), so outputs with large ranges
+    (box coordinates in pixels) and small ones (scores) weigh alike.
     Cross-entropy on labels goes to the first kl output with one score row per label.
     """
     pairs = match_outputs(student, teacher)
@@ -82,9 +93,9 @@ def plan_losses(
         target = targets[t_name]
         per_entry = target.shape[1:] if stacked else target.shape  # the output's own shape
         s_node, t_node = s_prod.get(s_name), t_prod.get(t_name)
-        plan = OutputLoss(s_name, t_name, "mse", s_name)
         if target.dtype.kind != "f":
             continue  # integer outputs (argmax indices) carry no gradient
+        plan = OutputLoss(s_name, t_name, "mse", s_name, scale=teacher_scale(target))
         if s_node is not None and s_node.op_type in SOFTMAX_OPS:
             plan.kind, plan.student_tensor = "kl", s_node.input[0]
             plan.axis = _softmax_axis(s_node, s_opset)

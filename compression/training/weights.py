@@ -31,6 +31,8 @@ SETTING_INPUTS: dict[str, set[int]] = {
     "Pow": {1},
     "Pad": {1, 2, 3},
     "ConstantOfShape": {0},
+    "QuantizeLinear": {1, 2},  # scales and zero points stay fixed (QAT can force weight scales to train)
+    "DequantizeLinear": {1, 2},
 }
 STATISTIC_INPUTS: dict[str, set[int]] = {"BatchNormalization": {3, 4}}
 
@@ -77,8 +79,11 @@ def _candidates(graph: onnx.GraphProto) -> tuple[dict[str, onnx.TensorProto], di
     return candidates, constant_nodes, repeated
 
 
-def classify(graph: onnx.GraphProto, frozen: Iterable[str] = ()) -> WeightRoles:
-    """Sort the float initializers and Constant tensors of the graph and its bodies into parameters and statistics."""
+def classify(graph: onnx.GraphProto, frozen: Iterable[str] = (), force: Iterable[str] = ()) -> WeightRoles:
+    """Sort the float initializers and Constant tensors of the graph and its bodies into parameters and statistics.
+
+    `force` names float tensors that train whatever their size or use (QAT's learned weight scales).
+    """
     candidates, constant_nodes, repeated = _candidates(graph)
     uses: dict[str, list[tuple[str, int]]] = {}
     for node in walk_nodes(graph):
@@ -90,10 +95,13 @@ def classify(graph: onnx.GraphProto, frozen: Iterable[str] = ()) -> WeightRoles:
     if unknown:
         raise CompressionError(f"frozen names {unknown} are not initializers or Constant outputs of the student")
     roles = WeightRoles()
+    forced = set(force)
     for name, tensor in candidates.items():
         if tensor.data_type not in FLOAT_TYPES or name in frozen_set or name not in uses or name in repeated:
             continue
-        if all(index in STATISTIC_INPUTS.get(op, set()) for op, index in uses[name]):
+        if name in forced:
+            roles.parameters.append(name)
+        elif all(index in STATISTIC_INPUTS.get(op, set()) for op, index in uses[name]):
             roles.statistics.append(name)
         elif int(np.prod(tensor.dims)) > 1 and any(
             index not in SETTING_INPUTS.get(op, set()) | STATISTIC_INPUTS.get(op, set()) for op, index in uses[name]
