@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI
 
 from app.api.deps import require_api_key
 from app.api.routes import datasets, health, jobs, models
-from service.db import init_db
+from service.schema import prepare_schema
 from service.settings import Settings, get_settings
 
 
@@ -17,7 +17,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
-        init_db(settings)
+        prepare_schema(settings)  # migrates the embedded database; refuses a DATABASE_URL that is behind
         yield
 
     app = FastAPI(

@@ -1,38 +1,71 @@
-"""Database engine and sessions; SQLite (embedded) gets WAL and a busy timeout for the api+worker pair."""
+"""Database engines and sessions; SQLite (embedded) gets WAL and a busy timeout for the api+worker pair.
+
+The schema is not created here: `service.schema` applies the Alembic migrations (`onnx-compress migrate`).
+Heartbeats get an engine of their own with short timeouts (`quick=True`), so a busy pool or a slow statement
+on the job's side never delays a lease renewal, and a renewal that hangs gives up and is retried.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.orm import Base
 from service.settings import Settings
 
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+DB_TIMEOUT_S = 30.0  # the job store's lock wait (SQLite busy timeout)
 
 
-_engines: dict[str, Engine] = {}
+def _sqlite_pragmas(timeout_s: float) -> Any:
+    def set_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return set_pragmas
 
 
-def engine_for(url: str) -> Engine:
-    engine = _engines.get(url)
+def _postgres_timeouts(timeout_s: float) -> Any:
+    def set_timeouts(dbapi_connection, _record) -> None:  # noqa: ANN001
+        milliseconds = int(timeout_s * 1000)
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True  # session settings, outside any transaction
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET statement_timeout = {milliseconds}")
+            cursor.execute(f"SET lock_timeout = {milliseconds}")
+        dbapi_connection.autocommit = autocommit
+
+    return set_timeouts
+
+
+_engines: dict[tuple[str, float | None], Engine] = {}
+
+
+def engine_for(url: str, quick_timeout_s: float | None = None) -> Engine:
+    """The process's engine for `url`; with `quick_timeout_s`, a separate small engine whose connections give up
+    (connect, lock wait, statement) after that many seconds."""
+    key = (url, quick_timeout_s)
+    engine = _engines.get(key)
     if engine is None:
+        timeout_s = quick_timeout_s or DB_TIMEOUT_S
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-            event.listen(engine, "connect", _sqlite_pragmas)
-        else:
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout_s})
+            event.listen(engine, "connect", _sqlite_pragmas(timeout_s))
+        elif quick_timeout_s is None:
             engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-        _engines[url] = engine
+        else:
+            connect_timeout = max(1, round(quick_timeout_s))
+            connect_args = {"connect_timeout": connect_timeout} if url.startswith("postgresql") else {}
+            engine = create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=1, connect_args=connect_args)
+            if url.startswith("postgresql"):
+                event.listen(engine, "connect", _postgres_timeouts(quick_timeout_s))
+        _engines[key] = engine
     return engine
 
 
@@ -42,26 +75,23 @@ def forget_inherited_connections() -> None:
         engine.dispose(close=False)
 
 
-def get_engine(settings: Settings) -> Engine:
+def get_engine(settings: Settings, quick_timeout_s: float | None = None) -> Engine:
     if settings.resolved_database_url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return engine_for(settings.resolved_database_url)
-
-
-def init_db(settings: Settings) -> None:
-    Base.metadata.create_all(get_engine(settings))
+    return engine_for(settings.resolved_database_url, quick_timeout_s)
 
 
 @lru_cache
-def _session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine_for(url), expire_on_commit=False)
+def _session_factory(url: str, quick_timeout_s: float | None) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine_for(url, quick_timeout_s), expire_on_commit=False)
 
 
 @contextmanager
-def session_scope(settings: Settings) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error (workers use it)."""
-    get_engine(settings)
-    session = _session_factory(settings.resolved_database_url)()
+def session_scope(settings: Settings, quick_timeout_s: float | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error (workers use it); `quick_timeout_s` as in
+    `engine_for`."""
+    get_engine(settings, quick_timeout_s)
+    session = _session_factory(settings.resolved_database_url, quick_timeout_s)()
     try:
         yield session
         session.commit()

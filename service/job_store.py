@@ -2,6 +2,8 @@
 
 `queued -> running` claims the job with a new attempt number; every later write names that attempt,
 so a worker that lost its lease (crashed, partitioned, killed) can no longer change the job.
+Recovery sweeps take a job for redelivery by compare-and-set on `enqueued_at`, so however many workers sweep,
+one of them queues it again (at most once per sweep period) and records why.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.orm import Job, JobEvent, utcnow
@@ -210,7 +212,65 @@ def is_cancel_requested(session: Session, job_id: str) -> bool:
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def stale_running_jobs(session: Session, lease: timedelta, now: datetime | None = None) -> list[str]:
-    stale_before = (now or utcnow()) - lease
-    query = select(Job.id).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale_before)
-    return list(session.scalars(query))
+def _enqueued_before(cutoff: datetime) -> ColumnElement[bool]:
+    return func.coalesce(Job.enqueued_at, Job.created_at) < cutoff
+
+
+def take_stale_running(session: Session, lease: timedelta) -> list[str]:
+    """Take running jobs whose worker stopped renewing its lease, for requeueing; each job is taken by one
+    sweeper per lease (compare-and-set on `enqueued_at`), with a `requeued` event."""
+    now = utcnow()
+    stale_before = now - lease
+    taken = []
+    for job_id, attempt in session.execute(
+        select(Job.id, Job.attempt).where(
+            Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale_before, _enqueued_before(stale_before)
+        )
+    ).all():
+        result = session.execute(
+            update(Job)
+            .where(
+                _owned(job_id, attempt),
+                Job.heartbeat_at < stale_before,
+                _enqueued_before(stale_before),
+            )
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            message = f"the worker running attempt {attempt} stopped renewing its lease; job requeued"
+            add_event(session, job_id, EventKind.REQUEUED, message, attempt=attempt)
+            taken.append(job_id)
+    session.commit()
+    return taken
+
+
+def queued_jobs(session: Session, enqueued_before: datetime | None = None) -> list[str]:
+    """Queued jobs (oldest first), only those last queued before `enqueued_before` if given."""
+    query = select(Job.id).where(Job.status == JobStatus.QUEUED)
+    if enqueued_before is not None:
+        query = query.where(_enqueued_before(enqueued_before))
+    return list(session.scalars(query.order_by(Job.created_at, Job.id)))
+
+
+def count_queued(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)) or 0
+
+
+def take_undelivered(session: Session, job_ids: list[str], enqueued_before: datetime, reason: str) -> list[str]:
+    """Take queued jobs whose message was lost, for queueing again; each job is taken by one sweeper
+    (compare-and-set on `enqueued_at`), with a `requeued` event giving `reason`."""
+    now = utcnow()
+    taken = []
+    for job_id in job_ids:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, _enqueued_before(enqueued_before))
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            add_event(session, job_id, EventKind.REQUEUED, reason)
+            taken.append(job_id)
+    session.commit()
+    return taken

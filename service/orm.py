@@ -43,8 +43,30 @@ class EnumText(TypeDecorator[E]):
         return None if value is None else self.enum(value)
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A point in time, always timezone-aware in UTC: PostgreSQL stores `timestamptz`; SQLite, which has no
+    time zones, stores the UTC wall clock and this type puts UTC back on what it reads. Naive values are refused,
+    so comparisons never mix naive and aware datetimes."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware one (service.orm.utcnow())")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime()}
 
 
 class ModelRecord(Base):
@@ -91,6 +113,8 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    # last time a message for this job was published (the API at submission, then the recovery sweeps)
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=utcnow)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

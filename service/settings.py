@@ -63,8 +63,16 @@ class Settings(BaseSettings, EngineSettings):
     broker_visibility_timeout: int = Field(
         4200, ge=1, description="Redis: seconds before an unacked task is redelivered; keep above the hard limit"
     )
-    job_lease_seconds: int = Field(60, ge=2, description="a running job whose heartbeat is older is taken over")
-    job_heartbeat_seconds: float = Field(10.0, gt=0, description="how often a worker renews its lease")
+    job_lease_seconds: int = Field(
+        300, ge=2, description="a running job whose heartbeat is older is taken over (its worker is presumed dead)"
+    )
+    job_heartbeat_seconds: float = Field(15.0, gt=0, description="how often a worker renews its lease")
+    queued_redeliver_seconds: int = Field(
+        120,
+        ge=1,
+        description="a job still queued this long after it was queued, while the broker holds fewer messages than "
+        "there are queued jobs (a broker restart lost them, or the API stopped before queueing), is queued again",
+    )
     job_max_attempts: int = Field(3, ge=1, description="runs of one job (crashes included) before it fails")
     cancel_poll_seconds: float = Field(0.5, gt=0, description="how often a running job reads its cancel flag")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -13,6 +14,8 @@ from service import job_store
 from service.db import session_scope
 from service.settings import Settings
 from service.status import EventKind, JobStatus, StepState
+
+log = logging.getLogger(__name__)
 
 
 class LeaseLost(JobInterrupted):
@@ -77,12 +80,24 @@ class JobProgressSink:
 
 
 class Heartbeat:
-    """Renews the job's lease from a background thread while the engine works."""
+    """Renews the job's lease from a background thread while the engine works.
+
+    Robust against a busy job: the renewal uses its own small engine whose connections give up after one beat
+    (connect, lock wait and statement timeouts), so a full pool, a slow statement or a lock held on the job's side
+    never holds it up, and a failed renewal is retried within a second, not a beat later. Threads share the GIL:
+    pure-Python and numpy loops hand it over every few milliseconds, but one long C call that keeps it (protobuf
+    serialization of a large model, ONNX shape inference: seconds per hundreds of MB) delays the beat until it
+    returns, so the lease (JOB_LEASE_SECONDS, default 300 s) is 20 beats long; a late beat is logged.
+    """
+
+    RETRY_S = 1.0
 
     def __init__(self, settings: Settings, job_id: str, attempt: int, sink: JobProgressSink) -> None:
         self.settings, self.job_id, self.attempt, self.sink = settings, job_id, attempt, sink
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        self.beats = 0
+        self.longest_gap_s = 0.0  # between renewals, for logs and tests
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -92,12 +107,34 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def _renew(self) -> bool:
+        with session_scope(self.settings, quick_timeout_s=self.settings.job_heartbeat_seconds) as session:
+            return job_store.heartbeat(session, self.job_id, self.attempt)
+
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.job_heartbeat_seconds):
+        interval = self.settings.job_heartbeat_seconds
+        last = time.monotonic()
+        wait = interval
+        while not self._stop.wait(wait):
             try:
-                with session_scope(self.settings) as session:
-                    if not job_store.heartbeat(session, self.job_id, self.attempt):
-                        self.sink.lease_lost.set()
-                        return
-            except Exception:  # a database blip: try again next beat; the lease is long enough
+                owned = self._renew()
+            except Exception as exc:  # a database blip or timeout: retry soon; the lease is many beats long
+                log.warning("job %s: lease renewal failed (%s); retrying", self.job_id, exc)
+                wait = min(self.RETRY_S, interval)
                 continue
+            if not owned:
+                self.sink.lease_lost.set()
+                return
+            now = time.monotonic()
+            gap, last = now - last, now
+            self.beats += 1
+            self.longest_gap_s = max(self.longest_gap_s, gap)
+            if gap > 2 * interval:
+                log.warning(
+                    "job %s: lease renewed %.1f s after the previous one (every %.1f s planned; lease %s s)",
+                    self.job_id,
+                    gap,
+                    interval,
+                    self.settings.job_lease_seconds,
+                )
+            wait = interval

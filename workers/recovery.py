@@ -1,8 +1,16 @@
-"""Requeues jobs whose worker died: a thread in every worker looks for running jobs with stale leases.
+"""Recovery sweeps, from a thread in every worker's main process: jobs whose worker died, and jobs whose message
+the broker lost, are queued again.
 
-Redis redelivers an unacked message only after the visibility timeout (above the hard time limit),
-and the embedded SQLite broker does not redeliver at all, so crash recovery cannot wait for the broker.
-A requeued job is claimed by compare-and-set, so duplicates from both paths run it once.
+- Running jobs whose lease expired (`JOB_LEASE_SECONDS` without a heartbeat: the worker was killed, crashed or lost
+  its machine). Redis redelivers an unacked message only after the visibility timeout (above the hard time limit),
+  and the embedded SQLite broker does not redeliver at all, so crash recovery cannot wait for the broker.
+- Queued jobs whose message is gone (Redis restarted without persistence, or the API stopped between committing
+  the job and publishing it): a job still queued `QUEUED_REDELIVER_SECONDS` after it was last queued is queued
+  again when the broker's queue holds fewer messages than there are queued jobs, so at least one queued job has no
+  message. A long backlog (as many messages as queued jobs, or more) is left alone: no duplicate piles up behind it.
+
+Each sweep takes a job by compare-and-set (one sweeper per job and period, with a `requeued` event), and the
+compare-and-set claim runs a job once however many messages name it.
 """
 
 from __future__ import annotations
@@ -12,37 +20,87 @@ import threading
 from datetime import timedelta
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from kombu.exceptions import ChannelError
 
 from service import job_store
-from service.db import forget_inherited_connections, init_db, session_scope
-from service.queue import enqueue_job
+from service.db import forget_inherited_connections, session_scope
+from service.orm import utcnow
+from service.queue import broker_connection, enqueue_job
+from service.schema import prepare_schema
 from service.settings import Settings, get_settings
-from service.status import EventKind
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
 
+SWEEP_MIN_S, SWEEP_MAX_S = 1.0, 30.0
+BROKER_TIMEOUT_S = 5.0
+
+
+def sweep_interval(settings: Settings) -> float:
+    """A quarter of the shorter wait, so a job is queued again within ~1.25 of its lease or redelivery time."""
+    shortest = min(settings.job_lease_seconds, settings.queued_redeliver_seconds)
+    return min(SWEEP_MAX_S, max(SWEEP_MIN_S, shortest / 4))
+
 
 def requeue_stale_jobs(settings: Settings) -> list[str]:
+    """Queue again the running jobs whose worker stopped renewing its lease."""
     with session_scope(settings) as session:
-        stale = job_store.stale_running_jobs(session, timedelta(seconds=settings.job_lease_seconds))
-        for job_id in stale:
-            job_store.add_event(
-                session, job_id, EventKind.REQUEUED, "the worker running this job stopped; job requeued"
-            )
-    for job_id in stale:
-        log.warning("job %s: worker lease expired; requeueing", job_id)
+        taken = job_store.take_stale_running(session, timedelta(seconds=settings.job_lease_seconds))
+    for job_id in taken:
+        log.warning("job %s: its worker's lease expired; requeueing", job_id)
         enqueue_job(settings, job_id)
-    return stale
+    return taken
+
+
+def pending_messages(settings: Settings) -> int:
+    """Messages waiting in the job queue (delivered ones not counted)."""
+    with broker_connection(settings) as connection:
+        connection.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
+        channel = connection.channel()
+        try:
+            return channel.queue_declare(queue=settings.queue_name, passive=True).message_count
+        except ChannelError:  # Redis: an empty queue does not exist
+            return 0
+        finally:
+            channel.close()
+
+
+def redeliver_lost_jobs(settings: Settings) -> list[str]:
+    """Queue again the queued jobs that waited over QUEUED_REDELIVER_SECONDS while messages are missing."""
+    cutoff = utcnow() - timedelta(seconds=settings.queued_redeliver_seconds)
+    with session_scope(settings) as session:
+        overdue = job_store.queued_jobs(session, enqueued_before=cutoff)
+        if not overdue:
+            return []
+        queued = job_store.count_queued(session)
+    pending = pending_messages(settings)
+    if pending >= queued:
+        return []  # every queued job may still have its message: a backlog, not a loss
+    reason = (
+        f"still queued after QUEUED_REDELIVER_SECONDS={settings.queued_redeliver_seconds} s while the broker "
+        f"held {pending} messages for {queued} queued jobs (a broker restart, or the API stopped before queueing "
+        "it, lost its message); queued again"
+    )
+    with session_scope(settings) as session:
+        taken = job_store.take_undelivered(session, overdue, cutoff, reason)
+    for job_id in taken:
+        log.warning("job %s: queued but its message is missing; queueing it again", job_id)
+        enqueue_job(settings, job_id)
+    return taken
+
+
+def sweep(settings: Settings) -> None:
+    for check in (requeue_stale_jobs, redeliver_lost_jobs):
+        try:
+            check(settings)
+        except Exception:
+            log.exception("recovery sweep %s failed; retrying next sweep", check.__name__)
 
 
 def _watch(settings: Settings) -> None:
-    interval = max(1.0, settings.job_lease_seconds / 2)
+    interval = sweep_interval(settings)
     while True:
-        try:
-            requeue_stale_jobs(settings)
-        except Exception:
-            log.exception("stale-job check failed; retrying")
+        sweep(settings)
         if _stop.wait(interval):
             return
 
@@ -50,8 +108,8 @@ def _watch(settings: Settings) -> None:
 @worker_ready.connect
 def _start_watch(**_: object) -> None:
     settings = get_settings()
-    init_db(settings)
-    threading.Thread(target=_watch, args=(settings,), name="stale-job-watch", daemon=True).start()
+    prepare_schema(settings)
+    threading.Thread(target=_watch, args=(settings,), name="recovery-sweeps", daemon=True).start()
 
 
 @worker_shutdown.connect

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +29,12 @@ class Stack:
         self.env, self.root = env, root
         self.processes: list[ServiceProcess] = []
         self.api: ServiceProcess | None = None
+
+    def migrate(self) -> None:
+        """`onnx-compress migrate`, as deployments run it before api and workers (DATABASE_URL given)."""
+        env = {**os.environ, **self.env}
+        result = subprocess.run([sys.executable, "-m", "onnx_compress", "migrate"], env=env, capture_output=True)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")[-4000:]
 
     def start_api(self, command: str = "api") -> ServiceProcess:
         self.api = ServiceProcess(command, self.env, self.root / f"{command}.log", port=free_port()).start()
@@ -64,6 +73,7 @@ def production_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
     root = tmp_path_factory.mktemp("production")
     schema = postgres_schema()
     stack = Stack(production_env(root / "data", schema, **FAST), root)
+    stack.migrate()
     stack.start_api("api")
     yield stack
     stack.stop()

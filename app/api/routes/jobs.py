@@ -27,6 +27,8 @@ from service.status import EventKind, JobStatus, StepState
 
 router = APIRouter(prefix=paths.JOBS, tags=["jobs"])
 
+BROKER_RETRY_AFTER_S = 10  # what a 503 for a down broker tells clients to wait
+
 ARTIFACTS = {"model.onnx": "application/octet-stream", "metrics.json": "application/json"}
 
 
@@ -111,7 +113,9 @@ def create_job(
         job_store.fail_without_claim(session, job.id, "broker_unavailable", f"could not queue the job: {exc}")
         cause = type(exc.__cause__ or exc).__name__
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"the job broker is not answering ({cause}); retry later"
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"the job broker is not answering ({cause}); retry later",
+            headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
         ) from exc
     return job_out(job)
 

@@ -1,0 +1,1 @@
+"""One module per schema revision (`alembic revision --autogenerate -m "..."` writes them)."""
