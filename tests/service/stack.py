@@ -94,14 +94,22 @@ class ServiceProcess:
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, timeout, f"{self.command} on port {self.port}")
+        self._wait_or_stop(ready, timeout, f"{self.command} on port {self.port}")
 
     def wait_worker_ready(self, timeout: float = 60) -> None:
         def ready() -> bool:
             self._check_alive()
             return " ready." in self.log()
 
-        wait_until(ready, timeout, f"celery worker ({self.log_path})")
+        self._wait_or_stop(ready, timeout, f"celery worker ({self.log_path})")
+
+    def _wait_or_stop(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        """A process that never gets ready is stopped before the error is raised: no test leaves it behind."""
+        try:
+            wait_until(ready, timeout, what)
+        except BaseException:
+            self.kill()
+            raise
 
     def _check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:

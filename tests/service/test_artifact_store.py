@@ -107,9 +107,9 @@ def test_flow_with_s3_artifacts(production_backend: Stack, s3_endpoint: str, dig
     s3 = {"ARTIFACT_STORE": "s3", "S3_BUCKET": "artifacts", "S3_PREFIX": "flow", "S3_ENDPOINT_URL": s3_endpoint}
     env = {**production_backend.env, **S3_ENV, **s3, "DATA_DIR": str(tmp_path / "api-data")}
     stack = Stack(env, tmp_path)
-    stack.start_api("api")
-    stack.start_worker(DATA_DIR=str(tmp_path / "worker-data"))
     try:
+        stack.start_api("api")
+        stack.start_worker(DATA_DIR=str(tmp_path / "worker-data"))
         with stack.client() as client:
             model = upload(client, "/v1/models", digits_cnn.path)
             job = submit(client, {"model_id": model["id"], "steps": [{"type": "quantize", "mode": "dynamic"}]})
