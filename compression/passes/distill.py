@@ -83,6 +83,7 @@ def _metrics(ctx: PassContext, student: str, student_path: Path, out: Path, outc
         ],
         "seconds_per_epoch": sum(r.seconds for r in epochs) / len(epochs) if epochs else 0.0,
         "lr": outcome.lr,
+        "train_samples": {"given": outcome.given_samples, "with_augmented": outcome.train_samples},
         "stopped_early": outcome.stopped_early,
         "qat": {"weights": outcome.qat_weights, "learned_scales": outcome.learned_scales},
     }

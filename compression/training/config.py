@@ -48,6 +48,13 @@ class DistillConfig(StepConfig):
         description="BatchNormalization: batch statistics while training or frozen running statistics; auto: "
         "batch statistics only for batched data with at least 16 samples per step",
     )
+    augment: int | None = Field(
+        None,
+        ge=0,
+        le=31,
+        description="mixed and noised copies of the unlabeled train inputs the teacher labels too (float inputs "
+        "only, never with labels); None: enough copies to reach ~128 samples (at most 7), none for larger sets",
+    )
     max_seconds: float | None = Field(
         None,
         gt=0,

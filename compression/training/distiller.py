@@ -20,6 +20,7 @@ from compression.datasets import Dataset
 from compression.errors import CompressionError, DatasetMismatchError
 from compression.settings import EngineSettings
 from compression.training import losses
+from compression.training.augment import augment, auto_copies
 from compression.training.config import DistillConfig
 from compression.training.graph_module import OnnxGraphModule
 from compression.training.plan import OutputLoss, plan_losses
@@ -89,6 +90,8 @@ class DistillOutcome:
     learned_scales: int = 0
     lr: float = 0.0
     stopped_early: bool = False  # the time budget ended training before the last epoch
+    train_samples: int = 0  # after augmentation
+    given_samples: int = 0
 
 
 @dataclass
@@ -174,6 +177,9 @@ class Distiller:
         train = train.take(settings.distill.max_train_samples)
         self.eval_on = "eval" if eval_data is not None else "train"
         eval_data = (eval_data or train).take(settings.evaluation.max_samples)
+        copies = config.augment if config.augment is not None else auto_copies(train)
+        self.given_samples = train.n_samples
+        train = augment(train, copies, config.seed).take(settings.distill.max_train_samples)
         _check_inputs(self.module, eval_data, self.eval_on)
         hint_names = [h.teacher for h in config.hints]
         max_bytes = settings.distill.max_target_mb << 20
@@ -345,6 +351,8 @@ class Distiller:
             learned_scales=len(self.qat.learnable_scales) if config.learn_scales else 0,
             lr=self.lr,
             stopped_early=len(history) - 1 < config.epochs,
+            train_samples=self.train.n,
+            given_samples=self.given_samples,
         )
 
 

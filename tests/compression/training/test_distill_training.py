@@ -1,0 +1,52 @@
+"""Training details of distill: augmentation of small unlabeled sets, learning-rate schedule, scaled losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compression.datasets import Dataset
+from compression.training.augment import AUTO_TARGET_SAMPLES, augment, auto_copies
+from compression.training.distiller import auto_lr, lr_factor
+from compression.training.losses import teacher_scale
+
+
+def _stacked(n: int, labels: bool = False) -> Dataset:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "audio": rng.normal(0, 1, (n, 1, 64)).astype(np.float32),
+        "state": np.zeros((n, 2, 1, 8), np.float32),
+        "sr": np.full(n, 16000, np.int64),
+    }
+    return Dataset(arrays=arrays, labels=np.zeros(n, np.int64) if labels else None, layout="stacked",
+                   scalars=frozenset({"sr"}))  # fmt: skip
+
+
+def test_augment_mixes_float_inputs_and_keeps_the_rest() -> None:
+    data = _stacked(16)
+    copies = auto_copies(data)
+    assert copies >= 1 and 16 * (copies + 1) >= AUTO_TARGET_SAMPLES // 2
+    out = augment(data, copies, seed=0)
+    assert out.n_samples == 16 * (copies + 1) and out.layout == "stacked" and out.scalars == data.scalars
+    np.testing.assert_array_equal(out.arrays["audio"][:16], data.arrays["audio"])  # the given samples come first
+    assert not np.allclose(out.arrays["audio"][16:32], data.arrays["audio"])  # new inputs, not repeats
+    assert np.all(out.arrays["sr"] == 16000) and out.arrays["sr"].dtype == np.int64  # integers untouched
+    assert np.all(out.arrays["state"] == 0)  # a zero state stays zero (no noise where the input never varies)
+    assert augment(data, copies, seed=0).arrays["audio"].tobytes() == out.arrays["audio"].tobytes()  # seeded
+
+
+def test_no_augmentation_for_labelled_or_large_sets() -> None:
+    assert auto_copies(_stacked(16, labels=True)) == 0
+    assert augment(_stacked(16, labels=True), 3, seed=0).n_samples == 16
+    assert auto_copies(_stacked(AUTO_TARGET_SAMPLES)) == 0
+
+
+def test_learning_rate_warms_up_then_decays_and_scales_with_batch() -> None:
+    assert lr_factor(0.0, 0.05) < 0.1 and lr_factor(0.05, 0.05) == pytest.approx(1.0)
+    assert lr_factor(0.5, 0.05) < 1.0 and lr_factor(1.0, 0.05) == pytest.approx(0.0, abs=1e-9)
+    assert auto_lr(64) == pytest.approx(1e-3) and 1e-4 <= auto_lr(1) <= 2e-4 and auto_lr(4) < auto_lr(64)
+
+
+def test_teacher_scale_is_the_mean_square_with_a_floor() -> None:
+    assert teacher_scale(np.full((4, 3), 300.0, np.float32)) == pytest.approx(90000.0)
+    assert teacher_scale(np.zeros((4, 3), np.float32)) > 0
