@@ -31,6 +31,7 @@ run: install-run
 	$(VENV)/bin/onnx-compress serve
 
 test: install
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) || echo "chromium not installed (needs root and apt): the browser tests will skip"
 	$(PY) -m pytest -q
 
 lint: install
