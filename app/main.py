@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app.api.deps import require_api_key
-from app.api.routes import datasets, health, jobs, models
+from app.api.routes import datasets, health, jobs, models, report
+from app.console import router as console_router
 from service.schema import prepare_schema
 from service.settings import Settings, get_settings
 
@@ -29,7 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(health.router)
+    app.include_router(console_router)  # the web console at / (static; its API calls carry the key)
     authed = [Depends(require_api_key)]
-    for router in (models.router, datasets.router, jobs.router):
+    for router in (models.router, datasets.router, jobs.router, report.router):
         app.include_router(router, dependencies=authed)
     return app

@@ -1,0 +1,199 @@
+"""The job report and the web console in a real browser: Debian's chromium driven by Playwright.
+
+The browser is the system's /usr/bin/chromium (never a Playwright download); without it, or without the
+`playwright` package, these tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.status import JobStatus
+from tests.service.client import poll, submit, upload
+from tests.service.conftest import FAST, Stack
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+API_KEY = "console-test-key"
+DYNAMIC_QUANTIZE = '{"steps": [{"type": "quantize", "mode": "dynamic"}]}'
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[sync_api.Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed: apt-get install -y chromium (`make test` and .ci/run do it as root)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class PageWatch:
+    """A fresh page that records console errors and uncaught exceptions."""
+
+    def __init__(self, browser: sync_api.Browser, downloads: bool = False) -> None:
+        self.context = browser.new_context(accept_downloads=downloads, viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(30_000)
+        self.errors: list[str] = []
+        self.page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        self.page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def watch(browser: sync_api.Browser) -> Iterator[PageWatch]:
+    watched = PageWatch(browser, downloads=True)
+    yield watched
+    watched.close()
+
+
+@pytest.fixture(scope="module")
+def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("console")
+    stack = Stack({"DATA_DIR": str(root / "data"), **FAST, "LATENCY_MAX_SECONDS": "5"}, root)
+    stack.start_api("serve")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("keyed")
+    stack = Stack({"DATA_DIR": str(root / "data"), "API_KEYS": API_KEY, **FAST}, root)
+    stack.start_api("serve")
+    yield stack
+    stack.stop()
+
+
+def test_report_of_prune_distill_quantize_job_renders_its_charts(
+    console_stack: Stack, watch: PageWatch, digits_cnn, tmp_path: Path
+) -> None:
+    datasets = {}
+    with console_stack.client() as client:
+        model = upload(client, "/v1/models", digits_cnn.path)
+        for role, split in (("train", "train"), ("eval", "test")):
+            path = digits_cnn.write_npz(tmp_path / f"{role}.npz", split=split, limit=256)
+            datasets[role] = upload(client, "/v1/datasets", path)["id"]
+        steps = [
+            {"type": "prune", "method": "structured", "sparsity": 0.25},
+            {"type": "distill", "epochs": 2},
+            {"type": "quantize", "mode": "dynamic"},
+        ]
+        job = submit(client, {"model_id": model["id"], "steps": steps, "datasets": datasets})
+        early = client.get(f"/v1/jobs/{job['id']}/report")  # queued or running: the report shows what exists
+        assert early.status_code == 200 and early.headers["content-type"].startswith("text/html")
+        assert job["id"] in early.text
+        job = poll(client, job["id"], timeout=300)
+        assert job["status"] == JobStatus.SUCCEEDED, job["error"]
+        assert client.get("/v1/jobs/not-a-job/report").status_code == 404
+
+    page = watch.page
+    response = page.goto(f"{console_stack.api.url}/v1/jobs/{job['id']}/report")
+    assert response is not None and response.status == 200
+    page.wait_for_load_state("load")
+    assert watch.errors == []
+    charts = page.locator("svg")
+    assert charts.count() >= 4  # summary bars, per-step lines, channels per layer, loss curves, latency
+    assert page.locator("svg rect, svg path, svg polyline, svg line").count() > 20
+    box = charts.first.bounding_box()
+    assert box is not None and box["width"] > 50 and box["height"] > 20
+    text = page.locator("body").inner_text()
+    for expected in ("prune", "distill", "quantize", digits_cnn.path.name, "train.npz", "eval.npz"):
+        assert expected in text, expected
+    screenshot = tmp_path / "report.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_console_uploads_submits_follows_and_opens_the_report(
+    console_stack: Stack, watch: PageWatch, digits_cnn, tmp_path: Path
+) -> None:
+    page = watch.page
+    page.goto(console_stack.api.url)
+    page.get_by_label("Model (.onnx)").set_input_files(str(digits_cnn.path))
+    eval_npz = digits_cnn.write_npz(tmp_path / "digits_eval.npz", split="test", limit=200)
+    page.get_by_label("Eval").set_input_files(str(eval_npz))
+
+    with console_stack.client() as client:
+        jobs_before = len(client.get("/v1/jobs").json()["items"])
+    spec = page.get_by_label("Spec (JSON)")
+    spec.fill('{"steps": [{"type": "quantize", "mode": "dynamc"}]}')  # checked against the live schema
+    sync_api.expect(page.locator("#spec-check")).to_contain_text("steps[0].mode must be one of")
+    page.get_by_role("button", name="Upload and submit").click()
+    sync_api.expect(page.locator("#submit-error")).to_contain_text("mode must be one of")
+    spec.fill('{"steps": [{"type": "quantize", "mode": "dynamic", "colour": 1}]}')
+    sync_api.expect(page.locator("#spec-check")).to_contain_text("steps[0].colour is not a known field")
+    with console_stack.client() as client:
+        assert len(client.get("/v1/jobs").json()["items"]) == jobs_before  # nothing was sent
+    spec.fill(DYNAMIC_QUANTIZE)
+    sync_api.expect(page.locator("#spec-check")).to_contain_text("matches the service's step schema")
+
+    page.get_by_role("button", name="Upload and submit").click()
+    sync_api.expect(page.locator("#job")).to_be_visible()
+    sync_api.expect(page.locator("#job-progress-text")).to_have_text("100%", timeout=TIMEOUT_MS)
+    sync_api.expect(page.locator("#job-status")).to_have_text("succeeded")
+    report = page.frame_locator("#job-report")
+    sync_api.expect(report.locator("svg").first).to_be_visible(timeout=30_000)
+    assert report.locator("svg").count() >= 2
+    sync_api.expect(page.locator("#job-events")).to_contain_text("succeeded")
+    job_id = page.locator("#job-title").inner_text().removeprefix("Job ")
+
+    row = page.locator(f'#jobs-body tr[data-job-id="{job_id}"]')
+    sync_api.expect(row).to_contain_text("succeeded")
+    sync_api.expect(row).to_contain_text("×")  # size and latency ratios
+
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download model.onnx").click()
+    download = download_info.value
+    saved = tmp_path / "compressed.onnx"
+    download.save_as(saved)
+    assert 0 < saved.stat().st_size < digits_cnn.path.stat().st_size
+    page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
+    assert watch.errors == []
+
+
+def test_console_asks_for_the_key_and_says_when_it_is_wrong(keyed_stack: Stack, watch: PageWatch) -> None:
+    page = watch.page
+    page.goto(keyed_stack.api.url)
+    dialog = page.locator("#key-dialog")
+    sync_api.expect(dialog).to_be_visible()
+    sync_api.expect(dialog).to_contain_text("needs an API key")
+
+    page.get_by_label("Key", exact=True).fill("not-the-key")
+    page.get_by_role("button", name="Use this key").click()
+    sync_api.expect(dialog).to_be_visible()
+    sync_api.expect(page.locator("#key-error")).to_contain_text("Wrong API key")
+    assert page.evaluate("sessionStorage.getItem('onnx-compress.api-key')") is None
+
+    page.get_by_label("Key", exact=True).fill(API_KEY)
+    page.get_by_role("button", name="Use this key").click()
+    sync_api.expect(dialog).to_be_hidden()
+    sync_api.expect(page.locator("#jobs-empty")).to_be_visible()
+    sync_api.expect(page.locator("#notice")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('onnx-compress.api-key')") == API_KEY
+    sync_api.expect(page.locator("#spec-check")).to_contain_text("matches the service's step schema")
+
+    page.reload()  # the key stays for the tab's session: no dialog again
+    sync_api.expect(page.locator("#jobs-empty")).to_be_visible()
+    sync_api.expect(dialog).to_be_hidden()
