@@ -357,6 +357,10 @@ def main() -> None:
     load_start = uptime()
     print(f"load at start: {load_start}")
     print(f"spec: {spec_json}; timeout {args.timeout:.0f} s; judge: worst per-sample/per-slice >= {args.min_fidelity}")
+    print(
+        "latency: first eval feed (one sample or one stacked entry), 1 thread, interleaved ABBA rounds, "
+        "median of per-round ratios with a bootstrap 95% interval"
+    )
     results: list[ModelResult] = []
     with tempfile.TemporaryDirectory(prefix="real_models_") as tmp:
         folder = args.work or Path(tmp)
