@@ -29,7 +29,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.judge import FidelityVerdict, judge_models  # noqa: E402
-from bench.real_models import LogProgress, run_job, uptime  # noqa: E402
+from bench.real_models import READY_MARKER, LogProgress, run_job, uptime  # noqa: E402
 from model_zoo import third_party, third_party_inputs  # noqa: E402
 
 RESULT_FILE = "result.json"
@@ -79,6 +79,8 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
     started = time.perf_counter()
     record: dict[str, Any]
     try:
+        import torch  # noqa: F401  (imported before the marker: the distill step needs it)
+
         from compression.datasets import DatasetBundle
         from compression.jsonable import to_jsonable
         from compression.model_info import inspect_model
@@ -86,6 +88,8 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
         from compression.settings import EngineSettings
         from compression.spec import CompressionSpec
 
+        print(READY_MARKER, flush=True)  # imports done: the parent's timeout clock starts here
+        started = time.perf_counter()
         specs = json.loads(spec_json)
         inputs = inspect_model(model).inputs
         calibration = work / "calibration.npz"
