@@ -26,10 +26,10 @@ import model_zoo
 from compression.datasets import Dataset, DatasetBundle
 from compression.metrics.fidelity import compare
 from compression.metrics.inference import make_session, run_dataset
-from compression.metrics.latency import measure_latency
+from compression.metrics.latency import compare_latency
 from compression.model_info import inspect_model
 from compression.pipeline import run_pipeline
-from compression.settings import EngineSettings
+from compression.settings import EngineSettings, LatencySettings
 from compression.spec import CompressionSpec
 
 DEV_MODES: list[tuple[str, dict[str, Any]]] = [
@@ -160,24 +160,37 @@ def bench_case(case: Case, runs: int) -> list[str]:
             details = result.metrics.steps[0].details
             note = ""
             if details.get("input_model_returned"):
-                note = "input returned: " + details.get("reason", "")[:70]
+                note = "input returned: " + details.get("reason", "")[:160]
             elif step["mode"] == "auto":
                 note = f"chose {details.get('chosen')}"
+            if step["mode"] == "auto" and details.get("latency_measurement"):
+                timed = [
+                    f"{c['mode']} {c['latency_ratio']:.3f} [{c['latency_interval'][0]:.3f}, "
+                    f"{c['latency_interval'][1]:.3f}] {c['latency_verdict']}"
+                    for c in details["candidates"]
+                    if "latency_ratio" in c
+                ]
+                rounds = details["latency_measurement"]["rounds"]
+                seconds = details["latency_measurement"]["wall_time_s"]
+                note += f"; engine: {'; '.join(timed)} ({rounds} rounds, {seconds:.1f} s)"
+                note += f"; step {result.metrics.steps[0].wall_time_s:.1f} s"
             kept = details.get("nodes_kept_float") or []
             if kept:
                 note += f"; {len(kept)} node(s) kept float"
             rows.append((label, result.model_path, note.strip("; ")))
         rows += _ort_defaults(case, work, stacked)
-        latency: dict[Path, float] = {}
+        latency: dict[Path, str] = {}
         base_latency = 0.0
+        timing = LatencySettings(runs=runs, min_rounds=min(20, runs), max_seconds=60.0, warmup=10)
         for _, path, _ in rows:
             if path is None:
                 continue
             # each output is timed against the input in its own interleaved run: a one-model deployment
             # keeps its weights in cache, which a round-robin over 11 models would not
-            before, after = measure_latency([case.src, path], case.latency_feed, runs, 10, 1, BATCH)
-            latency[path] = after.median_ms / before.median_ms
-            base_latency = before.median_ms
+            measured = compare_latency([case.src, path], case.latency_feed, timing, BATCH)
+            ratio = measured.ratios[0]
+            latency[path] = f"{ratio.ratio:.3f} [{ratio.low:.3f}, {ratio.high:.3f}]{'' if ratio.conclusive else '?'}"
+            base_latency = measured.models[0].median_ms
         reference = run_dataset(make_session(case.src), eval_set, 256)
         fidelity0 = compare(reference, reference, eval_set.n_samples, eval_set.labels, False)
         base = f"{100 * fidelity0.accuracy.input:.2f}%" if fidelity0.accuracy else "-"
@@ -198,7 +211,7 @@ def bench_case(case: Case, runs: int) -> list[str]:
             worst = min(out.cosine for out in fidelity.outputs.values())
             lines.append(
                 f"| {case.name} | {label} | {path.stat().st_size / case.src.stat().st_size:.3f} | "
-                f"{latency[path]:.3f} | {change} | {agree} | {worst:.4f} | {note} |"
+                f"{latency[path]} | {change} | {agree} | {worst:.4f} | {note} |"
             )
     return lines
 
@@ -213,8 +226,8 @@ def main() -> None:
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
     cases = [dev_case(name) for name in args.models.split(",") if name]
     print(
-        "| model | method | size ratio | latency ratio (1 thread) | accuracy change | top-1 agreement "
-        "| worst output cosine | note |"
+        "| model | method | size ratio | latency ratio [95% interval] (1 thread; ? = inconclusive) | accuracy change "
+        "| top-1 agreement | worst output cosine | note |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for case in cases:

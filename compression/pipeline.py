@@ -19,7 +19,7 @@ from compression.datasets import DatasetBundle
 from compression.errors import CompressionError, InvalidModelError, JobInterrupted, StepFailedError
 from compression.metrics.evaluation import Evaluator
 from compression.metrics.fidelity import Fidelity
-from compression.metrics.latency import LatencyStats
+from compression.metrics.latency import LatencyStats, RatioInterval
 from compression.metrics.model_stats import model_stats
 from compression.passes.registry import create_pass
 from compression.settings import EngineSettings
@@ -50,6 +50,10 @@ class JobMetrics(BaseModel):
     input: ModelMetrics
     output: ModelMetrics
     ratios: dict[str, float | None]
+    latency_ratio: RatioInterval | None = Field(
+        None, description="output / input latency: the median per-round ratio and its confidence interval"
+    )
+    latency_measurement: dict[str, Any] = Field(default_factory=dict, description="rounds, wall time, why it stopped")
     fidelity: Fidelity
     steps: list[StepMetrics]
     wall_time_s: float
@@ -149,7 +153,10 @@ def run_pipeline(
     ctx.sink.progress(0.0, "measure fidelity and latency")
     fidelity = current_fidelity or evaluator.fidelity(current)
     sink.check_canceled()
-    latency_in, latency_out = evaluator.latency([model_path, current], check=sink.check_canceled)
+    # a pair the last step already timed (same files, feed and settings) is reused, not measured again
+    comparison = evaluator.compare_latency([model_path, current], check=sink.check_canceled)
+    latency_in, latency_out = comparison.models
+    latency_ratio = comparison.ratios[0]
     input_metrics = ModelMetrics(
         **model_stats(model_path),
         latency=latency_in,
@@ -171,8 +178,10 @@ def run_pipeline(
         ratios={
             "size": _ratio(output_metrics.size_bytes, input_metrics.size_bytes),
             "parameters": _ratio(output_metrics.parameters, input_metrics.parameters),
-            "latency": _ratio(latency_out.median_ms, latency_in.median_ms),
+            "latency": latency_ratio.ratio,
         },
+        latency_ratio=latency_ratio,
+        latency_measurement=comparison.summary(),
         fidelity=fidelity,
         steps=step_metrics,
         wall_time_s=time.perf_counter() - started,

@@ -39,6 +39,12 @@ class LatencySettings(SettingsGroup):
         "it stops earlier once every ratio's interval is narrow enough or decided",
     )
     min_rounds: int = Field(10, ge=3, description="rounds before the ratio intervals are first checked")
+    min_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="timed seconds before the ratio intervals are first checked, so rounds of a fast model span "
+        "the machine's load swings instead of one burst",
+    )
     max_seconds: float = Field(
         20.0,
         gt=0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +10,24 @@ import numpy as np
 from compression.datasets import Dataset
 from compression.metrics.fidelity import Fidelity, compare
 from compression.metrics.inference import make_session, run_dataset
-from compression.metrics.latency import LatencyStats, measure_latency
+from compression.metrics.latency import LatencyComparison, LatencyStats
+from compression.metrics.latency_cache import LatencyCache
 from compression.settings import EngineSettings
 
 
 class Evaluator:
-    def __init__(self, reference_model: Path, dataset: Dataset, settings: EngineSettings) -> None:
+    """`latency_cache`: share one between evaluators of a job so no pair of models is timed twice."""
+
+    def __init__(
+        self,
+        reference_model: Path,
+        dataset: Dataset,
+        settings: EngineSettings,
+        latency_cache: LatencyCache | None = None,
+    ) -> None:
         self.dataset = dataset.take(settings.evaluation.max_samples)
         self.settings = settings
+        self.latency_cache = latency_cache or LatencyCache()
         self.reference_outputs = self.outputs(reference_model)
 
     def outputs(self, model_path: Path) -> dict[str, np.ndarray]:
@@ -34,21 +44,31 @@ class Evaluator:
             n_samples=self.dataset.n_samples,
             labels=self.dataset.labels,
             synthetic=self.dataset.synthetic,
+            layout=self.dataset.layout,
+        )
+
+    def compare_latency(
+        self,
+        paths: Sequence[Path],
+        check: Callable[[], None] | None = None,
+        decide_at: Sequence[float] = (),
+    ) -> LatencyComparison:
+        """`paths[1:]` against `paths[0]`, interleaved and adaptive, on the eval data's first batch.
+
+        Pairs already compared on this feed with these settings (same file contents) are not timed again.
+        """
+        return self.latency_cache.compare(
+            paths, self.latency_feed(), self.settings.latency, self.latency_batch_size, check, decide_at
         )
 
     def latency(
         self, paths: list[Path], runs: int | None = None, check: Callable[[], None] | None = None
     ) -> list[LatencyStats]:
-        """Interleaved latency of `paths` on the eval data's first batch, with the shared thread settings."""
-        return measure_latency(
-            paths,
-            self.latency_feed(),
-            runs=runs or self.settings.latency.runs,
-            warmup=self.settings.latency.warmup,
-            threads=self.settings.latency.threads,
-            batch_size=self.latency_batch_size,
-            check=check,
-        )
+        """Per-model stats of `compare_latency` (`runs` lowers the round cap)."""
+        if runs is not None and runs != self.settings.latency.runs:
+            capped = self.settings.latency.model_copy(update={"runs": runs})
+            return self.latency_cache.compare(paths, self.latency_feed(), capped, self.latency_batch_size, check).models
+        return self.compare_latency(paths, check).models
 
     def latency_feed(self) -> dict[str, np.ndarray]:
         return self.dataset.first_feed(self.settings.latency.batch_size)

@@ -1,29 +1,81 @@
-"""How far a compressed model's outputs are from the input model's, per output and per channel.
+"""How far a compressed model's outputs are from the input model's: per output, per sample and per slice.
 
-Whole-tensor cosine hides collapsed parts of an output (scores in 0..1 next to boxes in pixels),
-so small outputs are also compared channel by channel along their last axis.
+Pooled figures hide damage (a whole-tensor cosine of 0.99 next to time steps at 0.8), so every output is
+also judged per sample and per slice along its small axes, reporting the WORST value. What a sample and a
+slice are depends on the output's kind, read from its shape (`output_kind`):
+
+- the sample axis is the leading axis (the batch axis, or the axis the eval set stacks complete feeds on;
+  with stacked feeds, the model's own leading batch axis of 1 is dropped too). `p` is the shape of one sample.
+- `ids`: integer or boolean outputs (predicted ids, masks): the share of unchanged values.
+- `values`: fewer than 2 values per sample (a probability, a score): pooled figures only.
+- `class_scores`: one axis of >= 2 values per sample, all other axes 1 ([N, C], [N, 1, C], [N, C, 1, 1]):
+  top-1 agreement and per-sample cosine.
+- `sequence`: `p` of rank 2, [T, C] (a recognizer's steps, a tagger's tokens, a detector's anchors):
+  per-sample cosine and per-step cosine over C; `top1_per_step` when C >= 2, and `step_scores` says whether
+  the steps are probability (or log-probability) distributions, i.e. step-wise class scores.
+- `dense_map`: `p` of rank >= 3, [C, H, W] (leading axes count as channels): per-sample cosine, per-channel
+  cosine over H x W and per-tile cosine over C x TILE x TILE positions.
+- `unaligned`: outputs whose per-batch shapes vary, compared flattened.
+
+Slices whose reference and output norms are both below `SLICE_FLOOR` x the sample's largest slice norm are
+not judged: a background anchor scoring 0.001 vs 0.002 is not a broken model. Whole-tensor cosine also hides
+collapsed parts of an output (scores in 0..1 next to boxes in pixels), so small outputs are also compared
+channel by channel along their last axis (`min_channel_cosine`, pooled over samples).
 """
 
 from __future__ import annotations
 
+import math
+from enum import StrEnum
+
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 SMALL_LAST_AXIS = 64
+MAX_CLASSES = 100_000
+SLICE_FLOOR = 0.01
+TILE = 32
+MAX_SNR_DB = 300.0  # identical outputs: a finite figure keeps the metrics plain JSON
+SCORE_TOLERANCE = 1e-3  # rows summing to 1 (or log-summing to 0) within this are probability distributions
+
+
+class OutputKind(StrEnum):
+    IDS = "ids"
+    VALUES = "values"
+    CLASS_SCORES = "class_scores"
+    SEQUENCE = "sequence"
+    DENSE_MAP = "dense_map"
+    UNALIGNED = "unaligned"
+
+
+SLICE_NAMES = {
+    OutputKind.SEQUENCE: "step (cosine over the last axis)",
+    OutputKind.DENSE_MAP: f"channel (over H x W) or {TILE}x{TILE} tile (over channels)",
+}
 
 
 class OutputFidelity(BaseModel):
+    kind: OutputKind | None = None
     cosine: float
     max_abs_diff: float
     mean_abs_diff: float
     min_channel_cosine: float | None = None
-    top1_agreement: float | None = None
+    top1_agreement: float | None = Field(None, description="class-score outputs: share of samples whose argmax agrees")
+    worst_sample_cosine: float | None = None
+    worst_slice_cosine: float | None = None
+    slice: str | None = Field(None, description="what one slice of worst_slice_cosine is")
+    top1_per_step: float | None = Field(None, description="sequences: share of steps whose argmax agrees")
+    step_scores: bool | None = Field(None, description="sequences: the steps are probability distributions")
+    worst_sample_snr_db: float | None = None
+    agreement: float | None = Field(None, description="integer outputs: share of unchanged values")
+    worst_sample_agreement: float | None = None
 
 
 class Accuracy(BaseModel):
     input: float
     output: float
     drop: float
+    output_name: str | None = Field(None, description="the class-score output the labels were scored against")
 
 
 class Fidelity(BaseModel):
@@ -32,6 +84,8 @@ class Fidelity(BaseModel):
     outputs: dict[str, OutputFidelity]
     top1_agreement: float | None = None
     accuracy: Accuracy | None = None
+    worst_sample_cosine: float | None = Field(None, description="lowest per-sample cosine over the outputs")
+    worst_slice_cosine: float | None = Field(None, description="lowest per-slice cosine over the outputs")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -43,12 +97,93 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / norm)
 
 
-def class_scores(values: np.ndarray, n_samples: int) -> np.ndarray | None:
-    """[N, C] view of an output that holds one score vector per sample, else None."""
-    if values.dtype.kind != "f" or values.size == 0 or values.size % n_samples:
+def sample_shape(shape: tuple[int, ...], n_samples: int, layout: str) -> tuple[int, ...] | None:
+    """The shape of one sample of an output, or None when the output has no sample axis of n_samples."""
+    if len(shape) == 0 or shape[0] != n_samples:
         return None
-    scores = values.reshape(n_samples, -1)
-    return scores if 2 <= scores.shape[1] <= 100_000 else None
+    per_sample = tuple(shape[1:])
+    if layout == "stacked" and len(per_sample) >= 2 and per_sample[0] == 1:
+        per_sample = per_sample[1:]  # the model's own batch axis of one sample
+    return per_sample
+
+
+def output_kind(values: np.ndarray, n_samples: int, layout: str = "batched") -> OutputKind:
+    """The output's kind from its dtype and the shape of one sample (see the module docstring)."""
+    if values.dtype.kind not in "fc":
+        return OutputKind.IDS
+    per_sample = sample_shape(values.shape, n_samples, layout)
+    if per_sample is None:
+        return OutputKind.VALUES if values.size <= n_samples else OutputKind.UNALIGNED
+    spread = [size for size in per_sample if size != 1]
+    if not spread:
+        return OutputKind.VALUES
+    if len(spread) == 1 and not (len(per_sample) == 2 and per_sample[-1] == 1):
+        return OutputKind.CLASS_SCORES if spread[0] <= MAX_CLASSES else OutputKind.VALUES
+    return OutputKind.SEQUENCE if len(per_sample) == 2 else OutputKind.DENSE_MAP
+
+
+def class_scores(values: np.ndarray, n_samples: int, layout: str = "batched") -> np.ndarray | None:
+    """[N, C] view of an output that holds one score vector per sample, else None."""
+    if values.size == 0 or output_kind(values, n_samples, layout) != OutputKind.CLASS_SCORES:
+        return None
+    return values.reshape(n_samples, -1)
+
+
+def row_cosines(ref: np.ndarray, out: np.ndarray, floor: float = SLICE_FLOOR) -> np.ndarray:
+    """Cosine of each row of [N, S, F] arrays -> [N, S]; NaN where both rows are tiny within their sample.
+
+    Two all-zero rows agree (1.0); one all-zero row against a non-zero one does not (0.0).
+    """
+    r, o = ref.astype(np.float64), out.astype(np.float64)
+    nr, no = np.linalg.norm(r, axis=-1), np.linalg.norm(o, axis=-1)
+    dot = np.einsum("nsf,nsf->ns", r, o)
+    both = (nr > 0) & (no > 0)
+    cos = np.where(both, dot / np.where(both, nr * no, 1.0), np.where((nr == 0) & (no == 0), 1.0, 0.0))
+    cos = np.clip(cos, -1.0, 1.0)
+    if floor > 0:
+        scale = np.maximum(nr.max(axis=1, initial=0.0), no.max(axis=1, initial=0.0))[:, None]
+        tiny = (nr <= floor * scale) & (no <= floor * scale)
+        cos = np.where(tiny, np.nan, cos)
+    return cos
+
+
+def _worst(cosines: np.ndarray) -> float | None:
+    judged = cosines[~np.isnan(cosines)]
+    return float(judged.min()) if judged.size else None
+
+
+def _tiles(values: np.ndarray, tile: int) -> np.ndarray:
+    """[N, C, H, W] -> [N, tiles, C * tile * tile] (edge tiles zero-padded)."""
+    n, c, h, w = values.shape
+    th, tw = min(tile, h), min(tile, w)
+    ph, pw = -h % th, -w % tw
+    padded = np.pad(values, ((0, 0), (0, 0), (0, ph), (0, pw))) if ph or pw else values
+    gh, gw = padded.shape[2] // th, padded.shape[3] // tw
+    blocks = padded.reshape(n, c, gh, th, gw, tw).transpose(0, 2, 4, 1, 3, 5)
+    return blocks.reshape(n, gh * gw, c * th * tw)
+
+
+def _step_scores(rows: np.ndarray) -> bool:
+    """Every row a probability distribution, or a log-probability one."""
+    if rows.size == 0:
+        return False
+    values = rows.astype(np.float64)
+    if values.min() >= -SCORE_TOLERANCE and np.all(np.abs(values.sum(axis=-1) - 1.0) <= SCORE_TOLERANCE):
+        return True
+    if values.max() <= SCORE_TOLERANCE:
+        peak = values.max(axis=-1, keepdims=True)
+        logsum = peak[..., 0] + np.log(np.exp(values - peak).sum(axis=-1))
+        return bool(np.all(np.abs(logsum) <= SCORE_TOLERANCE))
+    return False
+
+
+def _snr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    """Worst per-sample signal-to-noise ratio of [N, F] rows, in dB."""
+    signal = np.square(ref).sum(axis=1)
+    noise = np.square(ref - out).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(noise > 0, 10.0 * np.log10(np.where(signal > 0, signal, 1e-300) / noise), MAX_SNR_DB)
+    return float(min(MAX_SNR_DB, np.min(snr))) if snr.size else MAX_SNR_DB
 
 
 def _channel_cosines(ref: np.ndarray, out: np.ndarray) -> float | None:
@@ -59,40 +194,84 @@ def _channel_cosines(ref: np.ndarray, out: np.ndarray) -> float | None:
     return min(cosine(ref2[:, c], out2[:, c]) for c in range(ref2.shape[1]))
 
 
-def compare_output(ref: np.ndarray, out: np.ndarray, n_samples: int) -> OutputFidelity:
+def compare_output(ref: np.ndarray, out: np.ndarray, n_samples: int, layout: str = "batched") -> OutputFidelity:
+    kind = output_kind(ref, n_samples, layout)
     if ref.shape != out.shape:
-        return OutputFidelity(cosine=0.0, max_abs_diff=float("inf"), mean_abs_diff=float("inf"))
-    if ref.dtype.kind not in "fc":
-        agree = float(np.mean(ref == out)) if ref.size else 1.0
-        diff = np.abs(ref.astype(np.float64) - out)
-        return OutputFidelity(
-            cosine=agree,
-            max_abs_diff=float(diff.max()) if diff.size else 0.0,
-            mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
-        )
-    diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
+        return OutputFidelity(kind=kind, cosine=0.0, max_abs_diff=float("inf"), mean_abs_diff=float("inf"))
+    if kind == OutputKind.IDS:
+        return _compare_ids(ref, out, n_samples)
+    ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+    diff = np.abs(ref64 - out64)
     fidelity = OutputFidelity(
-        cosine=cosine(ref, out),
+        kind=kind,
+        cosine=cosine(ref64, out64),
         max_abs_diff=float(diff.max()) if diff.size else 0.0,
         mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
-        min_channel_cosine=_channel_cosines(ref, out),
+        min_channel_cosine=_channel_cosines(ref64, out64),
     )
-    ref_scores, out_scores = class_scores(ref, n_samples), class_scores(out, n_samples)
-    if ref_scores is not None and out_scores is not None:
-        fidelity.top1_agreement = float(np.mean(ref_scores.argmax(1) == out_scores.argmax(1)))
+    if ref.size == 0:
+        return fidelity
+    if kind in (OutputKind.VALUES, OutputKind.UNALIGNED):  # one pooled figure: a sample has too few values
+        fidelity.worst_sample_snr_db = _snr_db(ref64.reshape(1, -1), out64.reshape(1, -1))
+        return fidelity
+    per_sample = sample_shape(ref.shape, n_samples, layout)
+    assert per_sample is not None
+    ref_rows, out_rows = ref64.reshape(n_samples, -1), out64.reshape(n_samples, -1)
+    fidelity.worst_sample_cosine = _worst(row_cosines(ref_rows[None], out_rows[None], floor=0.0)[0])
+    fidelity.worst_sample_snr_db = _snr_db(ref_rows, out_rows)
+    if kind == OutputKind.CLASS_SCORES:
+        fidelity.top1_agreement = float(np.mean(ref_rows.argmax(1) == out_rows.argmax(1)))
+    elif kind == OutputKind.SEQUENCE:
+        steps, width = per_sample
+        ref_steps, out_steps = ref64.reshape(n_samples, steps, width), out64.reshape(n_samples, steps, width)
+        fidelity.slice = SLICE_NAMES[kind]
+        if width >= 2:
+            fidelity.worst_slice_cosine = _worst(row_cosines(ref_steps, out_steps))
+            fidelity.top1_per_step = float(np.mean(ref_steps.argmax(-1) == out_steps.argmax(-1)))
+            fidelity.step_scores = _step_scores(ref_steps)
+    elif kind == OutputKind.DENSE_MAP:
+        channels = math.prod(per_sample[:-2])
+        h, w = per_sample[-2:]
+        ref_map, out_map = ref64.reshape(n_samples, channels, h, w), out64.reshape(n_samples, channels, h, w)
+        by_channel = row_cosines(ref_map.reshape(n_samples, channels, h * w), out_map.reshape(n_samples, channels, -1))
+        by_tile = row_cosines(_tiles(ref_map, TILE), _tiles(out_map, TILE))
+        worst = [v for v in (_worst(by_channel), _worst(by_tile)) if v is not None]
+        fidelity.worst_slice_cosine = min(worst) if worst else None
+        fidelity.slice = SLICE_NAMES[kind]
     return fidelity
 
 
-def accuracy(outputs: dict[str, np.ndarray], labels: np.ndarray) -> float | None:
-    """Top-1 accuracy of the first output that holds one class-score vector per label."""
+def _compare_ids(ref: np.ndarray, out: np.ndarray, n_samples: int) -> OutputFidelity:
+    same = ref == out
+    agree = float(np.mean(same)) if ref.size else 1.0
+    diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
+    fidelity = OutputFidelity(
+        kind=OutputKind.IDS,
+        cosine=agree,
+        max_abs_diff=float(diff.max()) if diff.size else 0.0,
+        mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
+        agreement=agree,
+    )
+    if ref.size and ref.ndim and ref.shape[0] == n_samples:
+        fidelity.worst_sample_agreement = float(same.reshape(n_samples, -1).mean(axis=1).min())
+    return fidelity
+
+
+def accuracy(outputs: dict[str, np.ndarray], labels: np.ndarray, layout: str = "batched") -> tuple[str, float] | None:
+    """(output name, top-1 accuracy) of the first output that holds one class-score vector per label."""
     flat = labels.reshape(-1)
     if flat.dtype.kind not in "iub":
         return None
-    for values in outputs.values():
-        scores = class_scores(values, flat.shape[0])
+    for name, values in outputs.items():
+        scores = class_scores(values, flat.shape[0], layout)
         if scores is not None:
-            return float(np.mean(scores.argmax(1) == flat))
+            return name, float(np.mean(scores.argmax(1) == flat))
     return None
+
+
+def _lowest(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
 
 
 def compare(
@@ -101,17 +280,22 @@ def compare(
     n_samples: int,
     labels: np.ndarray | None,
     synthetic: bool,
+    layout: str = "batched",
 ) -> Fidelity:
-    outputs = {name: compare_output(ref, candidate[name], n_samples) for name, ref in reference.items()}
+    outputs = {name: compare_output(ref, candidate[name], n_samples, layout) for name, ref in reference.items()}
     agreements = [o.top1_agreement for o in outputs.values() if o.top1_agreement is not None]
     result = Fidelity(
         synthetic=synthetic,
         n_samples=n_samples,
         outputs=outputs,
         top1_agreement=agreements[0] if agreements else None,
+        worst_sample_cosine=_lowest([o.worst_sample_cosine for o in outputs.values()]),
+        worst_slice_cosine=_lowest([o.worst_slice_cosine for o in outputs.values()]),
     )
     if labels is not None:
-        before, after = accuracy(reference, labels), accuracy(candidate, labels)
+        before, after = accuracy(reference, labels, layout), accuracy(candidate, labels, layout)
         if before is not None and after is not None:
-            result.accuracy = Accuracy(input=before, output=after, drop=before - after)
+            result.accuracy = Accuracy(
+                input=before[1], output=after[1], drop=before[1] - after[1], output_name=before[0]
+            )
     return result

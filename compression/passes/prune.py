@@ -123,8 +123,9 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
 
     @staticmethod
     def _latency_ratios(src: Path, candidates: list[Path], ctx: PassContext) -> list[float]:
-        stats = ctx.reference().latency([src, *candidates], ctx.settings.latency.runs, ctx.check_canceled)
-        return [candidate.median_ms / stats[0].median_ms for candidate in stats[1:]]
+        tolerance = (ctx.settings.latency.slowdown_tolerance,)
+        comparison = ctx.reference().compare_latency([src, *candidates], ctx.check_canceled, tolerance)
+        return [interval.ratio for interval in comparison.ratios]
 
     def _recalibrate(self, path: Path, ctx: PassContext, changed: bool) -> list[str] | str:
         """BatchNorm names re-estimated, or why none were."""

@@ -2,7 +2,8 @@
 
 Every mode runs the same loop (compression/quantization/search.py): quantize, load and run the
 result, check the budget, keep the most sensitive nodes in float until it holds. When no quantized
-model meets the budget, or it is slower than the input, the step returns a copy of its input.
+model meets the budget, or its latency interval says it is clearly slower than the input, the step
+returns its input.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from compression.contract import CompressionPass, PassContext, PassResult
 from compression.metrics.evaluation import Evaluator
 from compression.passes.registry import register_pass
 from compression.quantization.auto import run_auto
-from compression.quantization.budget import Budget
+from compression.quantization.budget import step_budget
 from compression.quantization.config import (
     AutoQuantizeConfig,
     DynamicQuantizeConfig,
     Fp16QuantizeConfig,
     ModeConfig,
+    Objective,
     QuantizeBase,
     QuantizeConfig,
     StaticQuantizeConfig,
@@ -27,7 +29,7 @@ from compression.quantization.config import (
 )
 from compression.quantization.modes import make_quantizer
 from compression.quantization.search import BudgetSearch
-from compression.quantization.speed import confirmed_ratio, interleaved_latency
+from compression.quantization.speed import SpeedVerdict, latency_facts, measure_candidates, speed_verdict
 
 __all__ = [
     "AutoQuantizeConfig",
@@ -46,7 +48,8 @@ def step_evaluator(model_path: Path, ctx: PassContext) -> Evaluator:
     reference = ctx.reference()
     if model_path == ctx.original_model and reference.dataset.n_samples <= ctx.settings.quantize.eval_samples:
         return reference
-    return Evaluator(model_path, reference.dataset.take(ctx.settings.quantize.eval_samples), ctx.settings)
+    dataset = reference.dataset.take(ctx.settings.quantize.eval_samples)
+    return Evaluator(model_path, dataset, ctx.settings, latency_cache=reference.latency_cache)
 
 
 @register_pass
@@ -71,7 +74,7 @@ class QuantizePass(CompressionPass[ModeConfig | AutoQuantizeConfig]):
     def _run_mode(
         self, model_path: Path, config: ModeConfig, ctx: PassContext, evaluator: Evaluator, work: Path
     ) -> tuple[Path | None, dict[str, Any]]:
-        budget = Budget.from_settings(config.max_accuracy_drop, ctx.settings)
+        budget = step_budget(config.max_accuracy_drop, config.budget_metric, ctx.settings, evaluator)
         result = BudgetSearch(make_quantizer(config, ctx, work), ctx, evaluator, budget, f"quantize_{config.mode}").run(
             model_path
         )
@@ -81,18 +84,29 @@ class QuantizePass(CompressionPass[ModeConfig | AutoQuantizeConfig]):
                 result.best.verdict.reasons
             )
             return None, metrics
+        assert result.best.path is not None
         if config.speed_guard:
-            ctx.progress(0.9, "checking the quantized model is not slower")
-            before, after = interleaved_latency([model_path, result.best.path], evaluator, ctx.settings)
-            ratio = after.median_ms / before.median_ms
-            metrics.update(input_latency_ms=before.median_ms, latency_ms=after.median_ms, latency_ratio=ratio)
-            if ratio > ctx.settings.latency.slowdown_tolerance:
-                ratio = confirmed_ratio(model_path, result.best.path, evaluator, ctx.settings)
-                metrics["latency_ratio_confirmed"] = ratio
-            if ratio > ctx.settings.latency.slowdown_tolerance:
+            ctx.progress(0.9, "timing the quantized model against the input")
+            objective = config.objective
+            comparison = measure_candidates(
+                model_path, [result.best.path], evaluator, objective, ctx.settings, ctx.check_canceled
+            )
+            base, interval = comparison.models[0], comparison.ratios[0]
+            metrics.update(input_latency_ms=base.median_ms, objective=objective.value)
+            metrics.update(latency_facts(base, comparison.models[1], interval, ctx.settings))
+            metrics["latency_measurement"] = comparison.summary()
+            verdict = speed_verdict(interval, ctx.settings)
+            if verdict == SpeedVerdict.SLOWER:
                 metrics["reason"] = (
-                    f"the quantized model is slower than the input ({ratio:.2f}x latency); returning the input "
-                    "model (set speed_guard: false to get it anyway)"
+                    f"the quantized model is clearly slower than the input (latency {interval.text()}, the whole "
+                    f"interval above {ctx.settings.latency.slowdown_tolerance}); returning the input model "
+                    "(set speed_guard: false to get it anyway)"
+                )
+                return None, metrics
+            if objective == Objective.LATENCY and verdict != SpeedVerdict.FASTER:
+                metrics["reason"] = (
+                    f"objective 'latency': the quantized model is not clearly faster than the input (latency "
+                    f"{interval.text()}, {verdict.value}); returning the input model"
                 )
                 return None, metrics
         return result.best.path, metrics

@@ -1,4 +1,8 @@
-"""`auto`: try the modes that fit the graph, keep those within budget, return the fastest (or the input)."""
+"""`auto`: try the modes that fit the graph, keep those within budget, return the one the objective picks.
+
+Every candidate within budget (for the size objectives: every one smaller than the input) is timed against
+the input in one adaptive interleaved measurement; compression/quantization/objective.py picks.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,20 @@ from compression.contract import PassContext
 from compression.errors import CompressionError, JobCanceledError
 from compression.metrics.evaluation import Evaluator
 from compression.model_info import inspect_model
-from compression.quantization.budget import Budget
+from compression.quantization.budget import step_budget
 from compression.quantization.config import (
     AutoQuantizeConfig,
     DynamicQuantizeConfig,
     Fp16QuantizeConfig,
     ModeConfig,
+    Objective,
     StaticQuantizeConfig,
     WeightOnlyQuantizeConfig,
 )
 from compression.quantization.modes import make_quantizer
+from compression.quantization.objective import Option, choose
 from compression.quantization.search import BudgetSearch, SearchResult
-from compression.quantization.speed import confirmed_ratio, interleaved_latency
+from compression.quantization.speed import latency_facts, measure_candidates, speed_verdict
 
 RECURRENT = {"LSTM", "GRU", "RNN"}
 MATMUL_LIKE = {"MatMul", "Gemm", "Attention"}
@@ -35,6 +41,8 @@ def plan(model_path: Path, config: AutoQuantizeConfig, ctx: PassContext) -> tupl
         "nodes_to_exclude": config.nodes_to_exclude,
         "op_types_to_exclude": config.op_types_to_exclude,
         "max_accuracy_drop": config.max_accuracy_drop,
+        "budget_metric": config.budget_metric,
+        "objective": config.objective,
         "speed_guard": False,
     }
     has_calibration = ctx.datasets.calibration is not None or ctx.datasets.train is not None
@@ -86,9 +94,9 @@ def _elements(dims: Any) -> int:
 def run_auto(
     model_path: Path, config: AutoQuantizeConfig, ctx: PassContext, evaluator: Evaluator, work: Path
 ) -> tuple[Path | None, dict[str, Any]]:
-    """The fastest candidate within budget and the decision record; None when the input is best."""
+    """The candidate within budget that `config.objective` picks, and the decision record; None: the input."""
     configs, notes = plan(model_path, config, ctx)
-    budget = Budget.from_settings(config.max_accuracy_drop, ctx.settings)
+    budget = step_budget(config.max_accuracy_drop, config.budget_metric, ctx.settings, evaluator)
     results: list[SearchResult] = []
     table: list[dict[str, Any]] = []
     for index, mode_config in enumerate(configs):
@@ -112,38 +120,47 @@ def run_auto(
         table.append(result.summary())
     ctx.check_canceled()
     ok = [r for r in results if r.ok]
-    metrics: dict[str, Any] = {"mode": "auto", "plan": notes, "candidates": table, "budget": budget.model_dump()}
+    metrics: dict[str, Any] = {
+        "mode": "auto",
+        "objective": config.objective.value,
+        "plan": notes,
+        "candidates": table,
+        "budget": budget.model_dump(),
+    }
     if not ok:
         metrics["reason"] = "no candidate met the accuracy budget; returning the input model"
         return None, metrics
-    ctx.progress(0.85, "auto: measuring latency against the input")
-    stats = interleaved_latency([model_path, *(r.best.path for r in ok)], evaluator, ctx.settings)
-    base = stats[0].median_ms
-    metrics["input_latency_ms"] = base
     size_in = model_path.stat().st_size
-    for result, stat in zip(ok, stats[1:], strict=True):
-        row = next(row for row in table if row is not None and row.get("mode") == result.mode)
-        row["latency_ms"] = stat.median_ms
-        row["latency_ratio"] = stat.median_ms / base
-        row["size_ratio"] = result.best.path.stat().st_size / size_in
-    faster = [
-        (stat.median_ms, result)
-        for result, stat in zip(ok, stats[1:], strict=True)
-        if stat.median_ms * ctx.settings.quantize.min_speedup < base
-    ]
-    if not faster:
-        metrics["reason"] = "no candidate within budget is faster than the input model; returning the input model"
-        return None, metrics
-    latency, best = min(faster, key=lambda pair: pair[0])
-    confirmed = confirmed_ratio(model_path, best.best.path, evaluator, ctx.settings)
-    metrics["latency_ratio_confirmed"] = confirmed
-    if confirmed * ctx.settings.quantize.min_speedup >= 1.0:
+    rows = {result.mode: next(row for row in table if row.get("mode") == result.mode) for result in ok}
+    for result in ok:
+        assert result.best.path is not None
+        rows[result.mode]["size_ratio"] = result.best.path.stat().st_size / size_in
+    timed = [r for r in ok if config.objective == Objective.LATENCY or rows[r.mode]["size_ratio"] < 1.0]
+    if not timed:
+        sizes = ", ".join(f"{r.mode} {rows[r.mode]['size_ratio']:.3f}x" for r in ok)
         metrics["reason"] = (
-            f"{best.mode} looked faster but a longer run measured {confirmed:.3f}x the input's latency; "
+            f"objective '{config.objective.value}': no candidate within budget is smaller than the input ({sizes}); "
             "returning the input model"
         )
         return None, metrics
-    metrics.update(chosen=best.mode, latency_ratio=latency / base, **best.summary())
-    metrics["mode"] = "auto"
-    metrics["chosen"] = best.mode
+    ctx.progress(0.85, "auto: measuring latency against the input")
+    paths = [r.best.path for r in timed if r.best.path is not None]
+    comparison = measure_candidates(model_path, paths, evaluator, config.objective, ctx.settings, ctx.check_canceled)
+    base = comparison.models[0]
+    metrics["input_latency_ms"] = base.median_ms
+    metrics["latency_measurement"] = comparison.summary()
+    options: dict[str, Option] = {}
+    for result, stats, interval in zip(timed, comparison.models[1:], comparison.ratios, strict=True):
+        rows[result.mode].update(latency_facts(base, stats, interval, ctx.settings))
+        verdict = speed_verdict(interval, ctx.settings)
+        options[result.mode] = Option(result.mode, rows[result.mode]["size_ratio"], interval, verdict)
+    choice = choose(config.objective, list(options.values()), ctx.settings.quantize.size_tie)
+    metrics["reason"] = choice.reason
+    if choice.option is None:
+        return None, metrics
+    best = next(r for r in timed if r.mode == choice.option.mode)
+    assert best.best.path is not None
+    metrics.update(best.summary())
+    metrics.update(rows[best.mode])
+    metrics.update(mode="auto", chosen=best.mode, objective=config.objective.value, reason=choice.reason)
     return best.best.path, metrics

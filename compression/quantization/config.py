@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
 from compression.contract import StepConfig
+from compression.quantization.budget import BudgetMetric
+
+
+class Objective(StrEnum):
+    """What a quantize step optimizes once the budget holds; no objective returns a clearly slower model."""
+
+    LATENCY = "latency"  # the fastest candidate clearly faster than the input, else the input
+    SIZE = "size"  # the smallest candidate whose latency is not clearly worse than the input's
+    BALANCED = "balanced"  # the smallest not clearly slower; among about equally small ones, the fastest
 
 
 class QuantizeBase(StepConfig):
@@ -21,7 +31,25 @@ class QuantizeBase(StepConfig):
         "when set, the most sensitive nodes are kept in float until it is met",
     )
     speed_guard: bool = Field(
-        True, description="return the input model when the quantized one is not faster (measured interleaved)"
+        True,
+        description="return the input model when the quantized one is clearly slower: the whole confidence interval "
+        "of its latency ratio (measured interleaved) above latency_slowdown_tolerance; with objective 'latency', "
+        "unless it is clearly faster",
+    )
+    objective: Objective = Field(
+        "balanced",  # type: ignore[assignment]  # validated into Objective.BALANCED; shows plainly in the README
+        validate_default=True,
+        description="'balanced' (the smallest candidate within budget whose latency is not clearly worse than "
+        "the input's; about equally small ones are ranked by speed), 'size' (the smallest such candidate), "
+        "'latency' (the fastest candidate clearly faster than the input); an inconclusive latency measurement "
+        "counts as not worse, never as faster",
+    )
+    budget_metric: BudgetMetric | dict[str, BudgetMetric] | None = Field(
+        None,
+        description="how the budget is judged: one metric for every output or {output name: metric}, among "
+        "'accuracy', 'top1', 'top1_per_step', 'agreement', 'cosine', 'snr_db'; default chosen per output from "
+        "its kind (class scores: top1, or accuracy with labels; sequences of distributions: top1_per_step; "
+        "maps and features: cosine; integer outputs: agreement) and recorded in the metrics",
     )
 
 
@@ -96,7 +124,7 @@ AutoCandidate = Literal["static", "dynamic", "weight_only", "fp16"]
 
 
 class AutoQuantizeConfig(QuantizeBase):
-    """Try the modes that fit the graph; return the fastest that meets the budget, else the input."""
+    """Try the modes that fit the graph; of those within budget, return the one the objective picks, else the input."""
 
     mode: Literal["auto"]
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0, description="budget as a fraction (0.01 = one point)")

@@ -50,6 +50,7 @@ class SearchResult:
             "reasons": verdict.reasons,
             "budget_metric": verdict.metric,
             "drop": verdict.drop,
+            "budget_metrics": {name: judged.model_dump() for name, judged in verdict.outputs.items()},
             "nodes_kept_float": self.best.excluded,
             "kept_float_for_collapsed_outputs": self.output_guard,
             "quantization_attempts": self.attempts,
