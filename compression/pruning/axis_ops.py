@@ -194,9 +194,9 @@ class AxisOps:
                 self.unknown(node, "uneven implicit split")
                 return
             sizes = [layout.size // parts] * parts
-        pieces = self.cut(layout, sizes)
+        pieces = self.cut_groups(layout, sizes)
         if pieces is None:
-            self.taint(layout, f"Split '{node.name}' cuts through a channel group")
+            self.taint(layout, f"Split '{node.name}' cuts through a channel group at a position it cannot cut")
             return
         for out, piece in zip(node.outputs, pieces, strict=True):
             self.set_layout(out, piece)
@@ -248,9 +248,44 @@ class AxisOps:
         size = layout.size
         start = min(max(starts[pos] + size if starts[pos] < 0 else starts[pos], 0), size)
         end = min(max(ends[pos] + size if ends[pos] < 0 else ends[pos], 0), size)
-        pieces = self.cut(layout, [start, max(end - start, 0), size - max(end, start)])
+        pieces = self.cut_groups(layout, [start, max(end - start, 0), size - max(end, start)])
         if pieces is None:
-            self.taint(layout, f"Slice '{node.name}' cuts through a channel group")
+            self.taint(layout, f"Slice '{node.name}' cuts through a channel group at a position it cannot cut")
             return
         self.set_layout(node.outputs[0], pieces[1])
         self.fixups.append(Fixup("slice", node, {"pos": pos, "before": pieces[0], "inside": pieces[1]}))
+
+    def op_Expand(self, node: ir.Node) -> None:
+        """Broadcast other axes: the shape's entry on the channel axis becomes 1 (the channels broadcast
+        to themselves), so it holds whatever the channel count becomes."""
+        layout = self.layouts.get(node.inputs[0])
+        if node.inputs[1] in self.layouts:
+            self.unknown(node, "shape input depends on the channels")
+            return
+        if layout is None:
+            return
+        in_rank, shape_dims = self.rank(node.inputs[0]), static_dims(node.inputs[1])
+        if in_rank is None or shape_dims is None or len(shape_dims) != 1 or shape_dims[0] is None:
+            self.unknown(node, "ranks are unknown")
+            return
+        out_rank = max(in_rank, shape_dims[0])
+        axis = layout.axis + out_rank - in_rank
+        position = axis - (out_rank - shape_dims[0])
+        if position >= 0:
+            self.fixups.append(Fixup("expand", node, {"index": position, "layout": layout}))
+        self.accepted_reshapes.add(node)
+        self.ranks[node.outputs[0]] = out_rank
+        self.set_layout(node.outputs[0], layout.with_axis(axis))
+
+    def op_ReverseSequence(self, node: ir.Node) -> None:
+        """Reverses time steps per batch entry: channels on any other axis pass through."""
+        layout = self.layouts.get(node.inputs[0])
+        if node.inputs[1] in self.layouts:
+            self.unknown(node, "sequence lengths depend on the channels")
+            return
+        if layout is None:
+            return
+        if layout.axis in (self.attr_int(node, "batch_axis", 1), self.attr_int(node, "time_axis", 0)):
+            self.taint(layout, f"ReverseSequence '{node.name}' reverses along the channel axis")
+            return
+        self.set_layout(node.outputs[0], layout)

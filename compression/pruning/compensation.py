@@ -15,6 +15,8 @@ from compression.pruning.importance import PositionStats
 from compression.pruning.layout import Analysis
 from compression.pruning.rewrite import Removal, positions
 
+COMPENSATED = frozenset({"Conv", "Gemm", "MatMul"})  # layers whose bias absorbs a removed input's mean
+
 
 def compensate_biases(
     model: ir.Model, analysis: Analysis, removal: Removal, stats: dict[str, PositionStats]
@@ -30,7 +32,9 @@ def compensate_biases(
         for slot in analysis.groups[root].slots:
             node = slot.node
             data = node.inputs[0]
-            if slot.role != "weight_in" or data is None or data.name not in stats or _is_grouped_conv(node):
+            if slot.role != "weight_in" or node.op_type not in COMPENSATED or data is None or _is_grouped_conv(node):
+                continue
+            if data.name not in stats:
                 continue
             lost = positions(removed, slot.offset, slot.block)
             mean = stats[data.name].mean[lost]

@@ -14,10 +14,12 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from compression.pruning.axis_ops import AxisOps
-from compression.pruning.layout import Analysis, Fixup, Group, Layout, Segment, Slot, SlotRole
+from compression.pruning.fills import uniform_fill
+from compression.pruning.layout import Analysis, Fixup, Group, Layout, Segment, Slot, SlotRole, leaves
 from compression.pruning.model_io import is_constant, static_dims, weight_array
+from compression.pruning.recurrent_ops import RecurrentOps
 from compression.pruning.reshape_ops import ReshapeOps
-from compression.pruning.shapes import SHAPE_OPS
+from compression.pruning.shapes import SHAPE_OPS, symbolic_dims
 
 UNARY_PASSTHROUGH = frozenset(
     {
@@ -40,7 +42,7 @@ REDUCTIONS = frozenset(
 )  # fmt: skip
 
 
-class _Walker(AxisOps, ReshapeOps):
+class _Walker(AxisOps, ReshapeOps, RecurrentOps):
     def __init__(self, model: ir.Model, exclude: set[str]) -> None:
         self.model = model
         self.exclude = exclude
@@ -52,6 +54,7 @@ class _Walker(AxisOps, ReshapeOps):
         self.shape_reads: list[tuple[ir.Value, Layout, ir.Node]] = []
         self.accepted_reshapes: set[ir.Node] = set()
         self.ranks: dict[ir.Value, int] = {}
+        self.scalarized: set[tuple[ir.Node, int]] = set()
 
     # --- groups -----------------------------------------------------------------------------------------
     def find(self, gid: int) -> int:
@@ -90,12 +93,82 @@ class _Walker(AxisOps, ReshapeOps):
             return
         for seg in layout.segments:
             if seg.group is not None:
-                reasons = self.groups[self.find(seg.group)].reasons
-                if reason not in reasons:
-                    reasons.append(reason)
+                for leaf, _ in leaves(self.groups, self.find, seg.group):
+                    reasons = self.groups[leaf].reasons
+                    if reason not in reasons:
+                        reasons.append(reason)
+
+    # --- cutting groups (Split/Slice boundaries inside a group) ------------------------------------------
+    def refine(self, gid: int, k: int) -> bool:
+        """Cut a group at channel `k` into two groups; every layout, slot and tensor follows. False if it cannot."""
+        pieces = leaves(self.groups, self.find, gid)
+        start = 0
+        for leaf, count in pieces:  # the live group holding channel k
+            if start < k < start + count:
+                gid, k = leaf, k - start
+                break
+            if k == start or k == start + count:
+                return True  # already a boundary
+            start += count
+        else:
+            return False
+        group = self.groups[gid]
+        if group.tile_of is not None or any(
+            g.tile_of is not None and self.find(g.tile_of[0]) == gid for g in self.groups
+        ):
+            return False  # attention head-dim groups are not cut
+        ids = []
+        for begin, size in ((0, k), (k, group.size - k)):
+            piece = Group(id=len(self.groups), size=size, reasons=list(group.reasons))
+            piece.producers = [f"{p}[{begin}:{begin + size}]" for p in group.producers]
+            piece.slots = [Slot(s.node, s.input_index, s.axis, s.offset + begin * s.block, s.block, s.role)
+                           for s in group.slots]  # fmt: skip
+            piece.tensors = [(v, axis, offset + begin * block, block) for v, axis, offset, block in group.tensors]
+            self.groups.append(piece)
+            self.parent.append(piece.id)
+            ids.append((piece.id, size))
+        group.pieces, group.slots, group.tensors = ids, [], []
+        for value, layout in self.layouts.items():
+            self.layouts[value] = self.expand(layout)
+        return True
+
+    def expand(self, layout: Layout) -> Layout:
+        """The layout with every segment of a cut group replaced by its pieces."""
+        if all(s.group is None or self.groups[self.find(s.group)].pieces is None for s in layout.segments):
+            return layout
+        segments = []
+        for seg in layout.segments:
+            if seg.group is None:
+                segments.append(seg)
+                continue
+            segments += [Segment(leaf, count, seg.block) for leaf, count in leaves(self.groups, self.find, seg.group)]
+        return Layout(layout.axis, tuple(segments))
+
+    def cut_groups(self, layout: Layout, sizes: list[int]) -> list[Layout] | None:
+        """`cut`, first cutting the groups a boundary falls inside (each piece pruned on its own)."""
+        boundaries, total = [], 0
+        for size in sizes[:-1]:
+            total += size
+            boundaries.append(total)
+        for boundary in boundaries:
+            for index, (seg, offset) in enumerate(layout.placed()):
+                if not offset < boundary < offset + seg.width:
+                    continue
+                if (boundary - offset) % seg.block:
+                    return None
+                k = (boundary - offset) // seg.block
+                if seg.group is None:
+                    parts = (Segment(None, k, seg.block), Segment(None, seg.count - k, seg.block))
+                    layout = Layout(layout.axis, layout.segments[:index] + parts + layout.segments[index + 1 :])
+                elif not self.refine(seg.group, k):
+                    return None
+                layout = self.expand(layout)
+                break
+        return self.cut(layout, sizes)
 
     def slot(self, node: ir.Node, index: int, axis: int, layout: Layout, role: SlotRole) -> None:
         """Record that input `index` of `node` shrinks along `axis` with every group of `layout`."""
+        layout = self.expand(layout)
         for seg, offset in layout.placed():
             if seg.group is None:
                 continue
@@ -105,6 +178,7 @@ class _Walker(AxisOps, ReshapeOps):
                 self.taint(Layout(axis, (seg,)), f"node '{node.name}' is excluded")
 
     def set_layout(self, value: ir.Value, layout: Layout) -> None:
+        layout = self.expand(layout)
         self.layouts[value] = layout
         for seg, offset in layout.placed():
             if seg.group is not None:
@@ -125,6 +199,7 @@ class _Walker(AxisOps, ReshapeOps):
 
     def unify(self, a: Layout, b: Layout, node: ir.Node) -> Layout | None:
         """Merge two layouts that meet elementwise: their groups become one (residual joins)."""
+        a, b = self.expand(a), self.expand(b)
         if a.axis != b.axis or len(a.segments) != len(b.segments):
             return None
         segments = []
@@ -213,6 +288,13 @@ class _Walker(AxisOps, ReshapeOps):
         return layout
 
     def op_Conv(self, node: ir.Node) -> None:
+        self.convolution(node, transposed=False)
+
+    def op_ConvTranspose(self, node: ir.Node) -> None:
+        self.convolution(node, transposed=True)
+
+    def convolution(self, node: ir.Node, transposed: bool) -> None:
+        """Conv weight [C_out, C_in/group, k...]; ConvTranspose weight [C_in, C_out/group, k...]."""
         x, w = node.inputs[0], node.inputs[1]
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         layout = self.layouts.get(x)
@@ -221,28 +303,30 @@ class _Walker(AxisOps, ReshapeOps):
             self.unknown(node, "weight is not a constant initializer")
             return
         groups = self.attr_int(node, "group", 1)
-        c_out, c_in_per_group = weight.shape[0], weight.shape[1]
+        in_axis, out_axis = (0, 1) if transposed else (1, 0)
+        per_group_in = weight.shape[0] // groups if transposed else weight.shape[1]
+        c_out = weight.shape[1] * groups if transposed else weight.shape[0]
         if groups == 1:
             if layout is not None and (layout.axis != 1 or any(s.block != 1 for s in layout.segments)):
-                self.taint(layout, f"Conv '{node.name}' input channels are not on axis 1")
+                self.taint(layout, f"{node.op_type} '{node.name}' input channels are not on axis 1")
             else:
-                self.consume(node, layout, 1, 1)
-            out = self.produce(node, 1, 0, 1, c_out)
-        elif c_in_per_group == 1 and c_out == groups and layout is not None and layout.axis == 1:
+                self.consume(node, layout, 1, in_axis)
+            out = self.produce(node, 1, out_axis, 1, c_out)
+        elif per_group_in == 1 and c_out == groups and layout is not None and layout.axis == 1:
             # Depthwise: channel i in, channel i out; the group count follows the channel count.
             if any(s.block != 1 for s in layout.segments):
-                self.taint(layout, f"Conv '{node.name}' input channels are not on axis 1")
+                self.taint(layout, f"{node.op_type} '{node.name}' input channels are not on axis 1")
                 return
             out = layout
             self.slot(node, 1, 0, layout, "weight_in")
             self.fixups.append(Fixup("depthwise_group", node, {"layout": layout}))
         else:
-            self.unknown(node, f"grouped Conv (group={groups}) is not pruned")
+            self.unknown(node, f"grouped {node.op_type} (group={groups}) is not pruned")
             return
         if bias is not None:
             if not is_constant(bias):
-                self.taint(out, f"Conv '{node.name}' bias is not constant")
-                self.taint(self.layouts.get(bias), f"Conv '{node.name}' reads it as a bias")
+                self.taint(out, f"{node.op_type} '{node.name}' bias is not constant")
+                self.taint(self.layouts.get(bias), f"{node.op_type} '{node.name}' reads it as a bias")
             else:
                 self.slot(node, 2, 0, out, "param")
         self.set_layout(node.outputs[0], out)
@@ -356,6 +440,13 @@ class _Walker(AxisOps, ReshapeOps):
         if out_rank is None:
             self.unknown(node, "output rank is unknown")
             return
+        if any(layout.size > 1 for _, _, layout in layouts):
+            # A single channel broadcast over many (an attention weight times features) joins nothing.
+            for _, _, layout in layouts:
+                if layout.size == 1:
+                    self.taint(layout, f"{node.op_type} '{node.name}' broadcasts its single channel over others")
+            layouts = [entry for entry in layouts if entry[2].size > 1]
+        carried = {v for _, v, _ in layouts}
         merged: Layout | None = None
         for _, v, layout in layouts:
             shifted = layout.with_axis(layout.axis + out_rank - (self.rank(v) or out_rank))
@@ -365,7 +456,7 @@ class _Walker(AxisOps, ReshapeOps):
                 return
         assert merged is not None
         for index, value in present:
-            if value in self.layouts:
+            if value in carried:
                 continue
             dims = static_dims(value)
             if dims is None:
@@ -377,11 +468,31 @@ class _Walker(AxisOps, ReshapeOps):
             if dims[in_axis] != merged.size:
                 self.unknown(node, f"input '{value.name}' does not broadcast over the channels")
                 return
+            if not is_constant(value) and self.scalar_fill(node, index, value, out_rank, merged):
+                continue
             if not is_constant(value):
                 self.unknown(node, f"joins '{value.name}', whose channels no prunable layer produces")
                 return
             self.slot(node, index, in_axis, merged, "param")
         self.set_layout(node.outputs[0], merged)
+
+    def scalar_fill(self, node: ir.Node, index: int, value: ir.Value, out_rank: int, merged: Layout) -> bool:
+        """A computed tensor holding one value everywhere (zeros, ones_like) whose shape the channel-carrying
+        inputs already give the output: the rewrite feeds that value as a scalar instead."""
+        fill, dims = uniform_fill(value), symbolic_dims(value)
+        if fill is None or dims is None or len(dims) > out_rank:
+            return False
+        carried = [symbolic_dims(v) for v in node.inputs if v is not None and v in self.layouts and v is not value]
+        for i, dim in enumerate(dims):
+            position = i + out_rank - len(dims)
+            if dim == 1 or position == merged.axis:
+                continue
+            if not any(d is not None and position - (out_rank - len(d)) >= 0 and d[position - (out_rank - len(d))] == dim
+                       for d in carried):  # fmt: skip
+                return False
+        self.fixups.append(Fixup("scalar_input", node, {"index": index, "value": fill}))
+        self.scalarized.add((node, index))
+        return True
 
     def op_BatchNormalization(self, node: ir.Node) -> None:
         layout = self.layouts.get(node.inputs[0])

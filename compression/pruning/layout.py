@@ -73,17 +73,28 @@ class Group:
     # Set when the channels are `repeats` copies of a smaller group's (attention heads): channel
     # k * size(tile) + d is channel d of the tile group, so both are pruned with the same indices.
     tile_of: tuple[int, int] | None = None
+    # Set when a Split/Slice cut the group: its channels are now these groups' (id, count), in order.
+    pieces: list[tuple[int, int]] | None = None
 
     @property
     def prunable(self) -> bool:
         return not self.reasons
 
 
+def leaves(groups: list[Group], find: Callable[[int], int], gid: int) -> list[tuple[int, int]]:
+    """The live groups (root id, channel count) that hold a group's channels, in channel order."""
+    root = find(gid)
+    group = groups[root]
+    if group.pieces is None:
+        return [(root, group.size)]
+    return [leaf for piece, _ in group.pieces for leaf in leaves(groups, find, piece)]
+
+
 @dataclass
 class Fixup:
     """A shape-carrying attribute or input that must follow the new channel counts (Split sizes, Slice bounds...)."""
 
-    kind: Literal["depthwise_group", "split", "slice", "reshape"]
+    kind: Literal["depthwise_group", "split", "slice", "reshape", "expand", "rnn_hidden", "scalar_input"]
     node: ir.Node
     detail: dict
 
@@ -96,7 +107,11 @@ class Analysis:
     find: Callable[[int], int]
 
     def roots(self) -> list[Group]:
-        return [g for g in self.groups if self.find(g.id) == g.id]
+        """The live groups: union-find roots that no Split/Slice cut into pieces."""
+        return [g for g in self.groups if self.find(g.id) == g.id and g.pieces is None]
+
+    def leaves(self, gid: int) -> list[tuple[int, int]]:
+        return leaves(self.groups, self.find, gid)
 
     def tiles(self) -> dict[int, list[tuple[Group, int]]]:
         """Root of each head-dim group -> the groups made of `repeats` copies of it."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +9,19 @@ import onnx_ir as ir
 from onnx_ir.passes import common
 
 from compression.errors import InvalidModelError
+from compression.pruning.shape_inference import Feed, infer_shapes
+
+DECLARED_SHAPES = "pruning.declared_shapes"  # model.meta keys set by load_for_pruning
+SHAPE_REPORT = "pruning.shape_report"
 
 
-def load_for_pruning(path: Path) -> ir.Model:
+def load_for_pruning(path: Path, feed: Feed | None = None, infer: bool = True) -> ir.Model:
     """Constants lifted to initializers (some exporters keep weights in Constant nodes) and shapes inferred.
 
-    Shapes give the analysis the ranks and channel counts it needs; a model whose shapes cannot be
-    inferred is still analysed, with every group that needs a missing shape left unpruned.
+    Shapes give the analysis the ranks and channel counts it needs (onnx, symbolic, then ranks from one
+    run on `feed`); a model whose shapes cannot be inferred is still analysed, with every group that needs
+    a missing shape left unpruned. The declared shapes are kept in `model.meta[DECLARED_SHAPES]` for
+    `restore_declared_shapes`, the inference report in `model.meta[SHAPE_REPORT]`.
     """
     try:
         model = ir.load(str(path))
@@ -24,9 +29,18 @@ def load_for_pruning(path: Path) -> ir.Model:
         raise InvalidModelError(f"cannot read the ONNX model: {str(exc).splitlines()[0][:300]}") from exc
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     fold_constant_reshapes(model)
-    with contextlib.suppress(Exception):  # best effort: the analysis copes with unknown shapes
-        common.ShapeInferencePass()(model)
+    if infer:
+        declared, report = infer_shapes(model, feed)
+        model.meta[DECLARED_SHAPES] = declared
+        model.meta[SHAPE_REPORT] = report
     return model
+
+
+def restore_declared_shapes(model: ir.Model) -> None:
+    """Put back the shapes the model declared before inference (call before rewriting)."""
+    declared = model.meta.get(DECLARED_SHAPES)
+    if declared is not None:
+        declared.restore()
 
 
 _FOLDABLE = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Identity", "Cast"})
@@ -48,6 +62,8 @@ def fold_constant_reshapes(model: ir.Model) -> int:
             continue
         data = arrays[0]
         out = node.outputs[0]
+        if data.ndim == 0:
+            continue  # a scalar never carries channels; a known scalar shape can upset If/Loop body checks
         if node.op_type == "Reshape":
             if "allowzero" in node.attributes and node.attributes["allowzero"].as_int():
                 continue

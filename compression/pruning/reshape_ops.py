@@ -3,11 +3,13 @@ computed from `Shape` (evaluated symbolically so the rewrite can replace them wi
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
+from compression.pruning.fills import FILL_PRESERVING
 from compression.pruning.layout import Fixup, Layout, Segment
 from compression.pruning.model_io import weight_array
-from compression.pruning.shapes import CHANNELS, SHAPE_OPS, match_channel_reshape, symbolic_dims
+from compression.pruning.shapes import CHANNELS, SHAPE_OPS, reshape_group, symbolic_dims
 
 
 class ReshapeOps:
@@ -19,9 +21,13 @@ class ReshapeOps:
     shape_values: dict[ir.Value, list]
     shape_reads: list[tuple[ir.Value, Layout, ir.Node]]
     accepted_reshapes: set[ir.Node]
+    scalarized: set[tuple[ir.Node, int]]
     ranks: dict[ir.Value, int]
 
     def op_Reshape(self, node: ir.Node) -> None:
+        """A Reshape keeps channels prunable when the axes around the channel axis regroup cleanly: the
+        channel axis alone (moved), merged with known axes before it (each channel repeats) or after it
+        (each channel owns a block), or split into (heads..., head_dim) (a head-dim group)."""
         layout = self.layouts.get(node.inputs[0])
         if layout is None:
             return
@@ -30,70 +36,70 @@ class ReshapeOps:
             return
         in_dims = symbolic_dims(node.inputs[0])
         target = self.shape_entries(node.inputs[1])
-        allow_zero = self.attr_int(node, "allowzero", 0)
-        if in_dims is None or target is None or allow_zero:
+        literal_zero = self.attr_int(node, "allowzero", 0) and target is not None and 0 in target
+        if in_dims is None or target is None or literal_zero:
             self.taint(layout, f"Reshape '{node.name}' has a shape the analysis cannot evaluate")
             return
-        if self.head_reshape(node, layout, in_dims, target):
-            return
-        match = match_channel_reshape(in_dims, target, layout.axis)
-        if match is None:
-            self.taint(layout, f"Reshape '{node.name}' mixes the channel axis")
-            return
-        factor, tail = match
-        # The rewritten shape copies the leading dims (0), infers the channel axis (-1), keeps the tail.
-        self.fixups.append(Fixup("reshape", node, {"target": [0] * layout.axis + [-1] + tail, "layout": layout}))
-        self.accepted_reshapes.add(node)
-        self.ranks[node.outputs[0]] = len(target)
-        self.set_layout(node.outputs[0], self.stretch(layout, factor, layout.axis))
-
-    def head_reshape(self, node: ir.Node, layout: Layout, in_dims: list, target: list) -> bool:
-        """Split a channel axis into (heads, head_dim) or merge it back; True when handled."""
         a = layout.axis
         out = [in_dims[i] if entry == 0 and i < len(in_dims) else entry for i, entry in enumerate(target)]
+        read_at = [k for k, entry in enumerate(out) if entry == CHANNELS]
+        out = [in_dims[a] if entry == CHANNELS else entry for entry in out]
+        group = reshape_group(in_dims, out, a)
+        if group is None or any(not group.first_out <= k <= group.last_out for k in read_at):
+            self.taint(layout, f"Reshape '{node.name}' mixes the channel axis with other axes")
+            return
+        self.ranks[node.outputs[0]] = len(out)
+        # Size-1 axes hold no channels: the group's other axes decide between a split and a merge.
+        ins = [k for k in range(group.first_in, group.last_in + 1) if k == a or in_dims[k] != 1]
+        outs = [k for k in range(group.first_out, group.last_out + 1) if out[k] != 1] or [group.last_out]
+        if ins == [a] and len(outs) > 1:
+            self.split_heads(node, layout, [out[k] for k in outs], outs[-1])
+            return
+        before, after = in_dims[group.first_in : a], in_dims[a + 1 : group.last_in + 1]
+        outer = [out[k] for k in outs[:-1]]  # output axes of the group before the channel axis
+        if not all(isinstance(d, int) for d in before + after + outer):
+            self.taint(layout, f"Reshape '{node.name}' mixes the channel axis with other axes")
+            return
+        repeats, block = int(np.prod(before or [1])), int(np.prod(after or [1]))
+        if outer:  # [..., X, C] -> [..., X/r, r*C] (space-to-depth): each channel repeats r times per row
+            last, width = out[outs[-1]], layout.size * block
+            if not isinstance(last, int) or last % width or int(np.prod(outer)) * (last // width) != repeats:
+                self.taint(layout, f"Reshape '{node.name}' mixes the channel axis with other axes")
+                return
+            repeats = last // width
+        merged = self.stretch(layout, block, outs[-1])
+        merged = Layout(merged.axis, merged.segments * repeats)
+        self.accept_reshape(node, outs[-1], layout, merged)
+        self.set_layout(node.outputs[0], merged)
+
+    def split_heads(self, node: ir.Node, layout: Layout, dims: list, head_axis: int) -> None:
+        """The channel axis split into (heads..., head_dim): the group becomes `heads` copies of a head-dim
+        group, pruned at the same indices in every head (q/k/v of one attention block share them)."""
         (segment,) = layout.segments if len(layout.segments) == 1 else (None,)
+        heads = int(np.prod(dims[:-1])) if all(isinstance(d, int) and d > 0 for d in dims[:-1]) else 0
+        head_dim = dims[-1]
         if (
-            segment is not None
-            and segment.group is not None
-            and segment.block == 1
-            and len(out) == len(in_dims) + 1
-            and out[:a] == in_dims[:a]
-            and out[a + 2 :] == in_dims[a + 1 :]
-            and all(isinstance(e, int) and e > 0 for e in out[a + 2 :])
-            and isinstance(out[a], int)
-            and out[a] > 1
-            and isinstance(out[a + 1], int)
-            and out[a] * out[a + 1] == segment.count
-            and self.groups[self.find(segment.group)].tile_of is None
+            segment is None
+            or segment.group is None
+            or segment.block != 1
+            or heads < 2
+            or not isinstance(head_dim, int)
+            or heads * head_dim != segment.count
+            or self.groups[self.find(segment.group)].tile_of is not None
         ):
-            heads, head_dim = out[a], out[a + 1]
-            tile = self.new_group(head_dim, node)
-            self.groups[tile].producers = [f"{node.name} (head dim)"]
-            self.groups[self.find(segment.group)].tile_of = (tile, heads)
-            tail = [e for e in out[a + 2 :]]
-            self.fixups.append(Fixup("reshape", node, {"target": [0] * a + [heads, -1] + tail, "layout": layout}))
-            self.accepted_reshapes.add(node)
-            self.ranks[node.outputs[0]] = len(out)
-            self.set_layout(node.outputs[0], Layout(a + 1, (Segment(tile, head_dim),)))
-            return True
-        if (
-            a >= 1
-            and len(out) == len(in_dims) - 1
-            and out[: a - 1] == in_dims[: a - 1]
-            and isinstance(in_dims[a - 1], int)
-            and out[a:] == in_dims[a + 1 :]
-            and all(isinstance(e, int) and e > 0 for e in out[a:])
-            and out[a - 1] in (-1, in_dims[a - 1] * layout.size if isinstance(in_dims[a], int) else None)
-            and all(s.block == 1 for s in layout.segments)
-        ):
-            heads = in_dims[a - 1]
-            merged = Layout(a - 1, layout.segments * heads)
-            self.fixups.append(Fixup("reshape", node, {"target": [0] * (a - 1) + [-1] + out[a:], "layout": merged}))
-            self.accepted_reshapes.add(node)
-            self.ranks[node.outputs[0]] = len(out)
-            self.set_layout(node.outputs[0], merged)
-            return True
-        return False
+            self.taint(layout, f"Reshape '{node.name}' splits the channel axis in a way the analysis cannot follow")
+            return
+        tile = self.new_group(head_dim, node)
+        self.groups[tile].producers = [f"{node.name} (head dim)"]
+        self.groups[self.find(segment.group)].tile_of = (tile, heads)
+        out_layout = Layout(head_axis, (Segment(tile, head_dim),))
+        self.accept_reshape(node, head_axis, layout, out_layout)
+        self.set_layout(node.outputs[0], out_layout)
+
+    def accept_reshape(self, node: ir.Node, index: int, layout: Layout, out_layout: Layout) -> None:
+        """The rewrite sets target entry `index` to the pruned size of `out_layout` (patching a computed target)."""
+        self.fixups.append(Fixup("reshape", node, {"index": index, "layout": layout, "out_layout": out_layout}))
+        self.accepted_reshapes.add(node)
 
     def shape_entries(self, value: ir.Value) -> list | None:
         """A Reshape target as symbolic entries: from a constant, or evaluated from Shape arithmetic."""
@@ -148,11 +154,31 @@ class ReshapeOps:
                     if user in seen:
                         continue
                     seen.add(user)
-                    if user.op_type == "Reshape" and index == 1 and user in self.accepted_reshapes:
+                    if user.op_type in ("Reshape", "Expand") and index == 1 and user in self.accepted_reshapes:
                         continue
                     if user.op_type in SHAPE_OPS and user.outputs[0] in self.shape_values:
                         pending.append(user.outputs[0])
                         continue
+                    if self.fill_is_dropped(user, index):
+                        continue
                     self.taint(
                         layout, f"Shape '{shape_node.name}' reads the channel count ({user.op_type} '{user.name}')"
                     )
+
+    def fill_is_dropped(self, user: ir.Node, index: int) -> bool:
+        """The Shape feeds a fill (ConstantOfShape, Expand's shape) that every reader takes as a scalar."""
+        if not (user.op_type == "ConstantOfShape" and index == 0) and not (user.op_type == "Expand" and index == 1):
+            return False
+        pending = [user.outputs[0]]
+        while pending:
+            value = pending.pop()
+            if value.is_graph_output():
+                return False
+            for reader, position in value.uses():
+                if (reader, position) in self.scalarized:
+                    continue
+                if reader.op_type in FILL_PRESERVING and position == 0:
+                    pending.append(reader.outputs[0])
+                    continue
+                return False
+        return True

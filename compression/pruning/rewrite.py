@@ -18,9 +18,10 @@ def positions(removed: np.ndarray, offset: int, block: int) -> np.ndarray:
 
 
 def new_size(layout: Layout, analysis: Analysis, removal: Removal) -> int:
+    """Positions left on the layout's axis (a segment whose group was cut into pieces counts each piece)."""
     total = 0
     for seg in layout.segments:
-        gone = 0 if seg.group is None else len(removal.get(analysis.find(seg.group), ()))
+        gone = 0 if seg.group is None else sum(len(removal.get(leaf, ())) for leaf, _ in analysis.leaves(seg.group))
         total += (seg.count - gone) * seg.block
     return total
 
@@ -38,6 +39,11 @@ def apply_removal(model: ir.Model, analysis: Analysis, removal: Removal) -> None
         node = fixup.node
         if fixup.kind == "depthwise_group":
             node.attributes["group"] = ir.AttrInt64("group", new_size(fixup.detail["layout"], analysis, removal))
+        elif fixup.kind == "rnn_hidden":
+            hidden = new_size(fixup.detail["layout"], analysis, removal)
+            node.attributes["hidden_size"] = ir.AttrInt64("hidden_size", hidden)
+            for index in fixup.detail["drop_inputs"]:  # zero initial states: ONNX's default is zero too
+                node.replace_input_with(index, None)
         elif fixup.kind == "split":
             sizes = [new_size(analysis.layouts[out], analysis, removal) for out in node.outputs]
             _set_int_input(model.graph, node, 1, sizes, "split", drop_attrs=("num_outputs",))
@@ -49,10 +55,18 @@ def apply_removal(model: ir.Model, analysis: Analysis, removal: Removal) -> None
                 bounds = node.inputs[index].const_value.numpy().copy()
                 bounds[pos] = value
                 _set_int_input(model.graph, node, index, bounds.tolist(), None)
-        elif fixup.kind == "reshape":
+        elif fixup.kind == "scalar_input":  # a uniform fill read elementwise: its value as a scalar
+            value = fixup.detail["value"]
+            stem = f"{node.name or node.op_type}_{fixup.detail['index']}_scalar"
+            node.replace_input_with(fixup.detail["index"], _new_initializer(model.graph, stem, value))
+        elif fixup.kind == "expand":
             layout = fixup.detail["layout"]
             if new_size(layout, analysis, removal) != layout.size:
-                _set_int_input(model.graph, node, 1, fixup.detail["target"], None)
+                _patch_shape_entry(model, node, fixup.detail["index"], 1)
+        elif fixup.kind == "reshape":
+            layout, out_layout = fixup.detail["layout"], fixup.detail["out_layout"]
+            if new_size(layout, analysis, removal) != layout.size:
+                _patch_shape_entry(model, node, fixup.detail["index"], new_size(out_layout, analysis, removal))
     _forget_shapes(model.graph)
 
 
@@ -97,16 +111,57 @@ def _new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
 def _set_int_input(
     graph: ir.Graph, node: ir.Node, index: int, ints: list[int], attr: str | None, drop_attrs: tuple[str, ...] = ()
 ) -> None:
-    """Write an int64 list as a fresh initializer input (shared shape constants stay untouched) or attribute."""
+    """Write an int list as a fresh initializer input (shared shape constants stay untouched) or attribute.
+
+    The input keeps the integer type it had (Slice wants starts/ends/axes/steps of one type)."""
     if attr is not None and attr in node.attributes:
         node.attributes[attr] = ir.AttrInt64s(attr, ints)
         return
     for name in drop_attrs:
         node.attributes.pop(name, None)
-    value = _new_initializer(graph, f"{node.name or node.op_type}_{index}_pruned", np.asarray(ints, dtype=np.int64))
+    current = node.inputs[index] if len(node.inputs) > index else None
+    dtype = current.const_value.numpy().dtype if current is not None and current.const_value is not None else np.int64
+    value = _new_initializer(graph, f"{node.name or node.op_type}_{index}_pruned", np.asarray(ints, dtype=dtype))
     if len(node.inputs) <= index:
         node.resize_inputs(index + 1)
     node.replace_input_with(index, value)
+
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def _patch_shape_entry(model: ir.Model, node: ir.Node, index: int, size: int) -> None:
+    """Set entry `index` of a Reshape's target: a fresh constant when the target is constant, else
+    Concat(target[:index], [size], target[index + 1:]) in front of the Reshape (the other entries may be
+    computed from the input's shape at run time)."""
+    graph, target = model.graph, node.inputs[1]
+    if target.const_value is not None and not target.is_graph_input():
+        entries = target.const_value.numpy().astype(np.int64).reshape(-1).copy()
+        entries[index] = size
+        _set_int_input(graph, node, 1, entries.tolist(), None)
+        return
+    stem = f"{node.name or 'Reshape'}_target"
+
+    def const(suffix: str, values: list[int]) -> ir.Value:
+        return _new_initializer(graph, f"{stem}_{suffix}", np.asarray(values, dtype=np.int64))
+
+    if model.opset_imports.get("", 1) >= 10:
+        head = ir.Node("", "Slice", [target, const("zero", [0]), const("index", [index])], name=f"{stem}_head")
+        tail_inputs = [target, const("next", [index + 1]), const("end", [int(INT64_MAX)])]
+        tail = ir.Node("", "Slice", tail_inputs, name=f"{stem}_tail")
+    else:
+        head = ir.Node("", "Slice", [target], _slice_attrs(0, index), name=f"{stem}_head")
+        tail = ir.Node("", "Slice", [target], _slice_attrs(index + 1, int(INT64_MAX)), name=f"{stem}_tail")
+    inputs = [head.outputs[0], const("size", [size]), tail.outputs[0]]
+    concat = ir.Node("", "Concat", inputs, [ir.AttrInt64("axis", 0)], name=f"{stem}_patched")
+    for new in (head, tail, concat):
+        new.outputs[0].name = new.name
+    graph.insert_before(node, [head, tail, concat])
+    node.replace_input_with(1, concat.outputs[0])
+
+
+def _slice_attrs(start: int, end: int) -> list[ir.Attr]:
+    return [ir.AttrInt64s("starts", [start]), ir.AttrInt64s("ends", [end]), ir.AttrInt64s("axes", [0])]
 
 
 def _forget_shapes(graph: ir.Graph) -> None:

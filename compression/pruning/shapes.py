@@ -1,6 +1,8 @@
-"""Symbolic shapes for the channel analysis: dims that may be unknown, and Reshapes that keep channels whole."""
+"""Symbolic shapes for the channel analysis: dims that may be unknown, and how a Reshape regroups axes."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -28,25 +30,72 @@ def symbolic_dims(value: ir.Value | None) -> list | None:
     return out
 
 
-def match_channel_reshape(in_dims: list, target: list, axis: int) -> tuple[int, list[int]] | None:
-    """How a Reshape treats the channel axis: (positions per channel after it, the constant tail), or None.
+@dataclass(frozen=True)
+class AxisGroup:
+    """Input axes first_in..last_in of a Reshape hold exactly the elements of output axes first_out..last_out."""
 
-    Accepted: the dims before the channel axis are kept, the channel axis absorbs the next few (known)
-    axes, and the dims after it are known constants. Anything else mixes channels with other axes.
+    first_in: int
+    last_in: int
+    first_out: int
+    last_out: int
+
+
+def _factors(entries: list) -> tuple[int, tuple]:
+    known = int(np.prod([e for e in entries if isinstance(e, int)] or [1]))
+    return known, tuple(sorted((e for e in entries if not isinstance(e, int)), key=repr))
+
+
+def _scan(in_dims: list, out: list) -> tuple[list[AxisGroup], int, int]:
+    """Groups closed from the left, and the input/output positions where the scan stopped (a -1, a mismatch)."""
+    groups: list[AxisGroup] = []
+    i = j = 0
+    while i < len(in_dims) and j < len(out):
+        first_in, first_out = i, j
+        taken_in, taken_out = [in_dims[i]], [out[j]]
+        while -1 not in taken_out:
+            (n_in, s_in), (n_out, s_out) = _factors(taken_in), _factors(taken_out)
+            if n_in == n_out and s_in == s_out:
+                break
+            grow_out = bool(set(s_in) - set(s_out)) or (not set(s_out) - set(s_in) and n_in > n_out)
+            if grow_out and j + 1 < len(out):
+                j += 1
+                taken_out.append(out[j])
+            elif not grow_out and i + 1 < len(in_dims):
+                i += 1
+                taken_in.append(in_dims[i])
+            else:
+                return groups, first_in, first_out
+        else:
+            return groups, first_in, first_out
+        # Size-1 axes right after a group belong to it (they never hold channels of their own).
+        while i + 1 < len(in_dims) and in_dims[i + 1] == 1 and (j + 1 >= len(out) or out[j + 1] != 1):
+            i += 1
+        groups.append(AxisGroup(first_in, i, first_out, j))
+        i, j = i + 1, j + 1
+    return groups, i, j
+
+
+def reshape_group(in_dims: list, out: list, axis: int) -> AxisGroup | None:
+    """The group of axes holding input `axis` in a Reshape from `in_dims` to `out` (0s already resolved).
+
+    Groups are closed from the left and, mirrored, from the right; what lies between (around a -1 or
+    dims that cannot be matched) is one group. None when the channel axis falls in a group that cannot
+    be told apart: the Reshape mixes it with other axes in a way the analysis does not follow.
     """
-    out = [in_dims[i] if entry == 0 and i < len(in_dims) else entry for i, entry in enumerate(target)]
-    if len(out) <= axis or out[:axis] != in_dims[:axis] or any(e == -1 for e in out[:axis]):
+    n_in, n_out = len(in_dims) - 1, len(out) - 1
+    left, i, j = _scan(in_dims, out)
+    right_mirrored, ri, rj = _scan(in_dims[::-1], out[::-1])
+    right = [AxisGroup(n_in - g.last_in, n_in - g.first_in, n_out - g.last_out, n_out - g.first_out)
+             for g in right_mirrored]  # fmt: skip
+    for group in [*left, *right]:
+        if group.first_in <= axis <= group.last_in:
+            return group
+    last_in, last_out = n_in - ri, n_out - rj
+    if not (i <= axis <= last_in) or j > last_out:
         return None
-    tail = out[axis + 1 :]
-    if not all(isinstance(e, int) and e > 0 for e in tail):
+    middle_out = out[j : last_out + 1]
+    if middle_out.count(-1) > 1 or (
+        -1 not in middle_out and _factors(in_dims[i : last_in + 1]) != _factors(middle_out)
+    ):
         return None
-    for j in range(axis + 1, len(in_dims) + 1):
-        merged = in_dims[axis + 1 : j]
-        if not all(isinstance(d, int) for d in merged) or in_dims[j:] != tail:
-            continue
-        factor = int(np.prod(merged or [1]))
-        head = out[axis]
-        known = isinstance(in_dims[axis], int) and isinstance(head, int) and head == in_dims[axis] * factor
-        if head == -1 or known or (head == CHANNELS and j == axis + 1):
-            return factor, tail
-    return None
+    return AxisGroup(i, last_in, j, last_out)

@@ -22,7 +22,7 @@ from compression.pruning.importance import (
     probe_targets,
 )
 from compression.pruning.layout import Analysis, Group
-from compression.pruning.model_io import load_for_pruning, save_model
+from compression.pruning.model_io import SHAPE_REPORT, load_for_pruning, restore_declared_shapes, save_model
 from compression.pruning.rewrite import apply_removal
 
 
@@ -128,7 +128,7 @@ def structured_prune(
     With a dataset, activation statistics of the unpruned model drive `activation` importance and bias
     compensation (the mean of each removed channel folded into the next layer's bias).
     """
-    model = load_for_pruning(model_path)
+    model = load_for_pruning(model_path, dataset.first_feed(1) if dataset is not None else None)
     analysis = analyze(model, set(exclude))
     prunable = [g for g in analysis.roots() if g.prunable]
     if importance == "activation" and dataset is None:
@@ -147,9 +147,11 @@ def structured_prune(
             analysis = analyze(model, set(exclude))
             if [(g.id, g.size) for g in analysis.roots()] != before:
                 raise RuntimeError("channel groups changed after bias compensation")
+    restore_declared_shapes(model)
     apply_removal(model, analysis, removal)
     save_model(model, out_path)
     summary = summarize(reports, sparsity)
+    summary["shape_inference"] = model.meta[SHAPE_REPORT].as_metrics()
     if not bias_compensation:
         summary["bias_compensation"] = "off"
     elif not stats:

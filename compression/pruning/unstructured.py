@@ -110,7 +110,7 @@ def unstructured_prune(
     skip_first_last: bool,
 ) -> dict[str, Any]:
     """Zero weights in place of the chosen layers; returns per-layer and total sparsity of what was pruned."""
-    model = load_for_pruning(model_path)
+    model = load_for_pruning(model_path, infer=False)  # zeroing needs no shapes
     layers, skipped = select_layers(weighted_layers(model), exclude, skip_first_last)
     arrays = [layer.value.const_value.numpy() for layer in layers]
     if method == "magnitude":

@@ -244,8 +244,9 @@ def test_recurrent_real_models_stay_valid(third_party_model: Callable[[str], Pat
         np.testing.assert_array_equal(got, want)
     pruned = tmp_path / "pruned.onnx"
     report = prune(source, pruned, 0.5)
-    assert report["groups_pruned"] >= 3 and report["groups_skipped"] >= 3
-    assert any("LSTM" in s["reason"] or "GRU" in s["reason"] or "Reshape" in s["reason"] for s in report["skipped"])
+    assert report["groups_pruned"] >= 4 and report["groups_skipped"] >= 1
+    if name == "silero_vad":  # the LSTM state comes from the caller: its hidden size must stay
+        assert any("initial state" in s["reason"] and "graph input" in s["reason"] for s in report["skipped"])
     if name == "piper_tashkeel":  # its attention scale is sqrt(Shape(k)[-1]): head dims must stay
         assert any("reads the channel count (Sqrt" in s["reason"] for s in report["skipped"])
     onnx.checker.check_model(str(pruned), full_check=True)

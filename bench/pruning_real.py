@@ -1,0 +1,259 @@
+"""Structured pruning on the real-model set: what gets pruned, what stays intact and why, and how long it takes.
+
+For every model of `model_zoo.third_party` (or those named with --models) a child process prunes the model
+at --sparsity (l2 importance, the calibration set's first sample feeding the rank-filling shape run) and
+reports, judged outside the engine:
+  groups       pruned / total dependency groups (intact ones carry a reason)
+  params, MACs the pruned model's figures over the input's (MACs at the eval feed's shapes; LSTM/GRU/RNN
+               counted per time step here, since compression.metrics.macs leaves them out)
+  valid        onnx.checker passes, onnxruntime loads the model and runs every eval feed, the outputs keep
+               their shapes and stay finite
+  prune s      wall time of `structured_prune` (load, shape inference, analysis, rewrite, save)
+  pass s       with --pass: wall time of the whole prune step (BatchNorm re-estimation and speed check with
+               the engine's latency settings) on top, measured separately
+  worst cos    lowest per-feed output cosine vs the input (no fine-tuning: low is expected)
+  intact       the most frequent reasons groups were left intact (names elided), with counts
+
+    .venv/bin/python bench/pruning_real.py [--models a,b] [--sparsity 0.3] [--timeout 300] [--pass] [--json out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
+from model_zoo import third_party, third_party_inputs  # noqa: E402
+
+RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def _elide(reason: str) -> str:
+    """A reason with tensor/node names elided, so the same cause counts once across layers."""
+    return re.sub(r"'[^']*'", "…", reason)
+
+
+def _rnn_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> int:
+    """MACs of the recurrent layers for the given input shapes: steps x dirs x gates x H x (input + H)."""
+    from compression.metrics.macs import _fix_inputs, _shapes
+
+    _fix_inputs(model, input_shapes)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001  (uncounted then)
+        return 0
+    shapes = _shapes(model)
+    total = 0
+    for node in model.graph.node:
+        if node.op_type not in RNN_GATES:
+            continue
+        x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if not x or not w or any(d < 0 for d in x):
+            continue
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        steps, batch = (x[0], x[1]) if layout == 0 else (x[1], x[0])
+        dirs, gates_h, inputs = w
+        hidden = gates_h // RNN_GATES[node.op_type]
+        total += steps * batch * dirs * gates_h * (inputs + hidden)
+    return total
+
+
+def _macs(path: Path, input_shapes: dict[str, list[int]]) -> int:
+    from compression.metrics.macs import count_macs
+
+    return count_macs(path, input_shapes)["macs"] + _rnn_macs(onnx.load(str(path)), input_shapes)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a64, b64) / (na * nb))
+
+
+def _validity(source: Path, pruned: Path, feeds: list[dict[str, np.ndarray]]) -> tuple[str, float | None]:
+    """'ok' or why not, and the lowest per-feed cosine over the float outputs."""
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(onnx.load(str(pruned)))
+    except Exception as exc:  # noqa: BLE001
+        return f"checker: {str(exc).splitlines()[0][:100]}", None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        reference = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        candidate = ort.InferenceSession(str(pruned), options, providers=["CPUExecutionProvider"])
+        worst = 1.0
+        for feed in feeds:
+            for ref, out in zip(reference.run(None, feed), candidate.run(None, feed), strict=True):
+                if np.shape(ref) != np.shape(out):
+                    return f"output shape {np.shape(out)} != {np.shape(ref)}", None
+                if np.issubdtype(np.asarray(out).dtype, np.floating):
+                    if not np.all(np.isfinite(out)):
+                        return "non-finite outputs", None
+                    worst = min(worst, _cosine(ref, out))
+    except Exception as exc:  # noqa: BLE001
+        return f"onnxruntime: {str(exc).splitlines()[0][:100]}", None
+    return "ok", worst
+
+
+def child(name: str, sparsity: float, whole_pass: bool) -> dict[str, Any]:
+    from compression.datasets import Dataset
+    from compression.metrics.model_stats import parameter_count
+    from compression.model_info import inspect_model
+    from compression.pruning.structured import structured_prune
+
+    source = third_party.fetch(name)
+    inputs = inspect_model(source).inputs
+    calibration = Dataset.bind(third_party_inputs.calibration_set(name), inputs)
+    eval_arrays = third_party_inputs.eval_set(name, 4)
+    feeds = list(third_party_inputs.feeds(eval_arrays, third_party_inputs.layout(name)))[:4]
+    with tempfile.TemporaryDirectory(prefix="pruning_real_") as tmp:
+        out = Path(tmp) / f"{name}.onnx"
+        started = time.perf_counter()
+        report = structured_prune(
+            source, out, sparsity=sparsity, importance="l2", round_to=1, min_channels=1, exclude=[],
+            dataset=calibration, batch_size=8, max_samples=8, check_canceled=lambda: None,
+        )  # fmt: skip
+        prune_s = time.perf_counter() - started
+        shapes = {k: list(np.shape(v)) for k, v in feeds[0].items()}
+        before, after = onnx.load(str(source)), onnx.load(str(out))
+        valid, worst = _validity(source, out, feeds)
+        result: dict[str, Any] = {
+            "name": name,
+            "mb": source.stat().st_size / 1e6,
+            "groups_total": report["groups_total"],
+            "groups_pruned": report["groups_pruned"],
+            "groups_intact": report["groups_skipped"],
+            "params_ratio": parameter_count(after) / max(parameter_count(before), 1),
+            "macs_ratio": _macs(out, shapes) / max(_macs(source, shapes), 1),
+            "valid": valid,
+            "worst_cosine": worst,
+            "prune_s": prune_s,
+            "shape_inference": report["shape_inference"],
+            "reasons": Counter(_elide(s["reason"].split("; ")[0]) for s in report["skipped"]).most_common(),
+        }
+        if whole_pass:
+            result["pass_s"], result["pass_metrics"] = _run_pass(source, sparsity, calibration, inputs, Path(tmp))
+    return result
+
+
+def _run_pass(source: Path, sparsity: float, calibration: Any, inputs: Any, folder: Path) -> tuple[float, dict]:
+    """The prune step as the pipeline runs it (speed check, BatchNorm re-estimation), timed."""
+    from compression.contract import PassContext
+    from compression.datasets import DatasetBundle
+    from compression.passes.prune import PrunePass
+    from compression.pruning.config import StructuredPruneConfig
+
+    bundle = DatasetBundle(calibration=calibration, eval=calibration)
+    ctx = PassContext(work_dir=folder / "pass", original_model=source, datasets=bundle)
+    config = StructuredPruneConfig(method="structured", sparsity=sparsity)
+    started = time.perf_counter()
+    result = PrunePass(config).run(source, ctx)
+    keep = ("latency_ratio", "round_to_used", "batchnorm_recalibrated")
+    return time.perf_counter() - started, {k: result.metrics.get(k) for k in keep}
+
+
+def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--sparsity", str(args.sparsity)]
+    if args.whole_pass:
+        command.append("--pass")
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"name": name, "error": f"timeout after {args.timeout:.0f} s", "wall_s": args.timeout}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"name": name, "error": f"exit {done.returncode}: {tail[:150]}", "wall_s": time.perf_counter() - started}
+    return json.loads(lines[-1])
+
+
+def table(results: list[dict[str, Any]], whole_pass: bool) -> list[str]:
+    header = "| model | MB | groups pruned/total | intact | params | MACs | valid | worst cos | prune s |"
+    header += " pass s |" if whole_pass else ""
+    header += " top intact reasons |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['name']} | | | | | | {r['error']} | | | {'| ' if whole_pass else ''}|")
+            continue
+        reasons = "; ".join(f"{reason} ×{count}" for reason, count in r["reasons"][:3]) or "-"
+        worst = "-" if r["worst_cosine"] is None else f"{r['worst_cosine']:.3f}"
+        row = (
+            f"| {r['name']} | {r['mb']:.1f} | {r['groups_pruned']}/{r['groups_total']} | {r['groups_intact']} "
+            f"| {r['params_ratio']:.2f}× | {r['macs_ratio']:.2f}× | {r['valid']} | {worst} | {r['prune_s']:.1f} |"
+        )
+        if whole_pass:
+            row += f" {r.get('pass_s', 0):.1f} |"
+        lines.append(row + f" {reasons.replace('|', '/')} |")
+    return lines
+
+
+def summary(results: list[dict[str, Any]], sparsity: float) -> str:
+    ok = [r for r in results if "error" not in r and r["valid"] == "ok"]
+    pruned = [r for r in ok if r["groups_pruned"] > 0]
+    small = [r for r in results if "error" not in r and r["mb"] <= 10]
+    slowest = max((r["prune_s"] for r in small), default=0.0)
+    return (
+        f"sparsity {sparsity}: {len(results)} models, valid {len(ok)}, valid with >= 1 pruned group {len(pruned)} "
+        f"({100 * len(pruned) / max(len(results), 1):.0f}%); slowest prune of a <= 10 MB model {slowest:.1f} s"
+    )
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="", help="comma-separated names (default: every third-party model)")
+    parser.add_argument("--sparsity", type=float, default=0.3)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
+    parser.add_argument("--pass", dest="whole_pass", action="store_true", help="also time the whole prune step")
+    parser.add_argument("--json", type=Path, default=None, help="write every result here")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.sparsity, args.whole_pass), default=str))
+        return
+    names = [n for n in args.models.split(",") if n] or list(third_party.THIRD_PARTY_MODELS)
+    unknown = sorted(set(names) - set(third_party.THIRD_PARTY_MODELS))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {', '.join(third_party.THIRD_PARTY_MODELS)}")
+    print(f"load at start: {uptime()}")
+    results = []
+    for name in names:
+        result = run_child(name, args)
+        results.append(result)
+        status = result.get("error") or f"{result['groups_pruned']}/{result['groups_total']} {result['valid']}"
+        print(f"  {name}: {status}", flush=True)
+    print()
+    print("\n".join(table(results, args.whole_pass)))
+    print()
+    print(summary(results, args.sparsity))
+    print(f"load at end: {uptime()}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
