@@ -89,7 +89,9 @@ def judge_against_input(fidelity: Fidelity, max_drop: float | None, ctx: PassCon
     (lower output cosine) while classifying as well. Without labels the quantize budget's floors apply."""
     budget = Budget.from_settings(max_drop, ctx.settings)
     if fidelity.accuracy is not None:
-        budget = budget.model_copy(update={"min_output_cosine": 0.0, "min_channel_cosine": 0.0})
+        budget = budget.model_copy(
+            update={"min_output_cosine": 0.0, "min_channel_cosine": 0.0, "min_slice_cosine": 0.0}
+        )
     return judge(fidelity, budget)
 
 
