@@ -13,6 +13,7 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
+import yaml
 from alembic import command
 from sqlalchemy import inspect, text
 
@@ -162,3 +163,12 @@ def test_a_database_made_by_create_all_is_adopted(tmp_path: Path) -> None:
     with get_engine(settings).connect() as connection:
         enqueued, created = connection.execute(text("SELECT enqueued_at, created_at FROM jobs")).one()
     assert enqueued == created
+
+
+def test_compose_migrates_once_before_api_and_workers() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["migrate"]["command"] == ["onnx-compress", "migrate"]
+    assert services["migrate"]["environment"]["DATABASE_URL"] == services["api"]["environment"]["DATABASE_URL"]
+    assert services["migrate"]["restart"] == "no"
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
