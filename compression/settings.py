@@ -9,9 +9,18 @@ too. A few older flat names are kept as aliases (`quant_latency_runs` and `prune
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ReduceRange(StrEnum):
+    """7-bit weights for onnxruntime's integer kernels: 'auto' where u8s8 products can saturate (x86 without VNNI)."""
+
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
 
 
 class SettingsGroup(BaseModel):
@@ -113,6 +122,40 @@ class QuantizeSettings(SettingsGroup):
     )
     weight_only_min_elements: int = Field(
         65536, ge=1, description="auto tries 4-bit weight-only when a MatMul weight has at least this many values"
+    )
+    reduce_range: ReduceRange = Field(
+        ReduceRange.AUTO,
+        description="static/dynamic int8: 'auto' quantizes weights to 7 bits on x86 CPUs without VNNI, where "
+        "onnxruntime's u8s8 kernels saturate (worst output cosine 0.90 -> 0.997 on the residual CNN); "
+        "'always' / 'never' force it",
+    )
+    smooth_quant: bool = Field(
+        True,
+        description="static/dynamic: SmoothQuant the MatMuls read by a LayerNormalization (divide its outlier "
+        "channels by s, multiply the weight rows by s; folded into the norm's scale and bias)",
+    )
+    smooth_quant_alpha: float = Field(
+        0.5, ge=0, le=1, description="SmoothQuant migration strength: s = max|X|^alpha / max|W|^(1 - alpha)"
+    )
+    smooth_quant_min_outlier_ratio: float = Field(
+        8.0, ge=1, description="smooth only activations whose largest channel max is this many times the median"
+    )
+    smooth_quant_samples: int = Field(128, ge=1, description="calibration samples for the channel maxima (streamed)")
+    bias_correction: bool = Field(
+        True,
+        description="static QDQ: add the mean shift weight rounding causes, (W - W_q) x E[x] from float channel "
+        "means on calibration data, to each quantized Conv/MatMul/Gemm bias; kept when the outputs get closer",
+    )
+    bias_correction_samples: int = Field(
+        128, ge=1, description="calibration samples whose float channel means bias correction uses (streamed)"
+    )
+    transformer_fusion: bool = Field(
+        True,
+        description="dynamic: also quantize the graph after onnxruntime's transformer fusions (Attention, "
+        "LayerNormalization, SkipLayerNormalization, BiasGelu/FastGelu) and keep the fastest within budget",
+    )
+    fusion_gelu_approximation: bool = Field(
+        True, description="transformer fusion may replace exact (Erf) GELU by its tanh form, FastGelu (error < 1e-3)"
     )
 
 

@@ -7,6 +7,7 @@ upgrade, Constant lifting) is split from the quantizer call.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from compression.contract import PassContext
 from compression.datasets import Dataset
 from compression.metrics.evaluation import Evaluator
+from compression.quantization.bias_correction import BiasCorrector
 from compression.quantization.calibration import DatasetReader, calibration_dataset
 from compression.quantization.compact import compact, original_names
 from compression.quantization.config import (
@@ -27,8 +29,11 @@ from compression.quantization.config import (
     WeightOnlyQuantizeConfig,
 )
 from compression.quantization.conv_weights import conv_weights_to_int8
+from compression.quantization.fusion import tune_fusion
 from compression.quantization.opset import ensure_opset
 from compression.quantization.prepare import Prepared, prepare
+from compression.quantization.saturation import reduce_range
+from compression.quantization.smooth_quant import smooth_prepared
 from compression.quantization.speed import interleaved_latency
 
 GATHER_INT4_MIN_OPSET = 21
@@ -93,7 +98,12 @@ class DynamicQuantizer(ModeQuantizer):
 
     def prepare(self, src: Path) -> Prepared:
         rewrite = "Gemm" not in self.config.op_types_to_exclude  # an excluded Gemm must not come back as MatMul
-        return prepare(src, self.work / "prep", self.report, per_channel=self.config.per_channel, rewrite_gemm=rewrite)
+        prepared = prepare(
+            src, self.work / "prep", self.report, per_channel=self.config.per_channel, rewrite_gemm=rewrite
+        )
+        data = self.ctx.datasets.calibration or self.ctx.datasets.train  # optional for dynamic: smoothing only
+        smooth_prepared(prepared, data, self.ctx.settings, self.work / "smooth")  # LN->MatMul outliers
+        return prepared
 
     def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
         from onnxruntime.quantization.registry import IntegerOpsRegistry
@@ -114,6 +124,7 @@ class DynamicQuantizer(ModeQuantizer):
             stage,
             op_types_to_quantize=op_types,
             per_channel=self.config.per_channel and prepared.per_channel_ok,
+            reduce_range=reduce_range(self.ctx.settings),  # 7-bit weights where u8s8 saturates
             weight_type=QUANT_TYPES[self.config.weight_type],
             nodes_to_exclude=names or None,
             extra_options={"EnableSubgraph": True},  # weights inside If/Loop bodies too
@@ -124,6 +135,9 @@ class DynamicQuantizer(ModeQuantizer):
             self.details["conv_int8_storage"] = stored
         ir.save(model, stage)
         self.details["bytes_saved_by_compaction"] = compact(stage, dst, original_names(prepared.path))
+
+    def tune(self, prepared: Prepared, evaluator: Evaluator) -> None:
+        tune_fusion(self, prepared, evaluator)  # transformer graphs: fused Attention/GELU when faster
 
     def _has_weight(self, node: onnx.NodeProto, initializers: set[str]) -> bool:
         return node.op_type != "Conv" or self.config.conv != "float"  # int8-storage Convs carry error too
@@ -149,11 +163,23 @@ class StaticQuantizer(ModeQuantizer):
             per_channel=self.config.per_channel,
             expose_outer_references=self.config.format == "qoperator",
         )
+        smooth_prepared(prepared, self.calibration, self.ctx.settings, self.work / "smooth")  # LN->MatMul outliers
         if self.config.keep_small_convs_float:
             prepared.details["small_conv_candidates"] = small_convs(
                 prepared.path, self.ctx.settings.quantize.min_conv_reduction
             )
         return prepared
+
+    @cached_property
+    def bias_corrector(self) -> BiasCorrector:
+        assert self.calibration is not None
+        knobs = self.ctx.settings.quantize
+        return BiasCorrector(
+            self.calibration,
+            knobs.bias_correction_samples,
+            self.ctx.settings.latency.threads,
+            self.work / "bias_correction",
+        )
 
     def tune(self, prepared: Prepared, evaluator: Evaluator) -> None:
         """Keep tiny-reduction Convs float only when that measures faster.
@@ -197,6 +223,7 @@ class StaticQuantizer(ModeQuantizer):
             quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
             op_types_to_quantize=op_types,
             per_channel=config.per_channel and prepared.per_channel_ok,
+            reduce_range=reduce_range(self.ctx.settings),  # 7-bit weights where u8s8 saturates
             activation_type=QUANT_TYPES[config.activation_type],
             weight_type=QUANT_TYPES[config.weight_type],
             nodes_to_exclude=[*exclude, *always] or None,
@@ -208,6 +235,8 @@ class StaticQuantizer(ModeQuantizer):
             # onnxruntime fuses both the same way
             extra_options={"QuantizeBias": not config.float_bias},
         )
+        if config.format == "qdq" and self.ctx.settings.quantize.bias_correction:
+            self.details["bias_correction"] = self.bias_corrector.apply(prepared.path, stage).model_dump()
         if always:  # convs kept float for speed still get int8 storage (constant-folded at load)
             model = ir.load(stage)
             conv_weights_to_int8(model, set(), only=set(always))
