@@ -5,12 +5,21 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.routing import APIRoute
 
+from app.api import paths
 from app.api.deps import require_api_key
 from app.api.routes import datasets, health, jobs, models, report
+from app.body_limit import BodyLimitMiddleware
 from app.console import router as console_router
+from app.errors import install_error_handlers, problem_responses
 from service.schema import prepare_schema
 from service.settings import Settings, get_settings
+
+
+def operation_id(route: APIRoute) -> str:
+    """Routes without an explicit operation_id are named after their function (`get_report`, `livez`)."""
+    return route.name
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,11 +36,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Upload an ONNX model and a compression spec; poll the job; download the compressed model "
         "with metrics proving size, latency and accuracy gained and lost.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
+    install_error_handlers(app, [settings.data_dir, settings.resolved_artifacts_dir, settings.work_dir])
+    uploads = frozenset({paths.MODELS, paths.DATASETS})  # multipart: their own limits while streaming to disk
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_json_body_bytes, exempt_posts=uploads)
     app.include_router(health.router)
     app.include_router(console_router)  # the web console at / (static; its API calls carry the key)
     authed = [Depends(require_api_key)]
     for router in (models.router, datasets.router, jobs.router, report.router):
-        app.include_router(router, dependencies=authed)
+        app.include_router(router, dependencies=authed, responses=problem_responses(401))
     return app

@@ -1,26 +1,29 @@
-"""HTTP request and response bodies."""
+"""HTTP request and response bodies: every field typed, so the OpenAPI says what the API returns."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from compression.model_info import TensorSpec
 from compression.spec import Step
 from service.status import EventKind, JobStatus, StepState
 
-
-class ApiModel(BaseModel):
-    @field_serializer("*", when_used="json")
-    def _aware(self, value: Any) -> Any:
-        if isinstance(value, datetime) and value.tzinfo is None:  # SQLite drops the zone; stored as UTC
-            return value.replace(tzinfo=UTC)
-        return value
+RESOURCE_ID = r"^[A-Za-z0-9_-]{1,64}$"  # what new_id() makes; anything else (a NUL byte, a slash) is refused
 
 
-class ModelOut(ApiModel):
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # stored as UTC when a backend drops it
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_aware)]
+ResourceId = Annotated[str, Field(pattern=RESOURCE_ID, description="an id this API returned")]
+
+
+class ModelOut(BaseModel):
     id: str
     filename: str
     sha256: str
@@ -29,7 +32,7 @@ class ModelOut(ApiModel):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     op_counts: dict[str, int]
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class ArrayInfo(BaseModel):
@@ -37,7 +40,7 @@ class ArrayInfo(BaseModel):
     dtype: str
 
 
-class DatasetOut(ApiModel):
+class DatasetOut(BaseModel):
     id: str
     filename: str
     sha256: str
@@ -45,54 +48,151 @@ class DatasetOut(ApiModel):
     arrays: dict[str, ArrayInfo]
     n_samples: int
     has_labels: bool
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class JobDatasets(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    calibration: str | None = Field(None, description="dataset id for quantization calibration")
-    train: str | None = Field(None, description="dataset id for distillation / fine-tuning")
-    eval: str | None = Field(None, description="dataset id for fidelity and accuracy (synthetic inputs without it)")
+    calibration: ResourceId | None = Field(None, description="dataset id for quantization calibration")
+    train: ResourceId | None = Field(None, description="dataset id for distillation / fine-tuning")
+    eval: ResourceId | None = Field(
+        None, description="dataset id for fidelity and accuracy (synthetic inputs without it)"
+    )
+
+
+def _non_finite_at(value: Any, path: str) -> str | None:
+    """The path of the first NaN or infinite number in a parsed JSON value (1e999 parses as inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite_at(item, f"{path}.{key}")
+        if found:
+            return found
+    return None
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_id": "3f2c9a0e5b7d4c1e8a6f0b2d4e6c8a0f",
+                    "steps": [{"type": "quantize", "mode": "dynamic"}],
+                    "datasets": {},
+                },
+                {
+                    "model_id": "3f2c9a0e5b7d4c1e8a6f0b2d4e6c8a0f",
+                    "steps": [
+                        {"type": "prune", "method": "magnitude", "sparsity": 0.5},
+                        {"type": "quantize", "mode": "static"},
+                    ],
+                    "datasets": {"calibration": "9a8b7c6d5e4f30211203f4e5d6c7b8a9"},
+                },
+            ]
+        },
+    )
 
-    model_id: str
+    model_id: ResourceId
     steps: list[Step] = Field(min_length=1)
     datasets: JobDatasets = Field(default_factory=JobDatasets)
 
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _finite_numbers(cls, value: Any) -> Any:
+        found = _non_finite_at(value, "steps")
+        if found:
+            raise ValueError(f"{found} is NaN or infinite: every number must be finite")
+        return value
+
 
 class JobError(BaseModel):
-    code: str
+    code: str = Field(description="stable machine code, e.g. 'invalid_model', 'dataset_mismatch', 'canceled'")
     message: str
+
+
+class ModelMetricsOut(BaseModel):
+    """Size, parameters, latency and accuracy of one model (the job's input or output)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    size_bytes: int
+    parameters: int
+    latency: dict[str, Any] | None = Field(None, description="median_ms, p90_ms, mean_ms, runs, threads, batch_size")
+    accuracy: float | None = None
+
+
+class StepMetricsOut(BaseModel):
+    """What one step did; `details` is the step type's own report."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    type: str
+    changed: bool
+    wall_time_s: float | None = None
+    size_bytes: int
+    parameters: int
+    fidelity: dict[str, Any] | None = Field(None, description="agreement of the step's output with the original")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobMetricsOut(BaseModel):
+    """A finished job's metrics (the same document as the `metrics.json` artifact)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    input: ModelMetricsOut
+    output: ModelMetricsOut
+    ratios: dict[str, float | None] = Field(description="output / input: size, parameters, latency")
+    latency_ratio: dict[str, Any] | None = Field(None, description="ratio, low, high, confidence, rounds, conclusive")
+    latency_measurement: dict[str, Any] = Field(default_factory=dict)
+    fidelity: dict[str, Any] = Field(description="agreement of the output model with the original")
+    steps: list[StepMetricsOut]
+    wall_time_s: float | None = None
 
 
 class StepStatus(BaseModel):
     index: int
     type: str
-    config: dict[str, Any]
+    config: dict[str, Any] = Field(description="the step as submitted, defaults filled in")
     status: StepState
-    metrics: dict[str, Any] | None = None
+    metrics: StepMetricsOut | None = None
 
 
-class JobOut(ApiModel):
+class JobUrls(BaseModel):
+    """Links to the job's resources; `model` and `metrics` once it succeeded."""
+
+    self: str
+    events: str
+    cancel: str
+    model: str | None = None
+    metrics: str | None = None
+
+
+class JobOut(BaseModel):
     id: str
     model_id: str
     status: JobStatus
     stage: str | None
     progress: float
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     error: JobError | None
     datasets: JobDatasets
     steps: list[StepStatus]
-    metrics: dict[str, Any] | None
+    metrics: JobMetricsOut | None
     attempt: int
     cancel_requested: bool
-    urls: dict[str, str]
+    urls: JobUrls
 
 
 class JobPage(BaseModel):
@@ -100,7 +200,7 @@ class JobPage(BaseModel):
     next_cursor: str | None
 
 
-class JobEventOut(ApiModel):
+class JobEventOut(BaseModel):
     id: int
     kind: EventKind
     message: str
@@ -108,4 +208,4 @@ class JobEventOut(ApiModel):
     stage: str | None
     attempt: int
     data: dict[str, Any] | None
-    created_at: datetime
+    created_at: UtcDatetime

@@ -10,13 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from fastapi import HTTPException, Request, status
+from fastapi import Request, status
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from app.errors import ApiError
 from compression.errors import CompressionError
 
 T = TypeVar("T")
+
+MAX_FILENAME_CHARS = 255  # what a filename column and most filesystems hold
 
 
 class UploadTooLarge(Exception):
@@ -63,7 +66,7 @@ class _FilePart:
         _, params = parse_options_header(self.headers.get(b"content-disposition", b""))
         if params.get(b"name", b"").decode() == self.field and not self.found:
             self.found = True
-            self.filename = params.get(b"filename", b"upload").decode(errors="replace")
+            self.filename = clean_filename(params.get(b"filename", b"upload").decode(errors="replace"))
             fd, name = tempfile.mkstemp(dir=self.directory, prefix=".upload-")
             self.handle, self.path = os.fdopen(fd, "wb"), Path(name)
 
@@ -89,30 +92,65 @@ class _FilePart:
             self.path.unlink(missing_ok=True)
 
 
-def _too_large(limit: int, what: str) -> HTTPException:
-    return HTTPException(
+def clean_filename(name: str, limit: int = MAX_FILENAME_CHARS) -> str:
+    """The client's file name as stored: its last path part, without control characters (NUL included),
+    cut to `limit` characters keeping the extension."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip() or "upload"
+    if len(name) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if dot and 0 < len(ext) <= 16:
+        return stem[: limit - len(ext) - 1] + "." + ext
+    return name[:limit]
+
+
+def _too_large(limit: int, what: str) -> ApiError:
+    setting = "MAX_MODEL_BYTES" if what == "model" else "MAX_DATASET_BYTES"
+    return ApiError(
         status.HTTP_413_CONTENT_TOO_LARGE,
-        f"{what} is larger than the limit of {limit} bytes (setting {'MAX_MODEL_BYTES' if what == 'model' else 'MAX_DATASET_BYTES'})",
+        "upload_too_large",
+        f"{what} is larger than the limit of {limit} bytes (setting {setting})",
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
 
 
 async def receive_checked(
     request: Request, directory: Path, limit: int, what: str, check: Callable[[Path], T]
 ) -> tuple[ReceivedFile, T]:
-    """Receive the multipart field `file` and run `check` on it; a file that fails is deleted and explained (422)."""
+    """Receive the multipart field `file` and run `check` on it; a file that fails is deleted and explained
+    (422 with the engine's code, or the ApiError `check` raised); whatever happens, no temp file is left."""
     received = await receive_file(request, "file", directory, limit, what)
     try:
         return received, await run_in_threadpool(check, received.path)
+    except ApiError:
+        received.path.unlink(missing_ok=True)
+        raise
     except CompressionError as exc:
         received.path.unlink(missing_ok=True)
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.message) from exc
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.code, exc.message) from exc
+    except Exception as exc:  # a reader's own error on a malformed file: still the upload's fault
+        received.path.unlink(missing_ok=True)
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"invalid_{what}",
+            f"could not read the uploaded {what}: {type(exc).__name__}: {_first_line(exc)}",
+        ) from exc
+    except BaseException:  # canceled (client gone, shutdown)
+        received.path.unlink(missing_ok=True)
+        raise
 
 
 async def receive_file(request: Request, field: str, directory: Path, limit: int, what: str) -> ReceivedFile:
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "not_multipart",
             f"send the {what} as multipart/form-data with the file in the field '{field}'",
         )
     declared = request.headers.get("content-length")
@@ -121,8 +159,8 @@ async def receive_file(request: Request, field: str, directory: Path, limit: int
     directory.mkdir(parents=True, exist_ok=True)
     part = _FilePart(field, directory, limit)
     callbacks = {name: getattr(part, name) for name in dir(part) if name.startswith("on_")}
-    parser = MultipartParser(params[b"boundary"], callbacks)
     try:
+        parser = MultipartParser(params[b"boundary"], callbacks)
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
@@ -131,11 +169,20 @@ async def receive_file(request: Request, field: str, directory: Path, limit: int
         raise _too_large(limit, what) from None
     except Exception as exc:
         part.discard()
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"malformed multipart body: {exc}") from exc
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "malformed_multipart",
+            f"malformed multipart body: {_first_line(exc)}",
+        ) from exc
+    except BaseException:  # the client went away mid-upload, or the server is stopping
+        part.discard()
+        raise
     part.on_part_end()
     if not part.found or part.path is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"no file in the multipart field '{field}'")
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "missing_file_field", f"no file in the multipart field '{field}'"
+        )
     if part.size == 0:
         part.discard()
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"the uploaded {what} file is empty")
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, f"empty_{what}", f"the uploaded {what} file is empty")
     return ReceivedFile(path=part.path, filename=part.filename, size_bytes=part.size, sha256=part.digest.hexdigest())

@@ -54,6 +54,16 @@ class Settings(BaseSettings, EngineSettings):
     )
     max_model_bytes: int = Field(2048 * MiB, description="upload limit for .onnx files (413 past it)")
     max_dataset_bytes: int = Field(1024 * MiB, description="upload limit for .npz datasets (413 past it)")
+    max_dataset_uncompressed_bytes: int = Field(
+        4096 * MiB, ge=1, description="total size of a dataset's arrays once unpacked, read from the .npy headers (413)"
+    )
+    max_json_body_bytes: int = Field(MiB, ge=1024, description="request body limit for JSON routes (413 past it)")
+    max_input_sample_bytes: int = Field(
+        512 * MiB, ge=1, description="bytes one sample of a model input may declare (fixed dims x dtype); 422 past it"
+    )
+    max_label_value: int = Field(
+        1_000_000, ge=1, description="largest class index a dataset's integer `labels` may hold (422 past it)"
+    )
     max_steps: int = Field(16, ge=1, description="steps allowed in one job spec")
     jobs_page_limit: int = Field(100, ge=1, description="largest page of GET /v1/jobs")
 

@@ -6,9 +6,11 @@ import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.errors import ApiError
 from service.artifacts import ArtifactStore, get_store
 from service.db import session_scope
 from service.settings import Settings, get_settings
@@ -36,15 +38,25 @@ def _store(settings: SettingsDep) -> ArtifactStore:
 StoreDep = Annotated[ArtifactStore, Depends(_store)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """Bearer token (or X-API-Key) auth, enabled when API_KEYS is set."""
+_bearer = HTTPBearer(auto_error=False, description="an API key as a bearer token (when API_KEYS is set)")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (when API_KEYS is set)")
+
+
+def require_api_key(
+    settings: SettingsDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key_header)],
+) -> None:
+    """Bearer token (or X-API-Key) auth, enabled when API_KEYS is set. Keys are compared as UTF-8 bytes, so a
+    header with non-ASCII bytes is simply a wrong key (401)."""
     if not settings.api_keys:
         return
-    header = request.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    if not any(secrets.compare_digest(token, key) for key in settings.api_keys):
-        raise HTTPException(
+    token = bearer.credentials if bearer is not None else (api_key or "")
+    given = token.encode("utf-8", "surrogateescape")
+    if not any(secrets.compare_digest(given, key.encode("utf-8")) for key in settings.api_keys):
+        raise ApiError(
             status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong API key: send 'Authorization: Bearer <key>'",
+            "unauthorized",
+            "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )

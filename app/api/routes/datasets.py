@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api import paths
 from app.api.deps import SessionDep, SettingsDep, StoreDep
-from app.api.routes.models import UPLOAD_DOC
-from app.schemas import ArrayInfo, DatasetOut
+from app.api.routes.models import UPLOAD_DOC, store_with_record
+from app.errors import ApiError, problem_responses
+from app.schemas import RESOURCE_ID, ArrayInfo, DatasetOut
+from app.upload_checks import check_dataset
 from app.uploads import receive_checked
-from compression.datasets import LABELS, describe_npz
+from compression.datasets import LABELS
 from service.artifacts import dataset_key
 from service.orm import DatasetRecord, new_id
 
@@ -30,12 +35,23 @@ def dataset_out(record: DatasetRecord) -> DatasetOut:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut, openapi_extra=UPLOAD_DOC)
+DatasetIdPath = Annotated[str, Path(pattern=RESOURCE_ID, description="a dataset id from POST /v1/datasets")]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetOut,
+    openapi_extra=UPLOAD_DOC,
+    operation_id="create_dataset",
+    responses=problem_responses(413, 422),
+)
 async def upload_dataset(request: Request, settings: SettingsDep, session: SessionDep, store: StoreDep) -> DatasetOut:
     """Multipart field `file`: an .npz with one array per model input (and optional `labels`)."""
     incoming = settings.data_dir / "incoming"
+    check = partial(check_dataset, settings=settings)
     received, (arrays, n_samples) = await receive_checked(
-        request, incoming, settings.max_dataset_bytes, "dataset", describe_npz
+        request, incoming, settings.max_dataset_bytes, "dataset", check
     )
     dataset_id = new_id()
     record = DatasetRecord(
@@ -47,15 +63,15 @@ async def upload_dataset(request: Request, settings: SettingsDep, session: Sessi
         n_samples=n_samples,
         storage_key=dataset_key(dataset_id),
     )
-    await run_in_threadpool(store.move_in, record.storage_key, received.path)
-    session.add(record)
-    session.commit()
+    await run_in_threadpool(store_with_record, session, store, record, record.storage_key, received.path)
     return dataset_out(record)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, session: SessionDep) -> DatasetOut:
+@router.get(
+    "/{dataset_id}", response_model=DatasetOut, operation_id="get_dataset", responses=problem_responses(404, 422)
+)
+def get_dataset(dataset_id: DatasetIdPath, session: SessionDep) -> DatasetOut:
     record = session.get(DatasetRecord, dataset_id)
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {dataset_id!r} not found")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "dataset_not_found", f"dataset {dataset_id!r} not found")
     return dataset_out(record)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.api import paths
 from app.api.deps import SessionDep, SettingsDep, StoreDep
+from app.errors import ApiError, problem_responses
 from app.job_views import decode_cursor, encode_cursor, event_out, job_out, page_query
-from app.schemas import JobCreate, JobEventOut, JobOut, JobPage
+from app.schemas import RESOURCE_ID, JobCreate, JobEventOut, JobOut, JobPage
 from compression.datasets import check_compatible
 from compression.errors import DatasetMismatchError
 from compression.model_info import ModelInfo
@@ -27,25 +30,67 @@ from service.status import EventKind, JobStatus, StepState
 
 router = APIRouter(prefix=paths.JOBS, tags=["jobs"])
 
+
+class ArtifactName(StrEnum):
+    MODEL = "model.onnx"
+    METRICS = "metrics.json"
+
+
 BROKER_RETRY_AFTER_S = 10  # what a 503 for a down broker tells clients to wait
 
 ARTIFACTS = {"model.onnx": "application/octet-stream", "metrics.json": "application/json"}
 
+JobIdPath = Annotated[str, Path(pattern=RESOURCE_ID, description="a job id from POST /v1/jobs")]
+ARTIFACT_RESPONSES = {
+    200: {
+        "description": "`model.onnx` as bytes (application/octet-stream); `metrics.json` as the job's metrics",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobMetricsOut"}},
+        },
+    },
+    **problem_responses(404, 422),
+}
 
-def _unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+
+def _unprocessable(message: str, code: str = "invalid_reference") -> ApiError:
+    return ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, code, message)
+
+
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(status.HTTP_404_NOT_FOUND, "job_not_found", f"job {job_id!r} not found")
 
 
 def _get_job(session: SessionDep, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id!r} not found")
+        raise _not_found(job_id)
     return job
+
+
+def _check_steps(session: SessionDep, settings: SettingsDep, body: JobCreate) -> None:
+    """Limits and references inside the steps: refused now rather than accepted and failed later."""
+    for index, step in enumerate(body.steps):
+        if step.type != "distill":
+            continue
+        epochs, limit = getattr(step, "epochs", 0), settings.distill.max_epochs
+        if epochs > limit:
+            raise _unprocessable(
+                f"steps.{index}.epochs: {epochs} is over the limit of {limit} (setting DISTILL_MAX_EPOCHS)",
+                "limit_exceeded",
+            )
+        student = getattr(step, "student", "current")
+        if student != "current" and (
+            not re.fullmatch(RESOURCE_ID, student) or session.get(ModelRecord, student) is None
+        ):
+            raise _unprocessable(
+                f"steps.{index}.student: model {student!r} not found: give 'current' or an id from POST {paths.MODELS}"
+            )
 
 
 def _check_references(session: SessionDep, body: JobCreate) -> None:
     """Unknown ids and datasets that cannot feed the model are refused before anything is queued."""
-    model = session.get(ModelRecord, body.model_id)
+    model = session.get(ModelRecord, body.model_id)  # ids were checked against RESOURCE_ID by JobCreate
     if model is None:
         raise _unprocessable(f"model_id {body.model_id!r} not found: upload the model with POST {paths.MODELS} first")
     inputs = ModelInfo.model_validate(model.info).inputs
@@ -61,7 +106,13 @@ def _check_references(session: SessionDep, body: JobCreate) -> None:
             raise _unprocessable(f"datasets.{role} ({dataset_id}): {exc.message}") from exc
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    operation_id="create_job",
+    responses=problem_responses(409, 413, 422, 503),
+)
 def create_job(
     body: JobCreate,
     session: SessionDep,
@@ -71,13 +122,16 @@ def create_job(
 ) -> JobOut:
     """Queue a job. With an `Idempotency-Key` header, the same key and body return the same job."""
     if len(body.steps) > settings.max_steps:
-        raise _unprocessable(f"{len(body.steps)} steps given; at most {settings.max_steps} (setting MAX_STEPS)")
+        raise _unprocessable(
+            f"{len(body.steps)} steps given; at most {settings.max_steps} (setting MAX_STEPS)", "limit_exceeded"
+        )
     request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
         if existing is not None:
             return _replay(existing, request_hash, response)
     _check_references(session, body)
+    _check_steps(session, settings, body)
     steps = [
         {
             "index": i,
@@ -112,8 +166,9 @@ def create_job(
     except Exception as exc:  # the broker is down: fail the job rather than leave it queued forever
         job_store.fail_without_claim(session, job.id, "broker_unavailable", f"could not queue the job: {exc}")
         cause = type(exc.__cause__ or exc).__name__
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_503_SERVICE_UNAVAILABLE,
+            "broker_unavailable",
             f"the job broker is not answering ({cause}); retry later",
             headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
         ) from exc
@@ -122,15 +177,16 @@ def create_job(
 
 def _replay(job: Job, request_hash: str, response: Response) -> JobOut:
     if job.request_hash != request_hash:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_409_CONFLICT,
+            "idempotency_key_reused",
             "Idempotency-Key was already used with a different request body; use a new key for a new job",
         )
     response.headers["Idempotent-Replayed"] = "true"
     return job_out(job)
 
 
-@router.get("", response_model=JobPage)
+@router.get("", response_model=JobPage, operation_id="list_jobs", responses=problem_responses(422))
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
@@ -143,49 +199,68 @@ def list_jobs(
         try:
             decode_cursor(cursor)
         except Exception as exc:
-            raise _unprocessable("cursor is not one this API returned: pass next_cursor unchanged") from exc
+            raise _unprocessable(
+                "cursor is not one this API returned: pass next_cursor unchanged", "invalid_cursor"
+            ) from exc
     rows = list(session.scalars(page_query(status_filter, cursor, limit)))
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return JobPage(items=[job_out(job) for job in rows[:limit]], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep) -> JobOut:
+@router.get("/{job_id}", response_model=JobOut, operation_id="get_job", responses=problem_responses(404, 422))
+def get_job(job_id: JobIdPath, session: SessionDep) -> JobOut:
     return job_out(_get_job(session, job_id))
 
 
-@router.get("/{job_id}/events", response_model=list[JobEventOut])
+@router.get(
+    "/{job_id}/events",
+    response_model=list[JobEventOut],
+    operation_id="list_job_events",
+    responses=problem_responses(404, 422),
+)
 def get_events(
-    job_id: str, session: SessionDep, after: Annotated[int, Query(description="only events with a larger id")] = 0
+    job_id: JobIdPath,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0, le=2**62, description="only events with a larger id")] = 0,
 ) -> list[JobEventOut]:
     _get_job(session, job_id)
     query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id)
     return [event_out(event) for event in session.scalars(query)]
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobOut:
+@router.post(
+    "/{job_id}/cancel", response_model=JobOut, operation_id="cancel_job", responses=problem_responses(404, 409, 422)
+)
+def cancel_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep) -> JobOut:
     """A queued job ends `canceled` and never runs; a running one stops at its next check."""
     outcome = job_store.request_cancel(session, job_id)
     if outcome == CancelOutcome.MISSING:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id!r} not found")
+        raise _not_found(job_id)
     job = _get_job(session, job_id)
     session.refresh(job)
     if outcome == CancelOutcome.FINISHED:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id!r} already {job.status}; nothing to cancel")
+        raise ApiError(
+            status.HTTP_409_CONFLICT, "job_finished", f"job {job_id!r} already {job.status}; nothing to cancel"
+        )
     return job_out(job)
 
 
-@router.get("/{job_id}/artifacts/{name}")
-def get_artifact(job_id: str, name: str, session: SessionDep, store: StoreDep) -> StreamingResponse:
-    if name not in ARTIFACTS:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no artifact {name!r}; artifacts: {sorted(ARTIFACTS)}")
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    response_class=StreamingResponse,
+    operation_id="download_job_artifact",
+    responses=ARTIFACT_RESPONSES,
+)
+def get_artifact(job_id: JobIdPath, name: ArtifactName, session: SessionDep, store: StoreDep) -> StreamingResponse:
+    """`model.onnx` (the compressed model, bytes) or `metrics.json`, once the job succeeded."""
     job = _get_job(session, job_id)
     key = job_artifact_key(job.id, name)
     if job.status != JobStatus.SUCCEEDED or not store.exists(key):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} does not exist yet: the job is {job.status}")
+        raise ApiError(
+            status.HTTP_404_NOT_FOUND, "artifact_not_ready", f"{name} does not exist yet: the job is {job.status}"
+        )
     headers = {
         "Content-Length": str(store.size(key)),
         "Content-Disposition": f'attachment; filename="{job.id}-{name}"',
     }
-    return StreamingResponse(store.stream(key), media_type=ARTIFACTS[name], headers=headers)
+    return StreamingResponse(store.stream(key), media_type=ARTIFACTS[name.value], headers=headers)

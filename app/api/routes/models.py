@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, status
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api import paths
 from app.api.deps import SessionDep, SettingsDep, StoreDep
-from app.schemas import ModelOut
+from app.errors import ApiError, problem_responses
+from app.schemas import RESOURCE_ID, ModelOut
+from app.upload_checks import check_model
 from app.uploads import receive_checked
-from compression.model_info import ModelInfo, validate_model
-from service.artifacts import model_key
+from compression.model_info import ModelInfo
+from service.artifacts import ArtifactStore, model_key
 from service.orm import ModelRecord, new_id
 
 router = APIRouter(prefix=paths.MODELS, tags=["models"])
@@ -24,11 +30,27 @@ UPLOAD_DOC = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {"file": {"type": "string", "format": "binary"}},
-                }
+                },
+                "encoding": {"file": {"contentType": "application/octet-stream"}},
             }
         },
     }
 }
+
+ModelIdPath = Annotated[str, Path(pattern=RESOURCE_ID, description="a model id from POST /v1/models")]
+
+
+def store_with_record(session: Session, store: ArtifactStore, record: object, key: str, src: object) -> None:
+    """Move the upload into the store and commit its row; if the row cannot be written the stored file is
+    removed again (never a file without a row)."""
+    store.move_in(key, src)  # type: ignore[arg-type]
+    try:
+        session.add(record)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        store.delete(key)
+        raise
 
 
 def model_out(record: ModelRecord) -> ModelOut:
@@ -46,11 +68,19 @@ def model_out(record: ModelRecord) -> ModelOut:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut, openapi_extra=UPLOAD_DOC)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelOut,
+    openapi_extra=UPLOAD_DOC,
+    operation_id="create_model",
+    responses=problem_responses(413, 422),
+)
 async def upload_model(request: Request, settings: SettingsDep, session: SessionDep, store: StoreDep) -> ModelOut:
     """Multipart field `file`: an .onnx model, streamed to disk and validated with onnx.checker."""
     incoming = settings.data_dir / "incoming"
-    received, info = await receive_checked(request, incoming, settings.max_model_bytes, "model", validate_model)
+    check = partial(check_model, settings=settings)
+    received, info = await receive_checked(request, incoming, settings.max_model_bytes, "model", check)
     model_id = new_id()
     record = ModelRecord(
         id=model_id,
@@ -60,15 +90,13 @@ async def upload_model(request: Request, settings: SettingsDep, session: Session
         info=info.model_dump(),
         storage_key=model_key(model_id),
     )
-    await run_in_threadpool(store.move_in, record.storage_key, received.path)
-    session.add(record)
-    session.commit()
+    await run_in_threadpool(store_with_record, session, store, record, record.storage_key, received.path)
     return model_out(record)
 
 
-@router.get("/{model_id}", response_model=ModelOut)
-def get_model(model_id: str, session: SessionDep) -> ModelOut:
+@router.get("/{model_id}", response_model=ModelOut, operation_id="get_model", responses=problem_responses(404, 422))
+def get_model(model_id: ModelIdPath, session: SessionDep) -> ModelOut:
     record = session.get(ModelRecord, model_id)
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model_id!r} not found")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "model_not_found", f"model {model_id!r} not found")
     return model_out(record)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Path, status
 from fastapi.responses import HTMLResponse
 
 from app.api import paths
 from app.api.deps import SessionDep
+from app.errors import problem_responses
+from app.schemas import RESOURCE_ID
 from compression.datasets import LABELS
 from compression.report import ArraySummary, DatasetSummary, ReportContext, collect_versions, render_report
 from compression.spec import step_json_schema
@@ -67,9 +69,12 @@ def report_context(session: SessionDep, job: Job) -> ReportContext:
 @router.get(
     f"{paths.JOBS}/{{job_id}}/report",
     response_class=HTMLResponse,
-    responses={200: {"content": {"text/html": {}}, "description": "self-contained page (no scripts, no network)"}},
+    responses={
+        200: {"content": {"text/html": {}}, "description": "self-contained page (no scripts, no network)"},
+        **problem_responses(404, 422),
+    },
 )
-def get_report(job_id: str, session: SessionDep) -> HTMLResponse:
+def get_report(job_id: Annotated[str, Path(pattern=RESOURCE_ID)], session: SessionDep) -> HTMLResponse:
     """The job's report as one self-contained HTML page; a queued, running or failed job gets what exists so far."""
     job = session.get(Job, job_id)
     if job is None:

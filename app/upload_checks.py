@@ -1,0 +1,119 @@
+"""What an upload must satisfy before it is stored, beyond being a readable file: bounded sizes and sane data.
+
+Models: every input's fixed dims fit MAX_INPUT_SAMPLE_BYTES (an input declared [100000, 100000] is refused here,
+naming it, rather than failing later in a worker with MemoryError).
+Datasets: numeric arrays only; the unpacked size, read from the .npy headers, within
+MAX_DATASET_UNCOMPRESSED_BYTES (a zip bomb is refused before anything is unpacked); every array's data streamed
+once in bounded chunks, so a truncated member, NaN or infinity is refused at upload; `labels` of rank 1 (or
+[n, 1]) holding class indices in [0, MAX_LABEL_VALUE] (or finite numbers).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from fastapi import status
+
+from app.errors import ApiError
+from compression.datasets import LABELS, describe_npz
+from compression.errors import DatasetMismatchError, InvalidModelError
+from compression.model_info import ModelInfo, validate_model
+from service.settings import Settings
+
+CHUNK_BYTES = 8 << 20
+NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
+
+
+def check_model(path: Path, settings: Settings) -> ModelInfo:
+    info = validate_model(path)
+    for spec in info.inputs:
+        try:
+            itemsize = np.dtype(spec.dtype).itemsize
+        except TypeError:
+            itemsize = 1
+        elements = 1
+        for dim in spec.shape:
+            if isinstance(dim, int) and dim > 0:
+                elements *= dim
+        if elements * itemsize > settings.max_input_sample_bytes:
+            shape = "x".join(str(d) for d in spec.shape)
+            raise InvalidModelError(
+                f"input {spec.name!r} is declared [{shape}] {spec.dtype}: {elements * itemsize} bytes per sample, "
+                f"over the limit of {settings.max_input_sample_bytes} (setting MAX_INPUT_SAMPLE_BYTES)"
+            )
+    return info
+
+
+def check_dataset(path: Path, settings: Settings) -> tuple[dict[str, dict[str, object]], int]:
+    arrays, n_samples = describe_npz(path)
+    total = 0
+    for name, info in arrays.items():
+        dtype = np.dtype(str(info["dtype"]))
+        if dtype.kind not in NUMERIC_KINDS:
+            raise DatasetMismatchError(
+                f"array {name!r} has dtype {dtype.name} ({_kind_name(dtype)}): datasets hold numeric arrays "
+                "(bool, int, uint, float)"
+            )
+        total += int(np.prod(info["shape"], dtype=np.float64)) * dtype.itemsize
+    if total > settings.max_dataset_uncompressed_bytes:
+        raise ApiError(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            "dataset_too_large_unpacked",
+            f"the dataset's arrays unpack to {total} bytes, over the limit of "
+            f"{settings.max_dataset_uncompressed_bytes} (setting MAX_DATASET_UNCOMPRESSED_BYTES)",
+        )
+    if LABELS in arrays:
+        _check_labels_shape(arrays[LABELS], n_samples)
+    with zipfile.ZipFile(path) as archive:
+        for name, info in arrays.items():
+            _scan_member(archive, name, info, settings)
+    return arrays, n_samples
+
+
+def _kind_name(dtype: np.dtype) -> str:
+    return {"U": "text", "S": "bytes", "O": "Python objects", "V": "raw/structured", "c": "complex"}.get(
+        dtype.kind, dtype.kind
+    )
+
+
+def _check_labels_shape(info: dict[str, object], n_samples: int) -> None:
+    shape = list(info["shape"])  # type: ignore[call-overload]
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise DatasetMismatchError(
+            f"'{LABELS}' has shape {shape}: give one class index per sample, shape [{n_samples}] (or [{n_samples}, 1])"
+        )
+
+
+def _scan_member(archive: zipfile.ZipFile, name: str, info: dict[str, object], settings: Settings) -> None:
+    """Stream the array's data once: its length must match the header; floats finite; labels in range."""
+    dtype = np.dtype(str(info["dtype"]))
+    expected = int(np.prod(info["shape"], dtype=np.int64)) * dtype.itemsize
+    chunk = max(dtype.itemsize, CHUNK_BYTES - CHUNK_BYTES % dtype.itemsize)
+    seen = 0
+    with archive.open(f"{name}.npy") as handle:
+        version = np.lib.format.read_magic(handle)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        header(handle, max_header_size=1 << 20)
+        while seen < expected:
+            data = handle.read(min(chunk, expected - seen))
+            if not data:
+                break
+            if len(data) % dtype.itemsize:
+                break
+            seen += len(data)
+            values = np.frombuffer(data, dtype=dtype)
+            if dtype.kind == "f" and not np.isfinite(values).all():
+                raise DatasetMismatchError(f"array {name!r} holds NaN or infinite values; every value must be finite")
+            if name == LABELS and dtype.kind in "iu" and values.size:
+                low, high = int(values.min()), int(values.max())
+                if low < 0 or high > settings.max_label_value:
+                    raise DatasetMismatchError(
+                        f"'{LABELS}' holds {low if low < 0 else high}: class indices go from 0 to at most "
+                        f"{settings.max_label_value} (setting MAX_LABEL_VALUE)"
+                    )
+    if seen != expected:
+        raise DatasetMismatchError(
+            f"array {name!r} is truncated: its header declares {expected} bytes of data, the file holds {seen}"
+        )
