@@ -213,6 +213,7 @@ function openJob(jobId) {
   $("job-events").replaceChildren();
   $("job-report").hidden = true;
   $("job-report").removeAttribute("srcdoc");
+  $("job-report-open").hidden = true;
   $("report-title").hidden = true;
   $("job-error").hidden = true;
   $("job").scrollIntoView({ block: "start" });
@@ -262,6 +263,10 @@ async function showReport(jobId) {
   if (current.id !== jobId) return;
   const frame = $("job-report");
   frame.srcdoc = html;
+  const link = $("job-report-open");
+  if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(new Blob([html], { type: "text/html" }));
+  link.hidden = false;
   frame.hidden = false;
   $("report-title").hidden = false;
   current.reportShown = true;
@@ -514,7 +519,7 @@ async function submitJob(event) {
       body: JSON.stringify({ model_id: modelOut.id, steps, datasets }),
     });
     const job = await response.json();
-    status.textContent = `Job ${job.id} queued.`;
+    status.textContent = `Job ${job.id} submitted.`;
     await refreshJobs();
     openJob(job.id);
   } catch (error) {

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.status import JobStatus
-from tests.service.client import poll, submit, upload
+from tests.service.client import TERMINAL, poll, submit, upload
 from tests.service.conftest import FAST, Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -197,3 +197,27 @@ def test_console_asks_for_the_key_and_says_when_it_is_wrong(keyed_stack: Stack, 
     page.reload()  # the key stays for the tab's session: no dialog again
     sync_api.expect(page.locator("#jobs-empty")).to_be_visible()
     sync_api.expect(dialog).to_be_hidden()
+
+
+def test_console_cancels_a_running_job(console_stack: Stack, watch: PageWatch, digits_cnn, tmp_path: Path) -> None:
+    train = digits_cnn.write_npz(tmp_path / "train.npz", split="train")
+    with console_stack.client() as client:
+        model = upload(client, "/v1/models", digits_cnn.path)
+        steps = [{"type": "distill", "epochs": 200, "batch_size": 1, "max_seconds": 120}]  # minutes; canceled early
+        body = {
+            "model_id": model["id"],
+            "steps": steps,
+            "datasets": {"train": upload(client, "/v1/datasets", train)["id"]},
+        }
+        job = poll(client, submit(client, body)["id"], timeout=60, until={JobStatus.RUNNING, *TERMINAL})
+        assert job["status"] == JobStatus.RUNNING, job
+
+    page = watch.page
+    page.goto(f"{console_stack.api.url}/#job={job['id']}")  # a link to one job opens it
+    sync_api.expect(page.locator("#job-status")).to_have_text("running")
+    page.get_by_role("button", name="Cancel job").click()
+    sync_api.expect(page.locator("#job-status")).to_have_text("canceled", timeout=60_000)
+    sync_api.expect(page.locator("#job-events")).to_contain_text("cancel")
+    sync_api.expect(page.frame_locator("#job-report").locator("body")).to_contain_text("canceled")  # partial report
+    sync_api.expect(page.get_by_role("button", name="Download model.onnx")).to_be_hidden()
+    assert watch.errors == []
