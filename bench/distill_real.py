@@ -3,7 +3,7 @@
 For every model of `model_zoo.third_party` (or those named with --models), one engine job in a subprocess
 of its own (killed past --timeout): the pipeline `prune structured 0.3 -> distill` with the model's
 calibration set as its train data (unlabeled: the teacher's outputs are the targets; the best epoch is
-picked on that same set, which is also the job's eval set; training adds mixed/noised copies of it by default). Distill runs at most --epochs epochs and
+picked on a fifth of that set held out by distill; training adds mixed/noised copies of the rest by default). Distill runs at most --epochs epochs and
 --max-seconds of training. Then the independent judge (`bench/judge.py`, onnxruntime + numpy only) compares
 the pruned model and the distilled model with the original on the model's EVAL inputs, which the job never
 saw: worst per-sample output cosine (and worst per-slice, top-1 agreement where outputs are scores).
@@ -93,8 +93,8 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
         specs = json.loads(spec_json)
         inputs = inspect_model(model).inputs
         calibration = work / "calibration.npz"
-        # the job's only data serves every role (eval too: else the pipeline would measure on synthetic inputs)
-        roles = {"calibration": calibration, "train": calibration, "eval": calibration}
+        # the job's only data: distill holds out a fifth of it to pick the best epoch
+        roles = {"calibration": calibration, "train": calibration}
         bundle = DatasetBundle.load(roles, inputs)
         settings = EngineSettings(latency_runs=5, latency_max_seconds=3.0, latency_min_rounds=3)
         pruned = run_pipeline(model, CompressionSpec.model_validate(specs["prune"]), bundle, work / "prune",

@@ -10,7 +10,7 @@ Then the target pipeline on each dev model: prune 0.5 -> distill -> static int8 
 followed by quantization-aware fine-tuning (a distill step on the QDQ int8 model, teacher = the float
 original), with fixed and with learned weight scales, side by side.
 
-    .venv/bin/python bench/distillation.py [--epochs 15] [--runs 100] [--qat-epochs 5] [--qat-lr 1e-4]
+    .venv/bin/python bench/distillation.py [--epochs 15] [--runs 100] [--qat-epochs 5] [--qat-lr 1e-3]
                                            [--target-only]
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,18 +26,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-import model_zoo
-from bench.judge import compare_latency
-from compression.datasets import Dataset, DatasetBundle
-from compression.metrics.latency import measure_latency
-from compression.model_info import inspect_model
-from compression.pipeline import run_pipeline
-from compression.pruning.structured import structured_prune
-from compression.settings import EngineSettings
-from compression.spec import CompressionSpec
-from compression.training.config import DistillConfig
-from compression.training.distiller import QuietHooks, distill
-from model_zoo import runtime
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import model_zoo  # noqa: E402
+from bench.judge import compare_latency  # noqa: E402
+from compression.datasets import Dataset, DatasetBundle  # noqa: E402
+from compression.metrics.latency import measure_latency  # noqa: E402
+from compression.model_info import inspect_model  # noqa: E402
+from compression.pipeline import run_pipeline  # noqa: E402
+from compression.pruning.structured import structured_prune  # noqa: E402
+from compression.settings import EngineSettings  # noqa: E402
+from compression.spec import CompressionSpec  # noqa: E402
+from compression.training.config import DistillConfig  # noqa: E402
+from compression.training.distiller import QuietHooks, distill  # noqa: E402
+from model_zoo import runtime  # noqa: E402
 
 MODELS = ("digits_cnn", "residual_cnn")
 SPARSITIES = (0.5, 0.75)
@@ -158,7 +163,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--runs", type=int, default=100, help="timed latency runs per model")
     parser.add_argument("--qat-epochs", type=int, default=5, help="epochs of the QAT distill step")
-    parser.add_argument("--qat-lr", type=float, default=1e-4, help="peak learning rate of the QAT distill step")
+    parser.add_argument("--qat-lr", type=float, default=1e-3, help="peak learning rate of the QAT distill step")
     parser.add_argument("--latency-budget", type=float, default=10.0, help="seconds per judged latency ratio")
     parser.add_argument("--target-only", action="store_true", help="skip the student table")
     args = parser.parse_args()

@@ -28,6 +28,7 @@ from compression.training.qat import QatPlan, find_qat_weights, finish_qat, prep
 from compression.training.teacher import teacher_targets
 from compression.training.weights import write_back
 
+HOLD_OUT_MIN = 8  # train samples needed before a part of them is held out for selection (when no eval data)
 BN_MIN_BATCH = 16  # below this many samples per step, batch statistics are too noisy: BatchNorm stays frozen
 
 
@@ -175,8 +176,10 @@ class Distiller:
         self.lr = config.lr if config.lr is not None else auto_lr(per_step)
         _check_inputs(self.module, train, "train")
         train = train.take(settings.distill.max_train_samples)
-        self.eval_on = "eval" if eval_data is not None else "train"
-        eval_data = (eval_data or train).take(settings.evaluation.max_samples)
+        self.eval_on = "eval"
+        if eval_data is None:
+            train, eval_data, self.eval_on = _hold_out(train)
+        eval_data = eval_data.take(settings.evaluation.max_samples)
         copies = config.augment if config.augment is not None else auto_copies(train)
         self.given_samples = train.n_samples
         train = augment(train, copies, config.seed).take(settings.distill.max_train_samples)
@@ -354,6 +357,19 @@ class Distiller:
             train_samples=self.train.n,
             given_samples=self.given_samples,
         )
+
+
+def _hold_out(train: Dataset) -> tuple[Dataset, Dataset, str]:
+    """Without eval data: the last fifth of train (at least 2 samples) picks the best epoch, unseen in training.
+
+    Selecting on the training samples themselves picks the most overfit epoch when the set is small.
+    Fewer than HOLD_OUT_MIN samples: selection uses the train set itself.
+    """
+    n = train.n_samples
+    if n < HOLD_OUT_MIN:
+        return train, train, "train"
+    keep = n - max(2, n // 5)
+    return train.window(0, keep), train.window(keep, n), "held-out part of train"
 
 
 def auto_lr(per_step: int) -> float:

@@ -164,7 +164,7 @@ def test_qat_after_static_quantize_keeps_a_valid_int8_qdq_graph(tmp_path: Path) 
     int8_before = {t.name: t.data_type for t in before.graph.initializer if t.data_type in (TensorProto.INT8,
                                                                                               TensorProto.UINT8)}  # fmt: skip
     assert int8_before, "static quantize should store int8 weights"
-    qat = {"type": "distill", "epochs": 3, "lr": 1e-4, "alpha": 0.5, "seed": 0}
+    qat = {"type": "distill", "epochs": 3, "lr": 1e-3, "alpha": 0.5, "seed": 0}
     result = run_pipeline(quantized, CompressionSpec.model_validate({"steps": [qat]}), bundle, tmp_path / "qat",
                           settings=settings)  # fmt: skip
     details = result.metrics.steps[0].details
