@@ -47,13 +47,23 @@ def check_model(path: Path, settings: Settings) -> ModelInfo:
 
 
 def check_dataset(path: Path, settings: Settings) -> tuple[dict[str, dict[str, object]], int]:
-    arrays, n_samples = describe_npz(path)
+    try:
+        arrays, n_samples = describe_npz(path)
+    except DatasetMismatchError:
+        raise
+    except Exception as exc:  # numpy's header parser raises tokenizer and syntax errors on a bad header
+        raise DatasetMismatchError(
+            f"not a readable .npz file: an .npy header is malformed ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
     total = 0
     for name, info in arrays.items():
-        dtype = np.dtype(str(info["dtype"]))
+        try:
+            dtype = np.dtype(str(info["dtype"]))
+        except TypeError:  # text, bytes and structured dtypes have names numpy cannot read back
+            dtype = np.dtype(object)
         if dtype.kind not in NUMERIC_KINDS:
             raise DatasetMismatchError(
-                f"array {name!r} has dtype {dtype.name} ({_kind_name(dtype)}): datasets hold numeric arrays "
+                f"array {name!r} has dtype {info['dtype']} ({_kind_name(str(info['dtype']))}): datasets hold numeric arrays "
                 "(bool, int, uint, float)"
             )
         total += int(np.prod(info["shape"], dtype=np.float64)) * dtype.itemsize
@@ -72,10 +82,11 @@ def check_dataset(path: Path, settings: Settings) -> tuple[dict[str, dict[str, o
     return arrays, n_samples
 
 
-def _kind_name(dtype: np.dtype) -> str:
-    return {"U": "text", "S": "bytes", "O": "Python objects", "V": "raw/structured", "c": "complex"}.get(
-        dtype.kind, dtype.kind
-    )
+def _kind_name(name: str) -> str:
+    for prefix, kind in (("str", "text"), ("bytes", "bytes"), ("void", "raw/structured"), ("complex", "complex")):
+        if name.startswith(prefix):
+            return kind
+    return "not numeric"
 
 
 def _check_labels_shape(info: dict[str, object], n_samples: int) -> None:
