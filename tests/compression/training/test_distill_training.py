@@ -50,3 +50,13 @@ def test_learning_rate_warms_up_then_decays_and_scales_with_batch() -> None:
 def test_teacher_scale_is_the_mean_square_with_a_floor() -> None:
     assert teacher_scale(np.full((4, 3), 300.0, np.float32)) == pytest.approx(90000.0)
     assert teacher_scale(np.zeros((4, 3), np.float32)) > 0
+
+
+def test_without_eval_data_a_fifth_of_train_picks_the_epoch() -> None:
+    from compression.training.distiller import _hold_out
+
+    train, held, on = _hold_out(_stacked(20))
+    assert (train.n_samples, held.n_samples, on) == (16, 4, "held-out part of train")
+    np.testing.assert_array_equal(held.arrays["audio"], _stacked(20).arrays["audio"][16:])
+    small, same, on_small = _hold_out(_stacked(4))
+    assert small.n_samples == same.n_samples == 4 and on_small == "train"
