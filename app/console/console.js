@@ -256,6 +256,7 @@ async function pollEvents(jobId) {
     item.append(time, ` ${event.kind}: ${event.message}`);
     list.append(item);
   }
+  if (events.length) list.scrollTop = list.scrollHeight;
 }
 
 async function showReport(jobId) {
