@@ -3,7 +3,7 @@
 For every model of `model_zoo.third_party` (or those named with --models), one engine job in a subprocess
 of its own (killed past --timeout): the pipeline `prune structured 0.3 -> distill` with the model's
 calibration set as its train data (unlabeled: the teacher's outputs are the targets; the best epoch is
-picked on a fifth of that set held out by distill; training adds mixed/noised copies of the rest by default). Distill runs at most --epochs epochs and
+picked on the last fifth of that set, held out of training; training adds mixed/noised copies of the rest). Distill runs at most --epochs epochs and
 --max-seconds of training. Then the independent judge (`bench/judge.py`, onnxruntime + numpy only) compares
 the pruned model and the distilled model with the original on the model's EVAL inputs, which the job never
 saw: worst per-sample output cosine (and worst per-slice, top-1 agreement where outputs are scores).
@@ -93,8 +93,8 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
         specs = json.loads(spec_json)
         inputs = inspect_model(model).inputs
         calibration = work / "calibration.npz"
-        # the job's only data: distill holds out a fifth of it to pick the best epoch
-        roles = {"calibration": calibration, "train": calibration}
+        # the job's only data: the last fifth picks the best epoch (the pipeline needs eval data to measure on)
+        roles = {"calibration": calibration, "train": work / "train.npz", "eval": work / "selection.npz"}
         bundle = DatasetBundle.load(roles, inputs)
         settings = EngineSettings(latency_runs=5, latency_max_seconds=3.0, latency_min_rounds=3)
         pruned = run_pipeline(model, CompressionSpec.model_validate(specs["prune"]), bundle, work / "prune",
@@ -135,7 +135,12 @@ def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespac
         return DistillResult(name, False, f"unavailable: {_short(str(exc))}")
     work = folder / name
     work.mkdir(parents=True, exist_ok=True)
-    third_party_inputs.write_npz(third_party_inputs.calibration_set(name), work / "calibration.npz")
+    calibration = third_party_inputs.calibration_set(name)
+    third_party_inputs.write_npz(calibration, work / "calibration.npz")
+    n = third_party_inputs.n_samples(calibration)
+    keep = n - max(2, n // 5)
+    third_party_inputs.write_npz({k: v[:keep] for k, v in calibration.items()}, work / "train.npz")
+    third_party_inputs.write_npz({k: v[keep:] for k, v in calibration.items()}, work / "selection.npz")
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(source), "--spec", spec_json]
     job = run_job([*command, "--work", str(work)], work / "job.log", args.timeout, args.max_rss_mb)
     result = DistillResult(name, False, wall_s=job.wall_s)
