@@ -155,7 +155,7 @@ def test_qat_after_static_quantize_keeps_a_valid_int8_qdq_graph(tmp_path: Path) 
     bundle = DatasetBundle(calibration=train, train=train, eval=held)
     steps = [
         {"type": "prune", "method": "structured", "sparsity": 0.5, "speed_check": False},
-        {"type": "quantize", "mode": "static", "max_accuracy_drop": 1.0, "objective": "size"},
+        {"type": "quantize", "mode": "static", "max_accuracy_drop": 1.0, "objective": "size", "speed_guard": False},
     ]
     settings = EngineSettings(latency_runs=3, latency_warmup=1)
     quantized = run_pipeline(dev.path, CompressionSpec.model_validate({"steps": steps}), bundle, tmp_path / "q",
