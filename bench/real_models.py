@@ -198,7 +198,11 @@ def run_job(command: list[str], log: Path, timeout_s: float, max_rss_mb: float) 
     """
     launched = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # cwd = the job's folder: onnxruntime's quantization tools drop temp files (*.data, shape-inference
+        # models) in the working directory and leave them behind when a job is killed
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=log.parent
+        )
     sampled, killed_for, ready_at = 0.0, None, None
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -241,8 +245,8 @@ def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespac
     third_party_inputs.write_npz(third_party_inputs.calibration_set(name), work / "calibration.npz")
     eval_arrays = third_party_inputs.eval_set(name)
     third_party_inputs.write_npz(eval_arrays, work / "eval.npz")
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(source), "--spec", spec_json]
-    command += ["--work", str(work)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(source.resolve()), "--spec", spec_json]
+    command += ["--work", str(work.resolve())]
     job = run_job(command, work / "job.log", args.timeout, args.max_rss_mb)
     result = ModelResult(name, Status.CRASHED, wall_s=job.wall_s, startup_s=job.startup_s, peak_rss_mb=job.peak_rss_mb)
     result.killed_for = job.killed_for or ""
