@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed
 
-.PHONY: install install-run run test lint format bench docs clean
+.PHONY: install install-run run test lint format bench bench-real docs clean
 
 # serving: the base dependencies and the `train` extra (workers run distillation with torch)
 install-run: $(RUN_STAMP)
@@ -43,8 +43,15 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Development-model benches (minutes); the real-model ones (about an hour on 2 cores) run with `make bench-real`.
+BENCH_DEV := bench/quantization.py bench/pruning.py bench/distillation.py bench/executor.py
+BENCH_REAL := bench/real_models.py bench/pruning_real.py bench/distill_real.py
+
 bench: install
-	for script in bench/*.py; do $(PY) $$script || exit 1; done
+	for script in $(BENCH_DEV); do $(PY) $$script || exit 1; done
+
+bench-real: install
+	for script in $(BENCH_REAL); do $(PY) $$script || exit 1; done
 
 docs: install
 	$(PY) scripts/generate_reference.py
