@@ -535,6 +535,11 @@ async function submitJob(event) {
 
 let specTimer = null;
 
+function openLinkedJob() {
+  const match = location.hash.match(/^#job=([\w-]+)$/);
+  if (match && match[1] !== current.id) openJob(decodeURIComponent(match[1]));
+}
+
 function start() {
   showKeyState();
   $("jobs-refresh").addEventListener("click", refreshJobs);
@@ -561,10 +566,12 @@ function start() {
     specTimer = setTimeout(validateSpecField, 300);
   });
   refreshJobs().then(validateSpecField);
-  const match = location.hash.match(/^#job=([\w-]+)$/);
-  if (match) openJob(decodeURIComponent(match[1]));
+  openLinkedJob();
+  window.addEventListener("hashchange", openLinkedJob);
   setInterval(() => {
-    if (document.visibilityState === "visible" && !keyPrompt) refreshJobs();
+    // not while hidden, asking for the key, or while the keyboard is in the table (a redraw would lose focus)
+    const busy = keyPrompt || $("jobs-table").contains(document.activeElement);
+    if (document.visibilityState === "visible" && !busy) refreshJobs();
   }, LIST_POLL_MS);
 }
 
