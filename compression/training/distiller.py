@@ -187,11 +187,13 @@ class Distiller:
         hint_names = [h.teacher for h in config.hints]
         max_bytes = settings.distill.max_target_mb << 20
         batch = settings.evaluation.batch_size
+        self.batch_axes: dict[str, int] = {}  # outputs whose samples are not on axis 0 (time-major sequences)
+        threads = settings.distill.threads
         self.train = _Data(
-            train, teacher_targets(teacher_path, train, hint_names, settings.distill.threads, batch, max_bytes)
+            train, teacher_targets(teacher_path, train, hint_names, threads, batch, max_bytes, self.batch_axes)
         )
         self.eval = _Data(
-            eval_data, teacher_targets(teacher_path, eval_data, hint_names, settings.distill.threads, batch, max_bytes)
+            eval_data, teacher_targets(teacher_path, eval_data, hint_names, threads, batch, max_bytes, self.batch_axes)
         )
         self.plans = plan_losses(
             self.student_proto,
@@ -201,10 +203,20 @@ class Distiller:
             train.layout == "stacked",
             config.output_loss,
         )
+        # the loss reads each output (and its logits tensor) with the samples leading, like the targets
+        self.moves = {p.student_tensor: self.batch_axes.get(p.teacher_output, 0) for p in self.plans}
+        self.moves = {name: axis for name, axis in self.moves.items() if axis}
         extra = {p.student_tensor for p in self.plans if p.student_tensor != p.student_output}
         extra |= {h.student for h in config.hints}
         self.module.set_extra_outputs(sorted(extra))
         self.hint_scales = {h.teacher: losses.teacher_scale(self.train.targets[h.teacher]) for h in config.hints}
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The student's outputs, samples leading (as in the targets)."""
+        out = self.module(inputs)
+        for name, axis in self.moves.items():
+            out[name] = torch.movedim(out[name], axis, 0)
+        return out
 
     def loss(
         self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], labels: torch.Tensor | None
@@ -244,7 +256,7 @@ class Distiller:
             for start in range(0, self.eval.n, step):
                 index = np.arange(start, min(start + step, self.eval.n))
                 inputs, targets, labels = self.eval.feeds(index)
-                out = self.module(inputs)
+                out = self.forward(inputs)
                 total_loss += float(self.loss(out, targets, labels)) * len(index)
                 seen += len(index)
                 if kl_plan is not None:
@@ -309,7 +321,7 @@ class Distiller:
                     optimizer.zero_grad(set_to_none=True)
                     for index in forwards:
                         inputs, targets, labels = self.train.feeds(index)
-                        loss = self.loss(self.module(inputs), targets, labels)
+                        loss = self.loss(self.forward(inputs), targets, labels)
                         (loss / len(forwards)).backward()
                         running += loss.item() * len(index)
                         count += len(index)

@@ -27,8 +27,14 @@ def teacher_targets(
     threads: int,
     batch_size: int,
     max_bytes: int,
+    batch_axes: dict[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every output and `extra` tensor of the teacher over `dataset`, one leading entry per sample."""
+    """Every output and `extra` tensor of the teacher over `dataset`, one leading entry per sample.
+
+    Batched data: an output whose samples lie along another axis (time-major [T, N, C] sequences) is
+    moved so they lead; `batch_axes` (filled here when given empty) records where they were.
+    """
+    batch_axes = {} if batch_axes is None else batch_axes
     model = onnx.load(str(teacher_path))
     outputs = [v.name for v in model.graph.output]
     unknown = sorted(set(extra) - graph_tensor_names(model.graph))
@@ -51,6 +57,10 @@ def teacher_targets(
     for feed, _ in dataset.batches(batch_size):
         for name, value in zip(outputs, session.run(outputs, feed), strict=True):
             value = np.asarray(value)
+            if dataset.layout == "batched":
+                if name not in batch_axes:
+                    batch_axes[name] = _batch_axis(value.shape, _feed_samples(feed, dataset))
+                value = np.moveaxis(value, batch_axes[name], 0)
             collected[name].append(value if dataset.layout == "batched" else value[None, ...])
             used += value.nbytes
         if used > max_bytes:
@@ -59,3 +69,16 @@ def teacher_targets(
                 "fewer hints, or raise the setting"
             )
     return {name: np.concatenate(parts, axis=0) for name, parts in collected.items()}
+
+
+def _feed_samples(feed: dict[str, np.ndarray], dataset: Dataset) -> int:
+    sizes = [a.shape[0] for name, a in feed.items() if name not in dataset.scalars and a.ndim > 0]
+    return sizes[0] if sizes else 1
+
+
+def _batch_axis(shape: tuple[int, ...], samples: int) -> int:
+    """Axis 0 when it holds the samples (or nothing tells otherwise), else the one axis that does."""
+    matches = [axis for axis, size in enumerate(shape) if size == samples]
+    if not shape or 0 in matches or len(matches) != 1 or samples == 1:
+        return 0
+    return matches[0]

@@ -60,3 +60,11 @@ def test_without_eval_data_a_fifth_of_train_picks_the_epoch() -> None:
     np.testing.assert_array_equal(held.arrays["audio"], _stacked(20).arrays["audio"][16:])
     small, same, on_small = _hold_out(_stacked(4))
     assert small.n_samples == same.n_samples == 4 and on_small == "train"
+
+
+def test_time_major_outputs_are_read_with_the_samples_leading() -> None:
+    from compression.training.teacher import _batch_axis
+
+    assert _batch_axis((20, 6, 37), 6) == 1  # [T, N, C] from a CRNN
+    assert _batch_axis((6, 20, 37), 6) == 0
+    assert _batch_axis((6, 6, 37), 6) == 0 and _batch_axis((1, 20), 1) == 0  # ambiguous: the usual axis 0
