@@ -7,12 +7,32 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from service.status import EventKind, JobStatus
+
+DEFAULT_TENANT = "default"  # owns everything made while auth is off (no keys configured at all)
+TENANT_ID_LENGTH = 32
+
+
+def owner_column() -> Mapped[str]:
+    """The tenant a row belongs to (a `tenants.id`, or a tenant derived from an API_KEYS/ADMIN_API_KEYS key)."""
+    return mapped_column(String(TENANT_ID_LENGTH), index=True, default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
 
 
 def new_id() -> str:
@@ -78,6 +98,7 @@ class ModelRecord(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     info: Mapped[dict[str, Any]] = mapped_column(JSON)
     storage_key: Mapped[str] = mapped_column(String(512))
+    owner_id: Mapped[str] = owner_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -91,12 +112,17 @@ class DatasetRecord(Base):
     arrays: Mapped[dict[str, Any]] = mapped_column(JSON)
     n_samples: Mapped[int] = mapped_column(Integer)
     storage_key: Mapped[str] = mapped_column(String(512))
+    owner_id: Mapped[str] = owner_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_created", "created_at", "id"), Index("ix_jobs_status", "status"))
+    __table_args__ = (
+        Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_status", "status"),
+        UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),  # per tenant
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
@@ -115,7 +141,8 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     # last time a message for this job was published (the API at submission, then the recovery sweeps)
     enqueued_at: Mapped[datetime | None] = mapped_column(default=utcnow)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
+    owner_id: Mapped[str] = owner_column()
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -134,3 +161,25 @@ class JobEvent(Base):
     stage: Mapped[str | None] = mapped_column(String(64), default=None)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Tenant(Base):
+    """A customer of the service: owns models, datasets and jobs; its API keys are `ApiKey` rows."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(TENANT_ID_LENGTH), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key of a tenant, stored as the sha256 of its token (the token itself is shown once, never stored)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
