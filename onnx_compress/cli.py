@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -13,6 +15,8 @@ import typer
 from compression.cli import compress, steps
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from service.settings import Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -97,6 +101,81 @@ def serve(
             worker_process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker_process.kill()
+
+
+tenants_cli = typer.Typer(no_args_is_help=True, help="Tenants: each owns its models, datasets, jobs and API keys.")
+keys_cli = typer.Typer(no_args_is_help=True, help="API keys of tenants (stored hashed; a token is shown once).")
+cli.add_typer(tenants_cli, name="tenants")
+cli.add_typer(keys_cli, name="keys")
+
+
+@contextmanager
+def _tenant_session() -> Iterator[Session]:
+    """A job store session for the tenant commands; a refused command exits 1 saying why."""
+    from service.db import session_scope
+    from service.settings import get_settings
+    from service.tenants import TenantError
+
+    settings = get_settings()
+    _schema_ready_or_exit(settings)
+    try:
+        with session_scope(settings) as session:
+            yield session
+    except TenantError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@tenants_cli.command("create")
+def tenants_create(name: Annotated[str, typer.Argument(help="a-z, 0-9, '_', '.', '-'")]) -> None:
+    """Create a tenant; give it keys with `keys create --tenant NAME`."""
+    from service.tenants import create_tenant
+
+    with _tenant_session() as session:
+        tenant = create_tenant(session, name)
+        typer.echo(f"tenant {tenant.name} created (id {tenant.id})")
+
+
+@tenants_cli.command("list")
+def tenants_list() -> None:
+    """The tenants (name and id)."""
+    from service.tenants import list_tenants
+
+    with _tenant_session() as session:
+        for tenant in list_tenants(session):
+            typer.echo(f"{tenant.name}\t{tenant.id}")
+
+
+@keys_cli.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="the tenant's name (`tenants create`)")]) -> None:
+    """Create a key for a tenant: the token is printed once on stdout (only its hash is stored)."""
+    from service.tenants import create_key
+
+    with _tenant_session() as session:
+        key, token = create_key(session, tenant)
+        typer.echo(f"key {key.id} for tenant {tenant}; the token below is not shown again", err=True)
+        typer.echo(token)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="a key id from `keys list`")]) -> None:
+    """Revoke a key: its requests get 401 from now on."""
+    from service.tenants import revoke_key
+
+    with _tenant_session() as session:
+        revoked = revoke_key(session, key_id)
+        typer.echo(f"key {key_id} revoked" if revoked else f"key {key_id} was already revoked")
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """Every key: id, tenant, created, revoked (tokens are never shown again)."""
+    from service.tenants import list_keys
+
+    with _tenant_session() as session:
+        typer.echo("id\ttenant\tcreated_at\trevoked_at")
+        for key in list_keys(session):
+            typer.echo(f"{key.id}\t{key.tenant}\t{key.created_at}\t{key.revoked_at or '-'}")
 
 
 def main() -> None:

@@ -50,7 +50,12 @@ class Settings(BaseSettings, EngineSettings):
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO); empty for AWS")
 
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="comma-separated bearer tokens; empty disables auth"
+        default_factory=list,
+        description="comma-separated bearer tokens, each its own tenant; auth is off while this, ADMIN_API_KEYS "
+        "and the database's keys (`onnx-compress keys create`) are all empty",
+    )
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated bearer tokens that see every tenant's resources"
     )
     max_model_bytes: int = Field(2048 * MiB, description="upload limit for .onnx files (413 past it)")
     max_dataset_bytes: int = Field(1024 * MiB, description="upload limit for .npz datasets (413 past it)")
@@ -89,7 +94,7 @@ class Settings(BaseSettings, EngineSettings):
     host: str = Field("127.0.0.1", description="address `onnx-compress api|serve` binds")
     port: int = Field(8000, description="port `onnx-compress api|serve` listens on")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):  # from the environment: comma-separated

@@ -1,8 +1,7 @@
-"""Dependencies shared by the routes: settings, a database session, the artifact store, auth."""
+"""Dependencies shared by the routes: settings, a database session, the artifact store, the caller's tenant."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from app.errors import ApiError
 from service.artifacts import ArtifactStore, get_store
 from service.db import session_scope
 from service.settings import Settings, get_settings
+from service.tenants import Principal, resolve
 
 
 def _settings(request: Request) -> Settings:
@@ -38,25 +38,29 @@ def _store(settings: SettingsDep) -> ArtifactStore:
 StoreDep = Annotated[ArtifactStore, Depends(_store)]
 
 
-_bearer = HTTPBearer(auto_error=False, description="an API key as a bearer token (when API_KEYS is set)")
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (when API_KEYS is set)")
+_bearer = HTTPBearer(auto_error=False, description="an API key as a bearer token (when keys are configured)")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (when keys are configured)")
 
 
 def require_api_key(
     settings: SettingsDep,
+    session: SessionDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key_header)],
-) -> None:
-    """Bearer token (or X-API-Key) auth, enabled when API_KEYS is set. Keys are compared as UTF-8 bytes, so a
-    header with non-ASCII bytes is simply a wrong key (401)."""
-    if not settings.api_keys:
-        return
+) -> Principal:
+    """Bearer token (or X-API-Key) auth: the key's tenant (`service.tenants.resolve`). Keys are hashed as UTF-8
+    bytes, so a header with non-ASCII bytes is simply a wrong key (401). With no key configured anywhere, auth is
+    off and every request is the default tenant."""
     token = bearer.credentials if bearer is not None else (api_key or "")
-    given = token.encode("utf-8", "surrogateescape")
-    if not any(secrets.compare_digest(given, key.encode("utf-8")) for key in settings.api_keys):
+    principal = resolve(session, settings, token.encode("utf-8", "surrogateescape"))
+    if principal is None:
         raise ApiError(
             status.HTTP_401_UNAUTHORIZED,
             "unauthorized",
-            "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+            "missing, wrong or revoked API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(require_api_key)]

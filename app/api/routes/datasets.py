@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api import paths
-from app.api.deps import SessionDep, SettingsDep, StoreDep
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from app.api.routes.models import UPLOAD_DOC, store_with_record
 from app.errors import ApiError, problem_responses
 from app.schemas import RESOURCE_ID, ArrayInfo, DatasetOut
@@ -18,6 +18,7 @@ from app.uploads import receive_checked
 from compression.datasets import LABELS
 from service.artifacts import dataset_key
 from service.orm import DatasetRecord, new_id
+from service.tenants import get_owned
 
 router = APIRouter(prefix=paths.DATASETS, tags=["datasets"])
 
@@ -46,7 +47,9 @@ DatasetIdPath = Annotated[str, Path(pattern=RESOURCE_ID, description="a dataset 
     operation_id="create_dataset",
     responses=problem_responses(413, 422),
 )
-async def upload_dataset(request: Request, settings: SettingsDep, session: SessionDep, store: StoreDep) -> DatasetOut:
+async def upload_dataset(
+    request: Request, settings: SettingsDep, session: SessionDep, store: StoreDep, principal: PrincipalDep
+) -> DatasetOut:
     """Multipart field `file`: an .npz with one array per model input (and optional `labels`)."""
     incoming = settings.data_dir / "incoming"
     check = partial(check_dataset, settings=settings)
@@ -62,6 +65,7 @@ async def upload_dataset(request: Request, settings: SettingsDep, session: Sessi
         arrays=arrays,
         n_samples=n_samples,
         storage_key=dataset_key(dataset_id),
+        owner_id=principal.tenant_id,
     )
     await run_in_threadpool(store_with_record, session, store, record, record.storage_key, received.path)
     return dataset_out(record)
@@ -70,8 +74,8 @@ async def upload_dataset(request: Request, settings: SettingsDep, session: Sessi
 @router.get(
     "/{dataset_id}", response_model=DatasetOut, operation_id="get_dataset", responses=problem_responses(404, 422)
 )
-def get_dataset(dataset_id: DatasetIdPath, session: SessionDep) -> DatasetOut:
-    record = session.get(DatasetRecord, dataset_id)
+def get_dataset(dataset_id: DatasetIdPath, session: SessionDep, principal: PrincipalDep) -> DatasetOut:
+    record = get_owned(session, DatasetRecord, dataset_id, principal)
     if record is None:
         raise ApiError(status.HTTP_404_NOT_FOUND, "dataset_not_found", f"dataset {dataset_id!r} not found")
     return dataset_out(record)

@@ -10,11 +10,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 
 from app.api import paths
-from app.api.deps import SessionDep, SettingsDep, StoreDep
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from app.errors import ApiError, problem_responses
 from app.job_views import decode_cursor, encode_cursor, event_out, job_out, page_query
 from app.schemas import RESOURCE_ID, JobCreate, JobEventOut, JobOut, JobPage
@@ -27,6 +27,7 @@ from service.job_store import CancelOutcome
 from service.orm import DatasetRecord, Job, JobEvent, ModelRecord, new_id
 from service.queue import enqueue_job
 from service.status import EventKind, JobStatus, StepState
+from service.tenants import Principal, get_owned, visible_to
 
 router = APIRouter(prefix=paths.JOBS, tags=["jobs"])
 
@@ -61,14 +62,14 @@ def _not_found(job_id: str) -> ApiError:
     return ApiError(status.HTTP_404_NOT_FOUND, "job_not_found", f"job {job_id!r} not found")
 
 
-def _get_job(session: SessionDep, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+def _get_job(session: SessionDep, job_id: str, principal: Principal) -> Job:
+    job = get_owned(session, Job, job_id, principal)
     if job is None:
         raise _not_found(job_id)
     return job
 
 
-def _check_steps(session: SessionDep, settings: SettingsDep, body: JobCreate) -> None:
+def _check_steps(session: SessionDep, settings: SettingsDep, body: JobCreate, principal: Principal) -> None:
     """Limits and references inside the steps: refused now rather than accepted and failed later."""
     for index, step in enumerate(body.steps):
         if step.type != "distill":
@@ -81,23 +82,25 @@ def _check_steps(session: SessionDep, settings: SettingsDep, body: JobCreate) ->
             )
         student = getattr(step, "student", "current")
         if student != "current" and (
-            not re.fullmatch(RESOURCE_ID, student) or session.get(ModelRecord, student) is None
+            not re.fullmatch(RESOURCE_ID, student) or get_owned(session, ModelRecord, student, principal) is None
         ):
             raise _unprocessable(
                 f"steps.{index}.student: model {student!r} not found: give 'current' or an id from POST {paths.MODELS}"
             )
 
 
-def _check_references(session: SessionDep, body: JobCreate) -> None:
+def _check_references(session: SessionDep, body: JobCreate, principal: Principal) -> None:
     """Unknown ids and datasets that cannot feed the model are refused before anything is queued."""
-    model = session.get(ModelRecord, body.model_id)  # ids were checked against RESOURCE_ID by JobCreate
+    model = get_owned(
+        session, ModelRecord, body.model_id, principal
+    )  # ids were checked against RESOURCE_ID by JobCreate
     if model is None:
         raise _unprocessable(f"model_id {body.model_id!r} not found: upload the model with POST {paths.MODELS} first")
     inputs = ModelInfo.model_validate(model.info).inputs
     for role, dataset_id in body.datasets.model_dump().items():
         if dataset_id is None:
             continue
-        dataset = session.get(DatasetRecord, dataset_id)
+        dataset = get_owned(session, DatasetRecord, dataset_id, principal)
         if dataset is None:
             raise _unprocessable(f"datasets.{role}: dataset {dataset_id!r} not found")
         try:
@@ -118,6 +121,7 @@ def create_job(
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
+    principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobOut:
     """Queue a job. With an `Idempotency-Key` header, the same key and body return the same job."""
@@ -127,11 +131,11 @@ def create_job(
         )
     request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
     if idempotency_key:
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        existing = session.scalar(_idempotent(principal, idempotency_key))
         if existing is not None:
             return _replay(existing, request_hash, response)
-    _check_references(session, body)
-    _check_steps(session, settings, body)
+    _check_references(session, body, principal)
+    _check_steps(session, settings, body, principal)
     steps = [
         {
             "index": i,
@@ -150,6 +154,7 @@ def create_job(
         steps=steps,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        owner_id=principal.tenant_id,
     )
     session.add(job)
     job_store.add_event(session, job.id, EventKind.QUEUED, "job queued")
@@ -157,7 +162,7 @@ def create_job(
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the race
         session.rollback()
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        existing = session.scalar(_idempotent(principal, idempotency_key))
         if existing is None:
             raise
         return _replay(existing, request_hash, response)
@@ -175,6 +180,11 @@ def create_job(
     return job_out(job)
 
 
+def _idempotent(principal: Principal, idempotency_key: str | None) -> Select[tuple[Job]]:
+    """The caller's own job under this key (keys are per tenant; an admin's too)."""
+    return select(Job).where(Job.owner_id == principal.tenant_id, Job.idempotency_key == idempotency_key)
+
+
 def _replay(job: Job, request_hash: str, response: Response) -> JobOut:
     if job.request_hash != request_hash:
         raise ApiError(
@@ -190,6 +200,7 @@ def _replay(job: Job, request_hash: str, response: Response) -> JobOut:
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1)] = 20,
     cursor: str | None = None,
@@ -202,14 +213,14 @@ def list_jobs(
             raise _unprocessable(
                 "cursor is not one this API returned: pass next_cursor unchanged", "invalid_cursor"
             ) from exc
-    rows = list(session.scalars(page_query(status_filter, cursor, limit)))
+    rows = list(session.scalars(page_query(status_filter, cursor, limit).where(visible_to(principal, Job.owner_id))))
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return JobPage(items=[job_out(job) for job in rows[:limit]], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, operation_id="get_job", responses=problem_responses(404, 422))
-def get_job(job_id: JobIdPath, session: SessionDep) -> JobOut:
-    return job_out(_get_job(session, job_id))
+def get_job(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep) -> JobOut:
+    return job_out(_get_job(session, job_id, principal))
 
 
 @router.get(
@@ -221,9 +232,10 @@ def get_job(job_id: JobIdPath, session: SessionDep) -> JobOut:
 def get_events(
     job_id: JobIdPath,
     session: SessionDep,
+    principal: PrincipalDep,
     after: Annotated[int, Query(ge=0, le=2**62, description="only events with a larger id")] = 0,
 ) -> list[JobEventOut]:
-    _get_job(session, job_id)
+    _get_job(session, job_id, principal)
     query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id)
     return [event_out(event) for event in session.scalars(query)]
 
@@ -231,12 +243,13 @@ def get_events(
 @router.post(
     "/{job_id}/cancel", response_model=JobOut, operation_id="cancel_job", responses=problem_responses(404, 409, 422)
 )
-def cancel_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep) -> JobOut:
+def cancel_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> JobOut:
     """A queued job ends `canceled` and never runs; a running one stops at its next check."""
+    _get_job(session, job_id, principal)  # another tenant's job is not found, and not canceled
     outcome = job_store.request_cancel(session, job_id)
     if outcome == CancelOutcome.MISSING:
         raise _not_found(job_id)
-    job = _get_job(session, job_id)
+    job = _get_job(session, job_id, principal)
     session.refresh(job)
     if outcome == CancelOutcome.FINISHED:
         raise ApiError(
@@ -251,9 +264,11 @@ def cancel_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep) ->
     operation_id="download_job_artifact",
     responses=ARTIFACT_RESPONSES,
 )
-def get_artifact(job_id: JobIdPath, name: ArtifactName, session: SessionDep, store: StoreDep) -> StreamingResponse:
+def get_artifact(
+    job_id: JobIdPath, name: ArtifactName, session: SessionDep, store: StoreDep, principal: PrincipalDep
+) -> StreamingResponse:
     """`model.onnx` (the compressed model, bytes) or `metrics.json`, once the job succeeded."""
-    job = _get_job(session, job_id)
+    job = _get_job(session, job_id, principal)
     key = job_artifact_key(job.id, name)
     if job.status != JobStatus.SUCCEEDED or not store.exists(key):
         raise ApiError(

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api import paths
-from app.api.deps import SessionDep, SettingsDep, StoreDep
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from app.errors import ApiError, problem_responses
 from app.schemas import RESOURCE_ID, ModelOut
 from app.upload_checks import check_model
@@ -18,6 +18,7 @@ from app.uploads import receive_checked
 from compression.model_info import ModelInfo
 from service.artifacts import ArtifactStore, model_key
 from service.orm import ModelRecord, new_id
+from service.tenants import get_owned
 
 router = APIRouter(prefix=paths.MODELS, tags=["models"])
 
@@ -76,7 +77,9 @@ def model_out(record: ModelRecord) -> ModelOut:
     operation_id="create_model",
     responses=problem_responses(413, 422),
 )
-async def upload_model(request: Request, settings: SettingsDep, session: SessionDep, store: StoreDep) -> ModelOut:
+async def upload_model(
+    request: Request, settings: SettingsDep, session: SessionDep, store: StoreDep, principal: PrincipalDep
+) -> ModelOut:
     """Multipart field `file`: an .onnx model, streamed to disk and validated with onnx.checker."""
     incoming = settings.data_dir / "incoming"
     check = partial(check_model, settings=settings)
@@ -89,14 +92,15 @@ async def upload_model(request: Request, settings: SettingsDep, session: Session
         size_bytes=received.size_bytes,
         info=info.model_dump(),
         storage_key=model_key(model_id),
+        owner_id=principal.tenant_id,
     )
     await run_in_threadpool(store_with_record, session, store, record, record.storage_key, received.path)
     return model_out(record)
 
 
 @router.get("/{model_id}", response_model=ModelOut, operation_id="get_model", responses=problem_responses(404, 422))
-def get_model(model_id: ModelIdPath, session: SessionDep) -> ModelOut:
-    record = session.get(ModelRecord, model_id)
+def get_model(model_id: ModelIdPath, session: SessionDep, principal: PrincipalDep) -> ModelOut:
+    record = get_owned(session, ModelRecord, model_id, principal)
     if record is None:
         raise ApiError(status.HTTP_404_NOT_FOUND, "model_not_found", f"model {model_id!r} not found")
     return model_out(record)

@@ -8,13 +8,14 @@ from fastapi import APIRouter, HTTPException, Path, status
 from fastapi.responses import HTMLResponse
 
 from app.api import paths
-from app.api.deps import SessionDep
+from app.api.deps import PrincipalDep, SessionDep
 from app.errors import problem_responses
 from app.schemas import RESOURCE_ID
 from compression.datasets import LABELS
 from compression.report import ArraySummary, DatasetSummary, ReportContext, collect_versions, render_report
 from compression.spec import step_json_schema
 from service.orm import DatasetRecord, Job, ModelRecord
+from service.tenants import get_owned
 
 router = APIRouter(tags=["report"])
 
@@ -74,9 +75,11 @@ def report_context(session: SessionDep, job: Job) -> ReportContext:
         **problem_responses(404, 422),
     },
 )
-def get_report(job_id: Annotated[str, Path(pattern=RESOURCE_ID)], session: SessionDep) -> HTMLResponse:
+def get_report(
+    job_id: Annotated[str, Path(pattern=RESOURCE_ID)], session: SessionDep, principal: PrincipalDep
+) -> HTMLResponse:
     """The job's report as one self-contained HTML page; a queued, running or failed job gets what exists so far."""
-    job = session.get(Job, job_id)
+    job = get_owned(session, Job, job_id, principal)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id!r} not found")
     html = render_report(stored_metrics(job), report_context(session, job))
