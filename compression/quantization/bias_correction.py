@@ -36,6 +36,7 @@ from compression.quantization.sensitivity import expose
 CHANNEL_AXIS = {"Conv": 1, "ConvTranspose": 1, "Gemm": -1, "MatMul": -1}
 CONV_ATTRIBUTES = frozenset({"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides", "output_padding"})
 BATCH = 32
+CHECK_SAMPLES = 64  # the keep-or-drop check runs both quantized models on this many of the samples
 EPS = 1e-12
 
 
@@ -47,7 +48,7 @@ class BiasCorrectionReport(BaseModel):
         None, description="mean over corrected nodes of mean_c |bias shift| / std of the float output channel"
     )
     output_error_before: float | None = Field(
-        None, description="relative squared error of the model outputs vs float, on the samples, uncorrected"
+        None, description="relative squared error of the outputs vs float on the first 64 samples, uncorrected"
     )
     output_error_after: float | None = Field(None, description="the same with the corrected biases")
     kept: bool = Field(False, description="the corrected biases were kept (they lowered the output error)")
@@ -336,9 +337,10 @@ class BiasCorrector:
 
     def _output_error(self, float_path: Path, path: Path) -> float:
         if float_path not in self._outputs:
-            self._outputs[float_path] = run_dataset(make_session(float_path, self.threads), self.dataset, BATCH)
+            check = self.dataset.take(CHECK_SAMPLES)
+            self._outputs[float_path] = run_dataset(make_session(float_path, self.threads), check, BATCH)
         reference = self._outputs[float_path]
-        outputs = run_dataset(make_session(path, self.threads), self.dataset, BATCH)
+        outputs = run_dataset(make_session(path, self.threads), self.dataset.take(CHECK_SAMPLES), BATCH)
         errors = []
         for name, ref in reference.items():
             got = outputs.get(name)

@@ -232,7 +232,7 @@ def tune_fusion(quantizer: ModeQuantizer, prepared: Prepared, evaluator: Evaluat
         name_nodes(graph.path, graph.path)
     timed = [Timed("unfused", quantizer.work / "fusion" / "q_unfused.onnx", prepared.path, {})]
     timed += [Timed(g.variant.name, g.path.with_name(f"q_{g.path.name}"), g.path, g.fused_ops) for g in graphs]
-    budget = Budget.from_settings(config.max_accuracy_drop, settings)
+    budget = Budget.from_settings(config.max_accuracy_drop, settings, config.budget_metric)
     for candidate in timed:
         quantizer.ctx.check_canceled()
         variant = Prepared(path=candidate.prepared, per_channel_ok=prepared.per_channel_ok, details=prepared.details)
