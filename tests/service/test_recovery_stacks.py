@@ -45,6 +45,7 @@ VICTIM = {
     "LATENCY_MAX_SECONDS": "600",
 }
 RESCUER = {**LEASE, "LATENCY_RUNS": "10", "QUEUED_REDELIVER_SECONDS": "3"}
+READY_TIMEOUT_S = 180  # a worker's start-up (imports) on a loaded 2-core machine
 JOB = {"steps": [{"type": "quantize", "mode": "dynamic"}]}
 
 
@@ -83,13 +84,14 @@ def kill_workers_mid_job(stack: Stack, model_id: str, kills: int) -> list[float]
     The rescuer runs all along on a queue of its own: its sweep requeues a dead worker's job there, so fresh
     submissions reach only the victim, and the next victim boots while the rescuer finishes the job.
     Returns the seconds from each kill to the job's success."""
-    rescuer = stack.start_worker(**RESCUER, QUEUE_NAME=f"{stack.env['QUEUE_NAME']}-rescue")
+    rescuer = start_worker_nowait(stack, **RESCUER, QUEUE_NAME=f"{stack.env['QUEUE_NAME']}-rescue")
     victim = start_worker_nowait(stack, **VICTIM)
+    rescuer.wait_worker_ready(timeout=READY_TIMEOUT_S)
     recoveries = []
     try:
         with stack.client() as client:
             for _ in range(kills):
-                victim.wait_worker_ready()
+                victim.wait_worker_ready(timeout=READY_TIMEOUT_S)
                 job_id = submit_job(client, model_id)
                 poll(client, job_id, timeout=120, until={JobStatus.RUNNING})
                 time.sleep(1.0)
@@ -229,8 +231,10 @@ def test_redis_restart_loses_no_queued_job(private_redis: PrivateRedis, tmp_path
             assert private_redis.client().llen(stack.env["QUEUE_NAME"]) == 0
             after = submit_job(client, model_id)  # the API publishes again without a restart
             started = time.monotonic()
-            workers = [stack.start_worker(**RESCUER) for _ in range(2)]
+            workers = [start_worker_nowait(stack, **RESCUER) for _ in range(2)]
             try:
+                for worker in workers:
+                    worker.wait_worker_ready(timeout=READY_TIMEOUT_S)
                 for job_id in [*queued, after]:
                     kinds = assert_succeeded_once(client, job_id, timeout=300)
                     if job_id != after:
