@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 from fastapi import status
 
 from app.errors import ApiError
@@ -28,11 +29,26 @@ NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 
 def check_model(path: Path, settings: Settings) -> ModelInfo:
     info = validate_model(path)
+    newest = onnx.defs.onnx_opset_version()
+    if info.opset > newest:
+        raise InvalidModelError(
+            f"the model imports opset {info.opset}; this service's onnx knows opsets up to {newest}: "
+            "export the model with a supported opset"
+        )
     for spec in info.inputs:
         try:
-            itemsize = np.dtype(spec.dtype).itemsize
+            dtype = np.dtype(spec.dtype)
         except TypeError:
-            itemsize = 1
+            dtype = np.dtype(object)
+        if dtype.kind not in NUMERIC_KINDS and not spec.dtype.startswith(("bfloat", "float")):  # ml_dtypes floats
+            raise InvalidModelError(
+                f"input {spec.name!r} has element type {spec.dtype}: the service feeds numeric inputs only "
+                "(bool, int, uint, float)"
+            )
+        negative = [dim for dim in spec.shape if isinstance(dim, int) and dim < 0]
+        if negative:
+            raise InvalidModelError(f"input {spec.name!r} declares a negative dimension {negative[0]}: {spec.shape}")
+        itemsize = dtype.itemsize
         elements = 1
         for dim in spec.shape:
             if isinstance(dim, int) and dim > 0:
