@@ -86,8 +86,20 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a64, b64) / (na * nb))
 
 
+def _declared_dims(path: Path) -> list[list[int | None]]:
+    """Each output's declared dims (None where symbolic): what a valid pruned model must keep."""
+    dims = []
+    for output in onnx.load(str(path)).graph.output:
+        shape = output.type.tensor_type.shape
+        dims.append([d.dim_value if d.HasField("dim_value") else None for d in shape.dim])
+    return dims
+
+
 def _validity(source: Path, pruned: Path, feeds: list[dict[str, np.ndarray]]) -> tuple[str, float | None]:
-    """'ok' or why not, and the lowest per-feed cosine over the float outputs."""
+    """'ok' or why not, and the lowest per-feed cosine over the float outputs of unchanged shape.
+
+    Valid: onnx.checker passes, onnxruntime runs every feed, outputs keep their rank, type and declared
+    dims and stay finite (a decoder may emit a different number of steps: symbolic dims may change)."""
     import onnxruntime as ort
 
     try:
@@ -97,18 +109,22 @@ def _validity(source: Path, pruned: Path, feeds: list[dict[str, np.ndarray]]) ->
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
+    declared = _declared_dims(source)
     try:
         reference = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
         candidate = ort.InferenceSession(str(pruned), options, providers=["CPUExecutionProvider"])
-        worst = 1.0
+        worst: float | None = None
         for feed in feeds:
-            for ref, out in zip(reference.run(None, feed), candidate.run(None, feed), strict=True):
-                if np.shape(ref) != np.shape(out):
-                    return f"output shape {np.shape(out)} != {np.shape(ref)}", None
-                if np.issubdtype(np.asarray(out).dtype, np.floating):
+            for ref, out, dims in zip(reference.run(None, feed), candidate.run(None, feed), declared, strict=True):
+                ref, out = np.asarray(ref), np.asarray(out)
+                fixed = all(d is None or d == n for d, n in zip(dims, out.shape, strict=False))
+                if out.ndim != ref.ndim or out.dtype != ref.dtype or not fixed:
+                    return f"output {out.dtype}{list(out.shape)} vs {ref.dtype}{list(ref.shape)}", None
+                if np.issubdtype(out.dtype, np.floating):
                     if not np.all(np.isfinite(out)):
                         return "non-finite outputs", None
-                    worst = min(worst, _cosine(ref, out))
+                    if out.shape == ref.shape:
+                        worst = _cosine(ref, out) if worst is None else min(worst, _cosine(ref, out))
     except Exception as exc:  # noqa: BLE001
         return f"onnxruntime: {str(exc).splitlines()[0][:100]}", None
     return "ok", worst

@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from compression.pruning.importance import PositionStats
 from compression.pruning.layout import Analysis
-from compression.pruning.rewrite import Removal, positions
+from compression.pruning.rewrite import Removal, positions, unique_name
 
 COMPENSATED = frozenset({"Conv", "Gemm", "MatMul"})  # layers whose bias absorbs a removed input's mean
 
@@ -85,9 +85,7 @@ def _update_input(graph: ir.Graph, node: ir.Node, index: int, delta: np.ndarray,
         if base.ndim and base.shape[-1] not in (1, delta.shape[0]):
             return False
     updated = (np.asarray(base, dtype=np.float64) + delta / scale).astype(base.dtype)
-    name = f"{node.name or node.op_type}_bias_compensated"
-    while name in graph.initializers:
-        name += "_"
+    name = unique_name(graph, f"{node.name or node.op_type}_bias_compensated")
     value = ir.Value(
         name=name, shape=ir.Shape(updated.shape), type=ir.TensorType(ir.DataType.from_numpy(updated.dtype))
     )

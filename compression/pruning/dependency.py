@@ -306,8 +306,8 @@ class _Walker(AxisOps, ReshapeOps, RecurrentOps):
         in_axis, out_axis = (0, 1) if transposed else (1, 0)
         per_group_in = weight.shape[0] // groups if transposed else weight.shape[1]
         c_out = weight.shape[1] * groups if transposed else weight.shape[0]
-        if groups == 1:
-            if layout is not None and (layout.axis != 1 or any(s.block != 1 for s in layout.segments)):
+        if groups == 1:  # input channels may own blocks of positions (a channel shuffle interleaves them)
+            if layout is not None and layout.axis != 1:
                 self.taint(layout, f"{node.op_type} '{node.name}' input channels are not on axis 1")
             else:
                 self.consume(node, layout, 1, in_axis)

@@ -34,6 +34,15 @@ def apply_removal(model: ir.Model, analysis: Analysis, removal: Removal) -> None
             continue
         for slot in analysis.groups[root].slots:
             edits[(slot.node, slot.input_index)][slot.axis].update(positions(removed, slot.offset, slot.block).tolist())
+    _TAKEN[id(model.graph)] = taken_names(model.graph)
+    try:
+        _apply(model, analysis, removal, edits)
+    finally:
+        _TAKEN.pop(id(model.graph), None)
+    _forget_shapes(model.graph)
+
+
+def _apply(model: ir.Model, analysis: Analysis, removal: Removal, edits: dict) -> None:
     _slice_initializers(model.graph, edits)
     for fixup in analysis.fixups:
         node = fixup.node
@@ -67,7 +76,6 @@ def apply_removal(model: ir.Model, analysis: Analysis, removal: Removal) -> None
             layout, out_layout = fixup.detail["layout"], fixup.detail["out_layout"]
             if new_size(layout, analysis, removal) != layout.size:
                 _patch_shape_entry(model, node, fixup.detail["index"], new_size(out_layout, analysis, removal))
-    _forget_shapes(model.graph)
 
 
 def _slice_initializers(graph: ir.Graph, edits: dict[tuple[ir.Node, int], dict[int, set[int]]]) -> None:
@@ -97,11 +105,36 @@ def _slice_initializers(graph: ir.Graph, edits: dict[tuple[ir.Node, int], dict[i
                 node.replace_input_with(index, copy)
 
 
-def _new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    base, n = name, 0
-    while name in graph.initializers:
+def taken_names(graph: ir.Graph) -> set[str]:
+    """Every value and node name of the graph and of the bodies nested in it (If/Loop/Scan): a new name
+    must not collide with one a body reads from the outer scope or defines."""
+    names = {v.name for v in [*graph.inputs, *graph.initializers.values()] if v.name}
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        names.update(v.name for v in node.outputs if v.name)
+        if node.name:
+            names.add(node.name)
+    for sub in graph.subgraphs():
+        names.update(v.name for v in [*sub.inputs, *sub.initializers.values()] if v.name)
+    return names
+
+
+_TAKEN: dict[int, set[str]] = {}  # id(graph) -> names, while a rewrite runs
+
+
+def unique_name(graph: ir.Graph, base: str) -> str:
+    taken = _TAKEN.get(id(graph))
+    if taken is None:
+        taken = taken_names(graph)
+    name, n = base, 0
+    while name in taken or name in graph.initializers:
         n += 1
         name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
+def _new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    name = unique_name(graph, name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
     value.const_value = ir.tensor(array, name=name)
     graph.register_initializer(value)
@@ -140,20 +173,22 @@ def _patch_shape_entry(model: ir.Model, node: ir.Node, index: int, size: int) ->
         entries[index] = size
         _set_int_input(graph, node, 1, entries.tolist(), None)
         return
-    stem = f"{node.name or 'Reshape'}_target"
+    stem = unique_name(graph, f"{node.name or node.op_type}_target")
 
     def const(suffix: str, values: list[int]) -> ir.Value:
         return _new_initializer(graph, f"{stem}_{suffix}", np.asarray(values, dtype=np.int64))
 
     if model.opset_imports.get("", 1) >= 10:
-        head = ir.Node("", "Slice", [target, const("zero", [0]), const("index", [index])], name=f"{stem}_head")
+        head_inputs = [target, const("zero", [0]), const("index", [index])]
+        head = ir.Node("", "Slice", head_inputs, name=unique_name(graph, f"{stem}_head"))
         tail_inputs = [target, const("next", [index + 1]), const("end", [int(INT64_MAX)])]
-        tail = ir.Node("", "Slice", tail_inputs, name=f"{stem}_tail")
+        tail = ir.Node("", "Slice", tail_inputs, name=unique_name(graph, f"{stem}_tail"))
     else:
-        head = ir.Node("", "Slice", [target], _slice_attrs(0, index), name=f"{stem}_head")
-        tail = ir.Node("", "Slice", [target], _slice_attrs(index + 1, int(INT64_MAX)), name=f"{stem}_tail")
+        head = ir.Node("", "Slice", [target], _slice_attrs(0, index), name=unique_name(graph, f"{stem}_head"))
+        tail_attrs = _slice_attrs(index + 1, int(INT64_MAX))
+        tail = ir.Node("", "Slice", [target], tail_attrs, name=unique_name(graph, f"{stem}_tail"))
     inputs = [head.outputs[0], const("size", [size]), tail.outputs[0]]
-    concat = ir.Node("", "Concat", inputs, [ir.AttrInt64("axis", 0)], name=f"{stem}_patched")
+    concat = ir.Node("", "Concat", inputs, [ir.AttrInt64("axis", 0)], name=unique_name(graph, f"{stem}_patched"))
     for new in (head, tail, concat):
         new.outputs[0].name = new.name
     graph.insert_before(node, [head, tail, concat])

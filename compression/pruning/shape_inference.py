@@ -176,7 +176,7 @@ def infer_shapes(model: ir.Model, feed: Feed | None) -> tuple[DeclaredShapes, Sh
     Without a feed the run uses one drawn from the declared input types (`sample_feed`), best effort.
     """
     graph = model.graph
-    values = [*_tensor_values(graph), *graph.outputs]
+    values = list(dict.fromkeys([*_tensor_values(graph), *graph.outputs]))
     declared = DeclaredShapes({v: v.shape for v in values})
     report = ShapeReport()
     proto = ir.to_proto(model)
@@ -196,7 +196,7 @@ def infer_shapes(model: ir.Model, feed: Feed | None) -> tuple[DeclaredShapes, Sh
         except Exception as exc:  # noqa: BLE001
             first = (str(exc).splitlines() or [""])[0][:200]
             report.errors.append(f"symbolic shape inference: {type(exc).__name__} {first}".strip())
-    missing = [v for v in values if v.shape is None and not v.is_graph_output() and _is_tensor(v)]
+    missing = [v for v in values if v.shape is None and _is_tensor(v)]
     if missing:
         ranks = _ranks_from_a_run(proto, [v.name for v in missing if v.name], graph.inputs, feed, report)
         for value in missing:
