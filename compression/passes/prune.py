@@ -39,7 +39,7 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
         before = _facts(model_path)
         details: dict[str, Any]
         if isinstance(config, StructuredPruneConfig):
-            dataset = None
+            dataset = ctx.datasets.calibration or ctx.datasets.train  # also feeds the analysis' shape run
             if config.importance == "activation" or config.bias_compensation:
                 purpose = "activation importance" if config.importance == "activation" else "bias compensation"
                 dataset = ctx.require("calibration", "train", purpose=f"structured pruning with {purpose}")
