@@ -224,7 +224,7 @@ class Distiller:
         config = self.config
         total = torch.zeros(())
         for plan in self.plans:
-            student, teacher = out[plan.student_tensor], targets[plan.teacher_output]
+            student, teacher = _common(out[plan.student_tensor], targets[plan.teacher_output])
             if plan.kind == "mse":
                 total = total + losses.scaled_mse(student, teacher, plan.scale)
                 continue
@@ -260,8 +260,9 @@ class Distiller:
                 total_loss += float(self.loss(out, targets, labels)) * len(index)
                 seen += len(index)
                 if kl_plan is not None:
-                    pred = _argmax_rows(out[kl_plan.student_tensor], kl_plan.axis)
-                    agree += int((pred == _argmax_rows(targets[kl_plan.teacher_output], kl_plan.axis)).sum())
+                    student, teacher = _common(out[kl_plan.student_tensor], targets[kl_plan.teacher_output])
+                    pred = _argmax_rows(student, kl_plan.axis)
+                    agree += int((pred == _argmax_rows(teacher, kl_plan.axis)).sum())
                     rows += pred.numel()
                     if label_plan is not None and labels is not None:
                         correct += int((pred == labels.reshape(-1)).sum())
@@ -395,6 +396,15 @@ def lr_factor(progress: float, warmup: float) -> float:
         return (progress + 1e-3) / warmup
     rest = (progress - warmup) / max(1.0 - warmup, 1e-9)
     return 0.5 * (1.0 + math.cos(math.pi * min(max(rest, 0.0), 1.0)))
+
+
+def _common(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both cut to their common extent when a data-dependent length differs (a decoder Loop stopping at
+    another step): the loss compares the shared prefix. Different ranks are left to fail loudly."""
+    if student.shape == teacher.shape or student.ndim != teacher.ndim:
+        return student, teacher
+    index = tuple(slice(0, min(a, b)) for a, b in zip(student.shape, teacher.shape, strict=True))
+    return student[index], teacher[index]
 
 
 def _teacher_logits(teacher: torch.Tensor, plan: OutputLoss) -> torch.Tensor:
