@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.status import JobStatus
@@ -31,7 +32,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-API_KEY = "console-test-key"
+API_KEY = "console-test-key"  # the tests that run jobs
+OTHER_KEY = "console-other-key"  # another tenant: sees none of their jobs
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 DYNAMIC_QUANTIZE = '{"steps": [{"type": "quantize", "mode": "dynamic"}]}'
 TIMEOUT_MS = 120_000
 
@@ -49,13 +52,19 @@ def browser() -> Iterator[sync_api.Browser]:
 class PageWatch:
     """A fresh page that records console errors and uncaught exceptions."""
 
-    def __init__(self, browser: sync_api.Browser, downloads: bool = False) -> None:
-        self.context = browser.new_context(accept_downloads=downloads, viewport={"width": 1280, "height": 900})
+    def __init__(self, browser: sync_api.Browser) -> None:
+        self.context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
         self.page = self.context.new_page()
         self.page.set_default_timeout(30_000)
         self.errors: list[str] = []
         self.page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
         self.page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+
+    def use_key(self, key: str) -> None:
+        """As if the key had been entered in this tab before: requests of the console and of pages carry it."""
+        script = f"if (window === window.top) sessionStorage.setItem('onnx-compress.api-key', {key!r});"
+        self.context.add_init_script(script)  # not in the report's sandboxed frame, which has no storage
+        self.context.set_extra_http_headers({"Authorization": f"Bearer {key}"})
 
     def close(self) -> None:
         self.context.close()
@@ -63,34 +72,32 @@ class PageWatch:
 
 @pytest.fixture
 def watch(browser: sync_api.Browser) -> Iterator[PageWatch]:
-    watched = PageWatch(browser, downloads=True)
+    watched = PageWatch(browser)
     yield watched
     watched.close()
 
 
 @pytest.fixture(scope="module")
 def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One embedded service with API keys for every test here (one start-up: they are slow on a loaded machine)."""
     root = tmp_path_factory.mktemp("console")
-    stack = Stack({"DATA_DIR": str(root / "data"), **FAST, "LATENCY_MAX_SECONDS": "5"}, root)
+    env = {"DATA_DIR": str(root / "data"), **FAST, "LATENCY_MAX_SECONDS": "5", "API_KEYS": f"{API_KEY},{OTHER_KEY}"}
+    stack = Stack(env, root)
     stack.start_api("serve")
     yield stack
     stack.stop()
 
 
-@pytest.fixture(scope="module")
-def keyed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("keyed")
-    stack = Stack({"DATA_DIR": str(root / "data"), "API_KEYS": API_KEY, **FAST}, root)
-    stack.start_api("serve")
-    yield stack
-    stack.stop()
+def client_of(stack: Stack) -> httpx.Client:
+    assert stack.api is not None
+    return httpx.Client(base_url=stack.api.url, timeout=30, headers=AUTH)
 
 
 def test_report_of_prune_distill_quantize_job_renders_its_charts(
     console_stack: Stack, watch: PageWatch, digits_cnn, tmp_path: Path
 ) -> None:
     datasets = {}
-    with console_stack.client() as client:
+    with client_of(console_stack) as client:
         model = upload(client, "/v1/models", digits_cnn.path)
         for role, split in (("train", "train"), ("eval", "test")):
             path = digits_cnn.write_npz(tmp_path / f"{role}.npz", split=split, limit=256)
@@ -101,6 +108,7 @@ def test_report_of_prune_distill_quantize_job_renders_its_charts(
             {"type": "quantize", "mode": "dynamic"},
         ]
         job = submit(client, {"model_id": model["id"], "steps": steps, "datasets": datasets})
+        assert client.get(f"/v1/jobs/{job['id']}/report", headers={"Authorization": ""}).status_code == 401
         early = client.get(f"/v1/jobs/{job['id']}/report")  # queued or running: the report shows what exists
         assert early.status_code == 200 and early.headers["content-type"].startswith("text/html")
         assert job["id"] in early.text
@@ -108,6 +116,7 @@ def test_report_of_prune_distill_quantize_job_renders_its_charts(
         assert job["status"] == JobStatus.SUCCEEDED, job["error"]
         assert client.get("/v1/jobs/not-a-job/report").status_code == 404
 
+    watch.use_key(API_KEY)
     page = watch.page
     response = page.goto(f"{console_stack.api.url}/v1/jobs/{job['id']}/report")
     assert response is not None and response.status == 200
@@ -129,13 +138,14 @@ def test_report_of_prune_distill_quantize_job_renders_its_charts(
 def test_console_uploads_submits_follows_and_opens_the_report(
     console_stack: Stack, watch: PageWatch, digits_cnn, tmp_path: Path
 ) -> None:
+    watch.use_key(API_KEY)
     page = watch.page
     page.goto(console_stack.api.url)
     page.get_by_label("Model (.onnx)").set_input_files(str(digits_cnn.path))
     eval_npz = digits_cnn.write_npz(tmp_path / "digits_eval.npz", split="test", limit=200)
     page.get_by_label("Eval").set_input_files(str(eval_npz))
 
-    with console_stack.client() as client:
+    with client_of(console_stack) as client:
         jobs_before = len(client.get("/v1/jobs").json()["items"])
     spec = page.get_by_label("Spec (JSON)")
     spec.fill('{"steps": [{"type": "quantize", "mode": "dynamc"}]}')  # checked against the live schema
@@ -144,7 +154,7 @@ def test_console_uploads_submits_follows_and_opens_the_report(
     sync_api.expect(page.locator("#submit-error")).to_contain_text("mode must be one of")
     spec.fill('{"steps": [{"type": "quantize", "mode": "dynamic", "colour": 1}]}')
     sync_api.expect(page.locator("#spec-check")).to_contain_text("steps[0].colour is not a known field")
-    with console_stack.client() as client:
+    with client_of(console_stack) as client:
         assert len(client.get("/v1/jobs").json()["items"]) == jobs_before  # nothing was sent
     spec.fill(DYNAMIC_QUANTIZE)
     sync_api.expect(page.locator("#spec-check")).to_contain_text("matches the service's step schema")
@@ -173,9 +183,9 @@ def test_console_uploads_submits_follows_and_opens_the_report(
     assert watch.errors == []
 
 
-def test_console_asks_for_the_key_and_says_when_it_is_wrong(keyed_stack: Stack, watch: PageWatch) -> None:
+def test_console_asks_for_the_key_and_says_when_it_is_wrong(console_stack: Stack, watch: PageWatch) -> None:
     page = watch.page
-    page.goto(keyed_stack.api.url)
+    page.goto(console_stack.api.url)
     dialog = page.locator("#key-dialog")
     sync_api.expect(dialog).to_be_visible()
     sync_api.expect(dialog).to_contain_text("needs an API key")
@@ -186,12 +196,12 @@ def test_console_asks_for_the_key_and_says_when_it_is_wrong(keyed_stack: Stack, 
     sync_api.expect(page.locator("#key-error")).to_contain_text("Wrong API key")
     assert page.evaluate("sessionStorage.getItem('onnx-compress.api-key')") is None
 
-    page.get_by_label("Key", exact=True).fill(API_KEY)
+    page.get_by_label("Key", exact=True).fill(OTHER_KEY)
     page.get_by_role("button", name="Use this key").click()
     sync_api.expect(dialog).to_be_hidden()
-    sync_api.expect(page.locator("#jobs-empty")).to_be_visible()
+    sync_api.expect(page.locator("#jobs-empty")).to_be_visible()  # another tenant's jobs stay out of sight
     sync_api.expect(page.locator("#notice")).to_be_hidden()
-    assert page.evaluate("sessionStorage.getItem('onnx-compress.api-key')") == API_KEY
+    assert page.evaluate("sessionStorage.getItem('onnx-compress.api-key')") == OTHER_KEY
     sync_api.expect(page.locator("#spec-check")).to_contain_text("matches the service's step schema")
 
     page.reload()  # the key stays for the tab's session: no dialog again
@@ -201,7 +211,7 @@ def test_console_asks_for_the_key_and_says_when_it_is_wrong(keyed_stack: Stack, 
 
 def test_console_cancels_a_running_job(console_stack: Stack, watch: PageWatch, digits_cnn, tmp_path: Path) -> None:
     train = digits_cnn.write_npz(tmp_path / "train.npz", split="train")
-    with console_stack.client() as client:
+    with client_of(console_stack) as client:
         model = upload(client, "/v1/models", digits_cnn.path)
         steps = [{"type": "distill", "epochs": 200, "batch_size": 1, "max_seconds": 120}]  # minutes; canceled early
         body = {
@@ -212,6 +222,7 @@ def test_console_cancels_a_running_job(console_stack: Stack, watch: PageWatch, d
         job = poll(client, submit(client, body)["id"], timeout=60, until={JobStatus.RUNNING, *TERMINAL})
         assert job["status"] == JobStatus.RUNNING, job
 
+    watch.use_key(API_KEY)
     page = watch.page
     page.goto(f"{console_stack.api.url}/#job={job['id']}")  # a link to one job opens it
     sync_api.expect(page.locator("#job-status")).to_have_text("running")
