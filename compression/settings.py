@@ -129,6 +129,11 @@ class QuantizeSettings(SettingsGroup):
         "onnxruntime's u8s8 kernels saturate (worst output cosine 0.90 -> 0.997 on the residual CNN); "
         "'always' / 'never' force it",
     )
+    activation_range_choice: bool = Field(
+        True,
+        description="static with calibration_method minmax: per activation, keep the min-max range or clip its "
+        "tails, whichever has the smaller expected quantization error on the calibration histogram",
+    )
     smooth_quant: bool = Field(
         True,
         description="static/dynamic: SmoothQuant the MatMuls read by a LayerNormalization (divide its outlier "

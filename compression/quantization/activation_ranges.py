@@ -24,11 +24,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationMethod
-from onnxruntime.quantization.calibrate import TensorData, TensorsData, load_tensors_data, save_tensors_data
+from onnxruntime.quantization.calibrate import (
+    TensorData,
+    TensorsData,
+    create_calibrator,
+    load_tensors_data,
+    save_tensors_data,
+)
 from pydantic import BaseModel, Field
 
 from compression.datasets import Dataset
 from compression.metrics.inference import make_session
+from compression.quantization.calibration import DatasetReader
 from compression.quantization.sensitivity import expose
 
 TAIL_FRACTIONS = (1e-5, 1e-4, 1e-3)  # mass dropped from each tail by the clipped candidates
@@ -116,16 +123,25 @@ def histograms(
 
 
 def refine_ranges(
-    cache_path: Path, model_path: Path, dataset: Dataset, batch: int, threads: int, work: Path
+    cache_path: Path,
+    model_path: Path,
+    dataset: Dataset,
+    batch: int,
+    threads: int,
+    work: Path,
+    op_types: list[str] | None = None,
 ) -> RangeChoice | None:
     """Replace the min-max ranges in onnxruntime's calibration cache by each tensor's best range.
 
     Done once per cache: a marker beside it records the refined file, so the search's later attempts (which
-    reuse the cache) do not refine again; None then.
+    reuse the cache) do not refine again; None then. Without a cache yet, min-max ranges are calibrated
+    first with onnxruntime's calibrator (the same one `quantize_static` would run).
     """
     marker = cache_path.with_name(cache_path.name + ".refined")
-    if marker.is_file() and marker.read_text() == _fingerprint(cache_path):
+    if cache_path.is_file() and marker.is_file() and marker.read_text() == _fingerprint(cache_path):
         return None
+    if not cache_path.is_file():
+        _calibrate_minmax(model_path, cache_path, dataset, batch, op_types, work)
     minmax = load_tensors_data(cache_path)
     if minmax.calibration_method != CalibrationMethod.MinMax:
         return None
@@ -153,6 +169,21 @@ def refine_ranges(
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, chosen), cache_path)
     marker.write_text(_fingerprint(cache_path))
     return report
+
+
+def _calibrate_minmax(
+    model_path: Path, cache_path: Path, dataset: Dataset, batch: int, op_types: list[str] | None, work: Path
+) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    calibrator = create_calibrator(
+        model_path,
+        op_types or [],
+        augmented_model_path=str(work / "minmax_augmented.onnx"),
+        calibrate_method=CalibrationMethod.MinMax,
+        providers=["CPUExecutionProvider"],
+    )
+    calibrator.collect_data(DatasetReader(dataset, dataset.n_samples, batch))
+    save_tensors_data(calibrator.compute_data(), cache_path)
 
 
 def _fingerprint(path: Path) -> str:

@@ -18,6 +18,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from compression.contract import PassContext
 from compression.datasets import Dataset
 from compression.metrics.evaluation import Evaluator
+from compression.quantization.activation_ranges import refine_ranges
 from compression.quantization.bias_correction import BiasCorrector
 from compression.quantization.calibration import DatasetReader, calibration_dataset
 from compression.quantization.compact import compact, original_names
@@ -214,6 +215,18 @@ class StaticQuantizer(ModeQuantizer):
         op_types = None
         if config.op_types_to_exclude:
             op_types = sorted(self.quantizable_ops - set(config.op_types_to_exclude))
+        if config.calibration_method == "minmax" and self.ctx.settings.quantize.activation_range_choice:
+            refined = refine_ranges(  # per tensor: min-max or a clipped range, by expected error
+                self.work / "calibration_ranges.json",  # the cache quantize_static reads below
+                prepared.path,
+                self.calibration.take(config.calibration_samples),
+                reader.batch_size,
+                self.ctx.settings.latency.threads,
+                self.work / "ranges",
+                op_types,
+            )
+            if refined is not None:
+                self.details["activation_ranges"] = refined.model_dump()
         always = prepared.details.get("always_exclude", [])
         stage = self.work / "static.onnx"
         quantize_static(

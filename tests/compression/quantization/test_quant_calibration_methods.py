@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import TensorData, TensorsData, load_tensors_data, save_tensors_data
-from quant_helpers import save
+from quant_helpers import bundle, run_step, save
 
 from compression.datasets import Dataset
 from compression.metrics.inference import make_session, run_dataset
@@ -135,3 +135,12 @@ def test_saturation_guard_reads_the_cpu_flags():
     assert u8s8_may_saturate("aarch64", "Features\t: fp asimd asimddp\n") is False
     assert reduce_range(EngineSettings(quantize={"reduce_range": ReduceRange.ALWAYS})) is True
     assert reduce_range(EngineSettings(quant_reduce_range="never")) is False
+
+
+def test_static_step_refines_the_calibration_ranges_once(digits_cnn, tmp_path):
+    step = {"type": "quantize", "mode": "static", "speed_guard": False}
+    result, _ = run_step(digits_cnn.path, step, bundle(digits_cnn), tmp_path)
+    details = result.metrics.steps[0].details
+    ranges = details["activation_ranges"]
+    assert ranges["tensors"] > 0 and ranges["protected"] >= 1  # the logits keep their min-max range
+    assert details["within_budget"] and not details["input_model_returned"]
