@@ -1,0 +1,260 @@
+"""A Python client of the compression API: upload, submit, wait, download (httpx, synchronous).
+
+    from onnx_compress import Client
+
+    with Client("http://127.0.0.1:8000", api_key="...") as client:
+        model = client.upload_model("digits_cnn.onnx")
+        job = client.submit(model.id, [{"type": "quantize", "mode": "dynamic"}])
+        job = client.wait(job.id, progress=lambda j: print(j.status, j.progress))
+        client.download(job.id, "digits_int8.onnx")
+
+Requests answered 429 or 503 are retried (a bounded number of times), waiting what `Retry-After` says.
+Any other problem answer raises `ApiError(status, code, detail)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from service.status import TERMINAL, JobStatus
+
+API_KEY_ENV = "ONNX_COMPRESS_API_KEY"
+RETRY_STATUSES = frozenset({429, 503})
+DEFAULT_RETRY_AFTER_S = 1.0
+MAX_RETRY_AFTER_S = 60.0  # a server asking for longer is still retried after this long
+
+
+class ApiError(Exception):
+    """A non-2xx answer: `status` (HTTP), `code` (stable, from the problem document) and `detail` (for people)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.detail = status, code, detail
+
+
+class JobFailedError(Exception):
+    """`wait` saw the job end failed or canceled; the job is in `.job`."""
+
+    def __init__(self, job: Job) -> None:
+        reason = f": {job.error.get('code')}: {job.error.get('message')}" if job.error else ""
+        super().__init__(f"job {job.id} {job.status}{reason}")
+        self.job = job
+
+
+class _Resource(BaseModel):
+    """The fields a client relies on; everything else the API returns is kept too (extra='allow')."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Model(_Resource):
+    id: str
+    filename: str
+    size_bytes: int
+    sha256: str
+
+
+class Dataset(_Resource):
+    id: str
+    n_samples: int
+
+
+class Job(_Resource):
+    id: str
+    model_id: str
+    status: JobStatus
+    stage: str | None = None
+    progress: float = 0.0
+    error: dict[str, Any] | None = None
+    steps: list[dict[str, Any]] = []
+    metrics: dict[str, Any] | None = None
+    urls: dict[str, str | None] = {}
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class JobEvent(_Resource):
+    id: int
+    kind: str
+    message: str
+    progress: float | None = None
+    stage: str | None = None
+
+
+class JobPage(_Resource):
+    items: list[Job]
+    next_cursor: str | None = None
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("Retry-After", DEFAULT_RETRY_AFTER_S)), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:  # an HTTP date: wait the default
+        return DEFAULT_RETRY_AFTER_S
+
+
+def _raise_for_problem(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    response.read()
+    try:
+        body = response.json()
+        code, detail = str(body.get("code", "error")), str(body.get("detail", response.text))
+    except ValueError:
+        code, detail = "error", response.text or response.reason_phrase
+    raise ApiError(response.status_code, code, detail)
+
+
+class Client:
+    """The API at `base_url` (e.g. http://127.0.0.1:8000), authenticated with `api_key` when given."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_attempts: int = 5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.max_attempts, self.timeout = max(1, max_attempts), timeout
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request, retried on 429/503 after `Retry-After`; file bodies are rewound before a retry."""
+        files: Mapping[str, Any] | None = kwargs.get("files")
+        for attempt in range(1, self.max_attempts + 1):
+            if files and attempt > 1:
+                for value in files.values():
+                    value[1].seek(0)
+            response = self.http.request(method, url, **kwargs)
+            if response.status_code not in RETRY_STATUSES or attempt == self.max_attempts:
+                break
+            time.sleep(_retry_after(response))
+        _raise_for_problem(response)
+        return response
+
+    def _upload(self, route: str, path: str | Path) -> dict[str, Any]:
+        path = Path(path)
+        with path.open("rb") as handle:
+            files = {"file": (path.name, handle, "application/octet-stream")}
+            return self._request("POST", route, files=files).json()
+
+    def upload_model(self, path: str | Path) -> Model:
+        """Upload an .onnx model; its id goes into `submit`."""
+        return Model.model_validate(self._upload("/v1/models", path))
+
+    def upload_dataset(self, path: str | Path) -> Dataset:
+        """Upload an .npz dataset (calibration, train or eval data)."""
+        return Dataset.model_validate(self._upload("/v1/datasets", path))
+
+    def submit(
+        self,
+        model_id: str,
+        steps: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+        datasets: Mapping[str, str | None] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Queue a job: `steps` is a list of steps or a spec `{"steps": [...]}`; `datasets` maps a role
+        (calibration, train, eval) to a dataset id."""
+        step_list = list(steps["steps"]) if isinstance(steps, Mapping) else list(steps)
+        body = {"model_id": model_id, "steps": step_list, "datasets": dict(datasets or {})}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return Job.model_validate(self._request("POST", "/v1/jobs", json=body, headers=headers).json())
+
+    def get(self, job_id: str, prefer_wait: int | None = None) -> Job:
+        """The job now; with `prefer_wait`, a server that supports `Prefer: wait` answers once the job ended
+        or that many seconds passed (others answer at once)."""
+        headers = {"Prefer": f"wait={prefer_wait}"} if prefer_wait else {}
+        timeout = self.timeout + (prefer_wait or 0)
+        return Job.model_validate(self._request("GET", f"/v1/jobs/{job_id}", headers=headers, timeout=timeout).json())
+
+    def wait(
+        self,
+        job_id: str,
+        progress: Callable[[Job], object] | None = None,
+        timeout: float | None = None,
+        poll: float = 1.0,
+        raise_on_failure: bool = True,
+    ) -> Job:
+        """Until the job ends: `progress(job)` is called on every change; a failed or canceled job raises
+        `JobFailedError` unless `raise_on_failure=False`; `TimeoutError` after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: tuple[object, ...] | None = None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            long_poll = max(1, min(int(poll * 10), 30, int(remaining) if remaining is not None else 30))
+            started = time.monotonic()
+            job = self.get(job_id, prefer_wait=long_poll)
+            state = (job.status, job.progress, job.stage)
+            if progress is not None and state != seen:
+                progress(job)
+            seen = state
+            if job.terminal:
+                if raise_on_failure and job.status != JobStatus.SUCCEEDED:
+                    raise JobFailedError(job)
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+            if time.monotonic() - started < poll:  # the server answered at once (no long-poll): pace the polls
+                time.sleep(poll)
+
+    def download(self, job_id: str, dest: str | Path, artifact: str = "model.onnx") -> Path:
+        """Stream an artifact of a succeeded job (`model.onnx` or `metrics.json`) to `dest`."""
+        dest = Path(dest)
+        url = f"/v1/jobs/{job_id}/artifacts/{artifact}"
+        for attempt in range(1, self.max_attempts + 1):
+            with self.http.stream("GET", url) as response:
+                if response.status_code in RETRY_STATUSES and attempt < self.max_attempts:
+                    time.sleep(_retry_after(response))
+                    continue
+                _raise_for_problem(response)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                partial = dest.with_name(dest.name + ".part")
+                with partial.open("wb") as handle:
+                    for chunk in response.iter_bytes():
+                        handle.write(chunk)
+                partial.replace(dest)
+                return dest
+        raise AssertionError("unreachable")
+
+    def metrics(self, job_id: str) -> dict[str, Any]:
+        """The job's `metrics.json`."""
+        return self._request("GET", f"/v1/jobs/{job_id}/artifacts/metrics.json").json()
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job (409 `job_finished` if it already ended)."""
+        return Job.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def events(self, job_id: str, after: int | None = None) -> list[JobEvent]:
+        """The job's events in order; `after` an event id: only later ones."""
+        params = {"after": after} if after is not None else {}
+        return [
+            JobEvent.model_validate(e) for e in self._request("GET", f"/v1/jobs/{job_id}/events", params=params).json()
+        ]
+
+    def list_jobs(self, status: JobStatus | str | None = None, limit: int = 20, cursor: str | None = None) -> JobPage:
+        """One page of jobs, newest first; pass `next_cursor` back as `cursor` for the next."""
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = str(status)
+        if cursor:
+            params["cursor"] = cursor
+        return JobPage.model_validate(self._request("GET", "/v1/jobs", params=params).json())
