@@ -49,7 +49,7 @@ def compensate_biases(
             deltas[node] = deltas.get(node, 0) + contribution
     changed = []
     for node, delta in deltas.items():
-        if _add_bias(model.graph, node, np.asarray(delta)):
+        if _add_bias(node.graph or model.graph, node, np.asarray(delta)):
             changed.append(node.name or node.op_type)
     return changed
 

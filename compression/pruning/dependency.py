@@ -228,36 +228,48 @@ class _Walker(AxisOps, ReshapeOps, RecurrentOps):
 
     # --- walk --------------------------------------------------------------------------------------------
     def run(self) -> Analysis:
-        graph = self.model.graph
-        main_nodes = set(graph)
-        for node in graph:
-            handler = getattr(self, f"op_{node.op_type}", None)
-            in_layouts = [self.layouts.get(v) for v in node.inputs if v is not None]
-            if node.domain not in ("", "ai.onnx"):
-                self.unknown(node, f"custom-domain op '{node.domain}' is not understood")
-            elif node.op_type in SHAPE_OPS and self.eval_shape_op(node):
-                continue
-            elif handler is not None:
-                handler(node)
-            elif node.op_type in UNARY_PASSTHROUGH:
-                self.op_unary(node)
-            elif node.op_type in BROADCAST_JOINS:
-                self.op_broadcast(node)
-            elif node.op_type in SPATIAL_PASSTHROUGH:
-                self.op_spatial(node)
-            elif node.op_type in REDUCTIONS:
-                self.op_reduce(node)
-            elif any(in_layouts):
-                self.unknown(node, "op is not understood by the channel analysis")
+        self.walk(self.model.graph)
         self.check_shape_reads()
         self.couple_tiles()
         for value, layout in list(self.layouts.items()):
             if value.is_graph_output():
                 self.taint(layout, f"tensor '{value.name}' is a graph output")
             for user, _ in value.uses():
-                if user not in main_nodes:
+                if user.graph is not value.graph:
                     self.taint(layout, f"tensor '{value.name}' is used inside a subgraph")
         return Analysis(self.groups, self.layouts, self.fixups, self.find)
+
+    def walk(self, graph: ir.Graph) -> None:
+        """The graph's nodes in order; an If/Loop/Scan body is walked where its node stands, as a graph of its
+        own: groups made and consumed inside a body prune there, what crosses its border stays intact."""
+        for node in graph:
+            self.visit(node)
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.GRAPH:
+                    self.walk(attr.as_graph())
+                elif attr.type == ir.AttributeType.GRAPHS:
+                    for body in attr.as_graphs():
+                        self.walk(body)
+
+    def visit(self, node: ir.Node) -> None:
+        handler = getattr(self, f"op_{node.op_type}", None)
+        in_layouts = [self.layouts.get(v) for v in node.inputs if v is not None]
+        if node.domain not in ("", "ai.onnx"):
+            self.unknown(node, f"custom-domain op '{node.domain}' is not understood")
+        elif node.op_type in SHAPE_OPS and self.eval_shape_op(node):
+            return
+        elif handler is not None:
+            handler(node)
+        elif node.op_type in UNARY_PASSTHROUGH:
+            self.op_unary(node)
+        elif node.op_type in BROADCAST_JOINS:
+            self.op_broadcast(node)
+        elif node.op_type in SPATIAL_PASSTHROUGH:
+            self.op_spatial(node)
+        elif node.op_type in REDUCTIONS:
+            self.op_reduce(node)
+        elif any(in_layouts):
+            self.unknown(node, "op is not understood by the channel analysis")
 
     def couple_tiles(self) -> None:
         """A group tiled from a head-dim group is pruned with it: whatever blocks one blocks both."""

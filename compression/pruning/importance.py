@@ -92,6 +92,10 @@ def probe_statistics(
     """Run the model on up to `max_samples` samples and average each named tensor over all but its axis."""
     if not values:
         return {}
+    main = {v.name for node in model.graph for v in node.outputs if v.name}
+    values = {name: axis for name, axis in values.items() if name in main}  # a body's tensors cannot be outputs
+    if not values:
+        return {}
     proto = ir.to_proto(model)
     existing = {o.name for o in proto.graph.output}
     for name in values:

@@ -52,8 +52,11 @@ def fold_constant_reshapes(model: ir.Model) -> int:
     Exporters (Paddle, some TF converters) emit these; without folding, the bias looks computed and
     the channel group it belongs to could not be pruned.
     """
+    return sum(_fold_in(graph) for graph in [model.graph, *model.graph.subgraphs()])
+
+
+def _fold_in(graph: ir.Graph) -> int:
     folded = 0
-    graph = model.graph
     for node in list(graph):
         if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
             continue

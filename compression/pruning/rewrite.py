@@ -34,12 +34,17 @@ def apply_removal(model: ir.Model, analysis: Analysis, removal: Removal) -> None
             continue
         for slot in analysis.groups[root].slots:
             edits[(slot.node, slot.input_index)][slot.axis].update(positions(removed, slot.offset, slot.block).tolist())
-    _TAKEN[id(model.graph)] = taken_names(model.graph)
+    graphs = [model.graph, *model.graph.subgraphs()]
+    taken = taken_names(model.graph)
+    for graph in graphs:  # one book for the whole model: a body sees every outer name
+        _TAKEN[id(graph)] = taken
     try:
         _apply(model, analysis, removal, edits)
     finally:
-        _TAKEN.pop(id(model.graph), None)
-    _forget_shapes(model.graph)
+        for graph in graphs:
+            _TAKEN.pop(id(graph), None)
+    for graph in graphs:
+        _forget_shapes(graph)
 
 
 def _apply(model: ir.Model, analysis: Analysis, removal: Removal, edits: dict) -> None:
@@ -55,7 +60,7 @@ def _apply(model: ir.Model, analysis: Analysis, removal: Removal, edits: dict) -
                 node.replace_input_with(index, None)
         elif fixup.kind == "split":
             sizes = [new_size(analysis.layouts[out], analysis, removal) for out in node.outputs]
-            _set_int_input(model.graph, node, 1, sizes, "split", drop_attrs=("num_outputs",))
+            _set_int_input(node.graph or model.graph, node, 1, sizes, "split", drop_attrs=("num_outputs",))
         elif fixup.kind == "slice":
             before = new_size(fixup.detail["before"], analysis, removal)
             inside = new_size(fixup.detail["inside"], analysis, removal)
@@ -63,11 +68,11 @@ def _apply(model: ir.Model, analysis: Analysis, removal: Removal, edits: dict) -
             for index, value in ((1, before), (2, before + inside)):
                 bounds = node.inputs[index].const_value.numpy().copy()
                 bounds[pos] = value
-                _set_int_input(model.graph, node, index, bounds.tolist(), None)
+                _set_int_input(node.graph or model.graph, node, index, bounds.tolist(), None)
         elif fixup.kind == "scalar_input":  # a uniform fill read elementwise: its value as a scalar
             value = fixup.detail["value"]
             stem = f"{node.name or node.op_type}_{fixup.detail['index']}_scalar"
-            node.replace_input_with(fixup.detail["index"], _new_initializer(model.graph, stem, value))
+            node.replace_input_with(fixup.detail["index"], _new_initializer(node.graph or model.graph, stem, value))
         elif fixup.kind == "expand":
             layout = fixup.detail["layout"]
             if new_size(layout, analysis, removal) != layout.size:
@@ -100,7 +105,7 @@ def _slice_initializers(graph: ir.Graph, edits: dict[tuple[ir.Node, int], dict[i
                 value.const_value = ir.tensor(sliced, name=value.name)
                 value.shape = ir.Shape(sliced.shape)
                 continue
-            copy = _new_initializer(graph, f"{value.name}_pruned{number}", sliced)
+            copy = _new_initializer(value.graph or graph, f"{value.name}_pruned{number}", sliced)
             for node, index in uses:
                 node.replace_input_with(index, copy)
 
@@ -167,7 +172,7 @@ def _patch_shape_entry(model: ir.Model, node: ir.Node, index: int, size: int) ->
     """Set entry `index` of a Reshape's target: a fresh constant when the target is constant, else
     Concat(target[:index], [size], target[index + 1:]) in front of the Reshape (the other entries may be
     computed from the input's shape at run time)."""
-    graph, target = model.graph, node.inputs[1]
+    graph, target = node.graph or model.graph, node.inputs[1]
     if target.const_value is not None and not target.is_graph_input():
         entries = target.const_value.numpy().astype(np.int64).reshape(-1).copy()
         entries[index] = size

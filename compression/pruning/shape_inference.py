@@ -6,9 +6,10 @@ onnxruntime's symbolic inference (`onnxruntime.tools.symbolic_shape_infer`) carr
 Shape arithmetic and fills most of them; whatever is still unknown gets its rank from one onnxruntime run
 on a sample input with those tensors exposed as outputs.
 
-Shapes are set on the main graph's values only, for the analysis: `DeclaredShapes.restore` puts the
-model's own declarations back before it is saved, so an output never carries a shape the exporter did not
-declare (onnxruntime re-checks declared shapes inside If/Loop bodies against what it infers).
+Shapes are set on the values of the main graph and of every If/Loop/Scan body (the run reaches the main
+graph only), for the analysis: `DeclaredShapes.restore` puts the model's own declarations back before it
+is saved, so an output never carries a shape the exporter did not declare (onnxruntime re-checks
+declared shapes inside If/Loop bodies against what it infers).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import importlib.util
 import io
 import tempfile
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,17 +33,18 @@ Feed = dict[str, np.ndarray]
 
 @dataclass
 class ShapeReport:
-    """Which source gave the main graph's tensor shapes; `unknown` are still without a rank."""
+    """How many tensor shapes each source improved; `unknown` main-graph tensors are still without a rank."""
 
     onnx: int = 0
     symbolic: int = 0
     run: int = 0
     unknown: int = 0
+    unknown_in_bodies: int = 0  # tensors of If/Loop/Scan bodies (the rank run reaches the main graph only)
     errors: list[str] = field(default_factory=list)
 
     def as_metrics(self) -> dict[str, object]:
         return {"onnx": self.onnx, "symbolic": self.symbolic, "run": self.run, "unknown": self.unknown,
-                "errors": self.errors}  # fmt: skip
+                "unknown_in_bodies": self.unknown_in_bodies, "errors": self.errors}  # fmt: skip
 
 
 @dataclass
@@ -81,14 +84,41 @@ def _shape_of(type_proto: onnx.TypeProto) -> ir.Shape | None:
     return ir.Shape(dims)
 
 
-def _inferred(proto: onnx.ModelProto) -> dict[str, ir.Shape]:
-    graph = proto.graph
+def _inferred(graph: onnx.GraphProto) -> dict[str, ir.Shape]:
     out: dict[str, ir.Shape] = {}
     for info in [*graph.value_info, *graph.output]:
         shape = _shape_of(info.type)
         if shape is not None:
             out[info.name] = shape
     return out
+
+
+def _graph_pairs(graph: ir.Graph, proto: onnx.GraphProto) -> Iterator[tuple[ir.Graph, onnx.GraphProto]]:
+    """The graph and its If/Loop/Scan bodies, each with the same graph in a proto of the model (same order)."""
+    yield graph, proto
+    nodes = list(graph)
+    if len(nodes) != len(proto.node):
+        return
+    for node, proto_node in zip(nodes, proto.node, strict=True):
+        if node.op_type != proto_node.op_type:
+            return
+        proto_attrs = {a.name: a for a in proto_node.attribute}
+        for name, attr in node.attributes.items():
+            if name not in proto_attrs:
+                continue
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from _graph_pairs(attr.as_graph(), proto_attrs[name].g)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for body, body_proto in zip(attr.as_graphs(), proto_attrs[name].graphs, strict=False):
+                    yield from _graph_pairs(body, body_proto)
+
+
+def _apply_all(graph: ir.Graph, proto: onnx.ModelProto) -> int:
+    return sum(_apply(_graph_values(g), _inferred(p)) for g, p in _graph_pairs(graph, proto.graph))
+
+
+def _graph_values(graph: ir.Graph) -> list[ir.Value]:
+    return list(dict.fromkeys([*_tensor_values(graph), *graph.outputs]))
 
 
 def _apply(values: list[ir.Value], shapes: dict[str, ir.Shape]) -> int:
@@ -176,23 +206,24 @@ def infer_shapes(model: ir.Model, feed: Feed | None) -> tuple[DeclaredShapes, Sh
     Without a feed the run uses one drawn from the declared input types (`sample_feed`), best effort.
     """
     graph = model.graph
-    values = list(dict.fromkeys([*_tensor_values(graph), *graph.outputs]))
-    declared = DeclaredShapes({v: v.shape for v in values})
+    values = _graph_values(graph)
+    everything = [v for g in [graph, *graph.subgraphs()] for v in _graph_values(g)]
+    declared = DeclaredShapes({v: v.shape for v in everything})
     report = ShapeReport()
     proto = ir.to_proto(model)
     inferred_proto = proto
     try:
         inferred_proto = _onnx_inference(proto)
-        report.onnx = _apply(values, _inferred(inferred_proto))
+        report.onnx = _apply_all(graph, inferred_proto)
     except Exception as exc:  # noqa: BLE001  (best effort: the next source may still work)
         report.errors.append(f"onnx shape inference: {str(exc).splitlines()[0][:200]}")
-    if any(v.shape is None and _is_tensor(v) for v in values):  # symbolic inference costs seconds: only for gaps
+    if any(v.shape is None and _is_tensor(v) for v in everything):  # symbolic inference costs seconds: only for gaps
         try:
             symbolic = _symbolic_inference(inferred_proto)
             if symbolic is None:
                 report.errors.append("symbolic shape inference gave up")
             else:
-                report.symbolic = _apply(values, _inferred(symbolic))
+                report.symbolic = _apply_all(graph, symbolic)
         except Exception as exc:  # noqa: BLE001
             first = (str(exc).splitlines() or [""])[0][:200]
             report.errors.append(f"symbolic shape inference: {type(exc).__name__} {first}".strip())
@@ -205,6 +236,7 @@ def infer_shapes(model: ir.Model, feed: Feed | None) -> tuple[DeclaredShapes, Sh
                 value.shape = ir.Shape([None] * rank)
                 report.run += 1
     report.unknown = sum(1 for v in values if v.shape is None and _is_tensor(v))
+    report.unknown_in_bodies = sum(1 for v in everything if v.shape is None and _is_tensor(v)) - report.unknown
     return declared, report
 
 

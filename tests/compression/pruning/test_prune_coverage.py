@@ -481,3 +481,45 @@ def test_ranks_unknown_to_inference_come_from_one_run(tmp_path: Path) -> None:
     report = prune(source, tmp_path / "pruned.onnx", 0.5, dataset=dataset)
     assert report["shape_inference"]["run"] >= 2 and report["shape_inference"]["unknown"] == 0
     assert "rank is unknown" not in str(report["skipped"])
+
+
+def test_groups_inside_if_branches_prune_in_their_body(tmp_path: Path) -> None:
+    """Each branch holds a Conv pair with its own weights: the inner group prunes inside the body; the body's
+    output channels (what the If returns) stay, with the reason."""
+    rng = np.random.default_rng(11)
+
+    def branch(name: str) -> onnx.GraphProto:
+        a, a_b = rng.normal(0, 0.4, (8, 2, 3, 3)).astype(np.float32), np.full(8, 0.1, np.float32)
+        b = rng.normal(0, 0.4, (4, 8, 3, 3)).astype(np.float32)
+        a[[1, 4]], a_b[[1, 4]], b[:, [1, 4]] = 0, 0, 0
+        nodes = [
+            helper.make_node("Conv", ["x", f"{name}_a.w", f"{name}_a.b"], [f"{name}_a"], name=f"{name}_a", pads=[1] * 4),
+            helper.make_node("Relu", [f"{name}_a"], [f"{name}_r"]),
+            helper.make_node("Conv", [f"{name}_r", f"{name}_b.w"], [f"{name}_out"], name=f"{name}_b", pads=[1] * 4),
+        ]  # fmt: skip
+        inits = [const(f"{name}_a.w", a), const(f"{name}_a.b", a_b), const(f"{name}_b.w", b)]
+        out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)
+        return helper.make_graph(nodes, name, [], [out], inits)
+
+    nodes = [helper.make_node("If", ["flag"], ["y"], name="if", then_branch=branch("then"), else_branch=branch("else"))]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 5, 5])
+    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 5, 5])
+    source = make_model(nodes, [], [x, flag], [out], tmp_path / "branches.onnx")
+    pruned = tmp_path / "pruned.onnx"
+    report = prune(source, pruned, 0.25)
+    by_producer = {tuple(g["producers"]): g for g in report["groups"]}
+    assert by_producer[("then_a",)]["kept"] == 6 and by_producer[("else_a",)]["kept"] == 6
+    assert "graph output" in by_producer[("then_b",)]["reason"]
+    onnx.checker.check_model(str(pruned), full_check=True)
+    if_node = onnx.load(str(pruned)).graph.node[0]
+    for attr in if_node.attribute:
+        weights = {t.name: numpy_helper.to_array(t).shape for t in attr.g.initializer}
+        prefix = attr.name.split("_")[0]
+        assert weights[f"{prefix}_a.w"] == (6, 2, 3, 3) and weights[f"{prefix}_b.w"] == (4, 6, 3, 3)
+    for value in (True, False):
+        feeds = {"x": np.random.default_rng(12).normal(size=(2, 2, 5, 5)).astype(np.float32), "flag": np.array(value)}
+        assert_same_outputs(source, pruned, feeds)
+    same = tmp_path / "same.onnx"
+    prune(source, same, 0.0)
+    assert_same_outputs(source, same, feeds, exact=True)
