@@ -59,14 +59,24 @@ def load_spec(path: Path) -> CompressionSpec:
         raise typer.BadParameter(f"invalid spec {path}:\n{exc}") from exc
 
 
+# options shared by `compress` (local) and `submit` (remote, onnx_compress/cli.py): the same arguments for both
+MODEL_ARGUMENT = typer.Argument(exists=True, dir_okay=False, help="input .onnx")
+SPEC_OPTION = typer.Option("--spec", exists=True, dir_okay=False, help="JSON spec: {'steps': [...]}")
+OUTPUT_OPTION = typer.Option("--output", "-o", help="where to write the compressed .onnx")
+CALIBRATION_OPTION = typer.Option("--calibration-data", exists=True, dir_okay=False, help=".npz calibration data")
+TRAIN_OPTION = typer.Option("--train-data", exists=True, dir_okay=False, help=".npz training data")
+EVAL_OPTION = typer.Option("--eval-data", exists=True, dir_okay=False, help=".npz evaluation data")
+METRICS_OPTION = typer.Option("--metrics", help="write metrics JSON here")
+
+
 def compress(
-    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="input .onnx")],
-    spec: Annotated[Path, typer.Option("--spec", exists=True, dir_okay=False, help="JSON spec: {'steps': [...]}")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the compressed .onnx")],
-    calibration_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
-    train_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
-    eval_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
-    metrics: Annotated[Path | None, typer.Option(help="write metrics JSON here")] = None,
+    model: Annotated[Path, MODEL_ARGUMENT],
+    spec: Annotated[Path, SPEC_OPTION],
+    output: Annotated[Path, OUTPUT_OPTION],
+    calibration_data: Annotated[Path | None, CALIBRATION_OPTION] = None,
+    train_data: Annotated[Path | None, TRAIN_OPTION] = None,
+    eval_data: Annotated[Path | None, EVAL_OPTION] = None,
+    metrics: Annotated[Path | None, METRICS_OPTION] = None,
     report: Annotated[Path | None, typer.Option(help="write a self-contained HTML report here")] = None,
     latency_runs: int = 50,
     threads: int = 1,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from compression.cli import compress, steps
+from onnx_compress.remote_cli import jobs_cli, submit
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 cli.command()(compress)
 cli.command()(steps)
+cli.command()(submit)
+cli.add_typer(jobs_cli, name="jobs")
 
 
 def _schema_ready_or_exit(settings: Settings) -> None:

@@ -1,0 +1,167 @@
+"""`onnx-compress submit` and `onnx-compress jobs ...`: the same work as `compress`, done by a running service."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from compression.cli import (
+    CALIBRATION_OPTION,
+    EVAL_OPTION,
+    METRICS_OPTION,
+    MODEL_ARGUMENT,
+    OUTPUT_OPTION,
+    SPEC_OPTION,
+    TRAIN_OPTION,
+)
+from onnx_compress.client import API_KEY_ENV, ApiError, Client, Job, JobFailedError
+from service.status import JobStatus
+
+console = Console(stderr=True)
+
+ServerOption = Annotated[
+    str, typer.Option("--server", envvar="ONNX_COMPRESS_SERVER", help="the API's base URL, e.g. http://127.0.0.1:8000")
+]
+ApiKeyOption = Annotated[
+    str | None, typer.Option("--api-key", envvar=API_KEY_ENV, help=f"API key (default: ${API_KEY_ENV})")
+]
+JobIdArgument = Annotated[str, typer.Argument(help="a job id (from `submit` or `jobs list`)")]
+
+jobs_cli = typer.Typer(no_args_is_help=True, help="Jobs on a running service: list, get, cancel, download.")
+
+
+@contextmanager
+def _client(server: str, api_key: str | None) -> Iterator[Client]:
+    """A client; an API problem or a failed job exits 1 saying why."""
+    try:
+        with Client(server, api_key=api_key) as client:
+            yield client
+    except ApiError as exc:
+        console.print(f"[red]error ({exc.code}, HTTP {exc.status}):[/red] {exc.detail}")
+        raise typer.Exit(1) from exc
+    except JobFailedError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    except OSError as exc:  # connection refused, unreadable file...
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read spec {path}: {exc}") from exc
+    return {"steps": raw} if isinstance(raw, list) else raw
+
+
+def _wait_with_bar(client: Client, job: Job) -> Job:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(str(job.status), total=1.0)
+
+        def show(current: Job) -> None:
+            bar.update(task, completed=current.progress, description=f"{current.status} {current.stage or ''}")
+
+        return client.wait(job.id, progress=show, raise_on_failure=True)
+
+
+def submit(
+    model: Annotated[Path, MODEL_ARGUMENT],
+    spec: Annotated[Path, SPEC_OPTION],
+    server: ServerOption,
+    api_key: ApiKeyOption = None,
+    output: Annotated[Path | None, OUTPUT_OPTION] = None,
+    calibration_data: Annotated[Path | None, CALIBRATION_OPTION] = None,
+    train_data: Annotated[Path | None, TRAIN_OPTION] = None,
+    eval_data: Annotated[Path | None, EVAL_OPTION] = None,
+    metrics: Annotated[Path | None, METRICS_OPTION] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait for the job, showing its progress")] = False,
+) -> None:
+    """Compress on a running service: upload the model and data, queue the spec; with --wait, show progress
+    and write --output/--metrics (same arguments as `compress`). Prints the job (or a summary) as JSON."""
+    if (output or metrics) and not wait:
+        raise typer.BadParameter("--output and --metrics need --wait (or use `jobs download` later)")
+    body = _read_spec(spec)
+    with _client(server, api_key) as client:
+        model_id = client.upload_model(model).id
+        datasets = {
+            role: client.upload_dataset(path).id
+            for role, path in {"calibration": calibration_data, "train": train_data, "eval": eval_data}.items()
+            if path is not None
+        }
+        job = client.submit(model_id, body, datasets=datasets)
+        console.print(f"job {job.id} queued")
+        if not wait:
+            typer.echo(job.model_dump_json(indent=2))
+            return
+        job = _wait_with_bar(client, job)
+        if output:
+            client.download(job.id, output)
+        if metrics:
+            client.download(job.id, metrics, artifact="metrics.json")
+    ratios = (job.metrics or {}).get("ratios", {})
+    summary = {
+        "job_id": job.id,
+        "status": str(job.status),
+        "output": str(output) if output else None,
+        "size_ratio": ratios.get("size"),
+        "latency_ratio": ratios.get("latency"),
+    }
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@jobs_cli.command("list")
+def jobs_list(
+    server: ServerOption,
+    api_key: ApiKeyOption = None,
+    status: Annotated[JobStatus | None, typer.Option(help="only jobs in this state")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+) -> None:
+    """The newest jobs: id, status, progress, created."""
+    with _client(server, api_key) as client:
+        page = client.list_jobs(status=status, limit=limit)
+    typer.echo("id\tstatus\tprogress\tcreated_at")
+    for job in page.items:
+        typer.echo(f"{job.id}\t{job.status}\t{job.progress:.2f}\t{getattr(job, 'created_at', '-')}")
+
+
+@jobs_cli.command("get")
+def jobs_get(job_id: JobIdArgument, server: ServerOption, api_key: ApiKeyOption = None) -> None:
+    """The job as JSON."""
+    with _client(server, api_key) as client:
+        typer.echo(client.get(job_id).model_dump_json(indent=2))
+
+
+@jobs_cli.command("cancel")
+def jobs_cancel(job_id: JobIdArgument, server: ServerOption, api_key: ApiKeyOption = None) -> None:
+    """Cancel a queued or running job."""
+    with _client(server, api_key) as client:
+        job = client.cancel(job_id)
+    console.print(f"job {job.id}: {job.status} (cancel requested)")
+
+
+@jobs_cli.command("download")
+def jobs_download(
+    job_id: JobIdArgument,
+    dest: Annotated[Path, typer.Argument(help="file to write")],
+    server: ServerOption,
+    api_key: ApiKeyOption = None,
+    artifact: Annotated[str, typer.Option(help="model.onnx or metrics.json")] = "model.onnx",
+) -> None:
+    """Download an artifact of a succeeded job."""
+    with _client(server, api_key) as client:
+        client.download(job_id, dest, artifact=artifact)
+    console.print(f"{artifact} of job {job_id} written to {dest}")
