@@ -147,7 +147,7 @@ def test_generated_client_runs_the_whole_flow(stack: Stack, tmp_path: Path, digi
         assert isinstance(job, models.JobOut), job
     assert job.status == models.JobStatus.SUCCEEDED, job.error
     assert isinstance(job.metrics, models.JobMetricsOut)
-    assert job.metrics.output.size_bytes > 0 and job.metrics.input.size_bytes > 0
+    assert job.metrics.output.size_bytes > 0 and job.metrics.to_dict()["input"]["size_bytes"] > 0
 
     artifact = download.sync(client=client, job_id=job.id, name=models.ArtifactName.MODEL_ONNX)
     assert isinstance(artifact, types.File), artifact
@@ -162,3 +162,29 @@ def test_generated_client_runs_the_whole_flow(stack: Stack, tmp_path: Path, digi
 
     missing = get_job.sync(client=client, job_id="0123abcd")
     assert isinstance(missing, models.Problem) and missing.code == "job_not_found"
+
+
+@pytest.mark.slow
+def test_a_37_mb_json_body_is_refused_fast_and_livez_keeps_answering(stack: Stack) -> None:
+    """Issue 11 finding 6 against the real server: 413 without reading the body; /livez stays quick."""
+    assert stack.api is not None
+    body = b'{"model_id": "' + b"a" * (37 * 1024 * 1024) + b'"}'
+    headers = {"Authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
+    with httpx.Client(base_url=stack.api.url, timeout=60) as client:
+        started = time.monotonic()
+        response = client.post("/v1/jobs", content=body, headers=headers)
+        refused_in = time.monotonic() - started
+        assert response.status_code == 413, response.text[:300]
+        assert response.json()["code"] == "body_too_large"
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(37 * 16):
+                yield b"a" * 65536
+
+        response = client.post("/v1/jobs", content=chunks(), headers=headers)
+        assert response.status_code == 413
+        started = time.monotonic()
+        assert client.get("/livez").status_code == 200
+        livez_in = time.monotonic() - started
+    print(f"37 MB body refused in {refused_in:.2f} s; /livez after it in {livez_in:.3f} s")
+    assert refused_in < 10 and livez_in < 5  # the unbounded parse took ~20 s
