@@ -14,6 +14,7 @@ Any other problem answer raises `ApiError(status, code, detail)`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from service.status import TERMINAL, JobStatus
 API_KEY_ENV = "ONNX_COMPRESS_API_KEY"
 RETRY_STATUSES = frozenset({429, 503})
 DEFAULT_RETRY_AFTER_S = 1.0
+LONG_POLL_S = 30  # `Prefer: wait` asked by `wait` without a progress callback
 MAX_RETRY_AFTER_S = 60.0  # a server asking for longer is still retried after this long
 
 
@@ -200,7 +202,10 @@ class Client:
         seen: tuple[object, ...] | None = None
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
-            long_poll = max(1, min(int(poll * 10), 30, int(remaining) if remaining is not None else 30))
+            # with a progress callback the server is asked to hold the request about `poll` seconds (so changes
+            # are shown), else up to 30 s; either way a job that ends is answered at once (`Prefer: wait`)
+            longest = math.ceil(poll) if progress is not None else LONG_POLL_S
+            long_poll = max(1, min(longest, math.ceil(remaining) if remaining is not None else longest))
             started = time.monotonic()
             job = self.get(job_id, prefer_wait=long_poll)
             state = (job.status, job.progress, job.stage)

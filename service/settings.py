@@ -71,6 +71,9 @@ class Settings(BaseSettings, EngineSettings):
     )
     max_steps: int = Field(16, ge=1, description="steps allowed in one job spec")
     jobs_page_limit: int = Field(100, ge=1, description="largest page of GET /v1/jobs")
+    max_prefer_wait_seconds: int = Field(
+        60, ge=0, description="longest `Prefer: wait=N` long-poll GET /v1/jobs/{id} honours (0: never waits)"
+    )
 
     worker_concurrency: int = Field(1, ge=1, description="jobs one worker runs at once (they are CPU-bound)")
     job_soft_time_limit: int = Field(3600, ge=1, description="seconds before a job is asked to stop (fails)")

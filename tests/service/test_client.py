@@ -126,3 +126,26 @@ def test_cli_submit_wait_output(embedded_stack: Stack, digits_cnn, tmp_path: Pat
         [*jobs, "cancel", summary["job_id"], "--server", embedded_stack.api.url], capture_output=True, text=True
     )
     assert canceled.returncode == 1 and "job_finished" in canceled.stderr
+
+
+@pytest.mark.slow
+def test_prefer_wait_long_polls_until_terminal_and_location(embedded_stack: Stack, digits_cnn) -> None:
+    with embedded_stack.client() as http:
+        with digits_cnn.path.open("rb") as handle:
+            uploaded = http.post("/v1/models", files={"file": ("m.onnx", handle, "application/octet-stream")})
+        model_id = uploaded.json()["id"]
+        assert uploaded.status_code == 201 and uploaded.headers["Location"] == f"/v1/models/{model_id}"
+        created = http.post("/v1/jobs", json={"model_id": model_id, **SPEC})
+        assert created.status_code == 202 and created.headers["Location"] == f"/v1/jobs/{created.json()['id']}"
+        job_url = created.headers["Location"]
+        status = created.json()["status"]
+        for _ in range(20):  # each answer comes when the job ended or after the (capped) wait
+            waited = http.get(job_url, headers={"Prefer": "wait=30"}, timeout=120)
+            assert waited.status_code == 200 and waited.headers["Preference-Applied"] == "wait=30"
+            status = waited.json()["status"]
+            if status in {"succeeded", "failed", "canceled"}:
+                break
+        assert status == "succeeded"
+        plain = http.get(job_url)
+        assert "Preference-Applied" not in plain.headers
+        assert http.get(job_url, headers={"Prefer": "wait=100000"}).headers["Preference-Applied"] == "wait=60"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Path, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api import paths
@@ -48,7 +48,12 @@ DatasetIdPath = Annotated[str, Path(pattern=RESOURCE_ID, description="a dataset 
     responses=problem_responses(413, 422),
 )
 async def upload_dataset(
-    request: Request, settings: SettingsDep, session: SessionDep, store: StoreDep, principal: PrincipalDep
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    session: SessionDep,
+    store: StoreDep,
+    principal: PrincipalDep,
 ) -> DatasetOut:
     """Multipart field `file`: an .npz with one array per model input (and optional `labels`)."""
     incoming = settings.data_dir / "incoming"
@@ -68,6 +73,7 @@ async def upload_dataset(
         owner_id=principal.tenant_id,
     )
     await run_in_threadpool(store_with_record, session, store, record, record.storage_key, received.path)
+    response.headers["Location"] = f"{paths.DATASETS}/{dataset_id}"
     return dataset_out(record)
 
 

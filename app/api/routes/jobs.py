@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from enum import StrEnum
 from typing import Annotated
 
@@ -38,6 +39,8 @@ class ArtifactName(StrEnum):
 
 
 BROKER_RETRY_AFTER_S = 10  # what a 503 for a down broker tells clients to wait
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)  # RFC 7240 `Prefer: wait=N`
+PREFER_POLL_S = 0.25  # how often a long-poll re-reads the job
 
 ARTIFACTS = {"model.onnx": "application/octet-stream", "metrics.json": "application/json"}
 
@@ -166,6 +169,7 @@ def create_job(
         if existing is None:
             raise
         return _replay(existing, request_hash, response)
+    response.headers["Location"] = paths.job_path(job.id)
     try:
         enqueue_job(settings, job.id)
     except Exception as exc:  # the broker is down: fail the job rather than leave it queued forever
@@ -193,6 +197,7 @@ def _replay(job: Job, request_hash: str, response: Response) -> JobOut:
             "Idempotency-Key was already used with a different request body; use a new key for a new job",
         )
     response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = paths.job_path(job.id)
     return job_out(job)
 
 
@@ -219,8 +224,30 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, operation_id="get_job", responses=problem_responses(404, 422))
-def get_job(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep) -> JobOut:
-    return job_out(_get_job(session, job_id, principal))
+def get_job(
+    job_id: JobIdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    response: Response,
+    prefer: Annotated[
+        str | None, Header(max_length=255, description="`wait=N`: answer once the job ended or N seconds passed")
+    ] = None,
+) -> JobOut:
+    """The job. With `Prefer: wait=N` the answer comes when the job is terminal or after N seconds (at most
+    the MAX_PREFER_WAIT_SECONDS setting), and `Preference-Applied: wait=N` says the wait that was applied."""
+    job = _get_job(session, job_id, principal)
+    match = PREFER_WAIT.search(prefer or "")
+    if match is None or settings.max_prefer_wait_seconds == 0:
+        return job_out(job)
+    wait_s = min(int(match.group(1)[:6]), settings.max_prefer_wait_seconds)
+    response.headers["Preference-Applied"] = f"wait={wait_s}"
+    deadline = time.monotonic() + wait_s
+    while not JobStatus(job.status).terminal and time.monotonic() < deadline:
+        time.sleep(min(PREFER_POLL_S, max(deadline - time.monotonic(), 0)))
+        session.rollback()  # end the read transaction (returns the connection) so the next read sees new commits
+        job = _get_job(session, job_id, principal)
+    return job_out(job)
 
 
 @router.get(

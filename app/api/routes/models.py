@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Path, Request, Response, status
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -78,7 +78,12 @@ def model_out(record: ModelRecord) -> ModelOut:
     responses=problem_responses(413, 422),
 )
 async def upload_model(
-    request: Request, settings: SettingsDep, session: SessionDep, store: StoreDep, principal: PrincipalDep
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    session: SessionDep,
+    store: StoreDep,
+    principal: PrincipalDep,
 ) -> ModelOut:
     """Multipart field `file`: an .onnx model, streamed to disk and validated with onnx.checker."""
     incoming = settings.data_dir / "incoming"
@@ -95,6 +100,7 @@ async def upload_model(
         owner_id=principal.tenant_id,
     )
     await run_in_threadpool(store_with_record, session, store, record, record.storage_key, received.path)
+    response.headers["Location"] = f"{paths.MODELS}/{model_id}"
     return model_out(record)
 
 
