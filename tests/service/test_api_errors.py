@@ -247,4 +247,3 @@ def test_unknown_student_is_422(client: TestClient, model_id: str) -> None:
     assert "student" in body["detail"] and "0123456789abcdef" in body["detail"]
     steps = [{"type": "distill", "student": "../../etc"}]
     assert_problem(client.post("/v1/jobs", json={"model_id": model_id, "steps": steps}), 422)
-
