@@ -11,6 +11,7 @@ unprunable, with the reason, so the rewrite never has to guess.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from compression.pruning.axis_ops import AxisOps
@@ -55,6 +56,7 @@ class _Walker(AxisOps, ReshapeOps, RecurrentOps):
         self.accepted_reshapes: set[ir.Node] = set()
         self.ranks: dict[ir.Value, int] = {}
         self.scalarized: set[tuple[ir.Node, int]] = set()
+        self.frozen: dict[ir.Value, np.ndarray] = {}
 
     # --- groups -----------------------------------------------------------------------------------------
     def find(self, gid: int) -> int:

@@ -94,7 +94,7 @@ def leaves(groups: list[Group], find: Callable[[int], int], gid: int) -> list[tu
 class Fixup:
     """A shape-carrying attribute or input that must follow the new channel counts (Split sizes, Slice bounds...)."""
 
-    kind: Literal["depthwise_group", "split", "slice", "reshape", "expand", "rnn_hidden", "scalar_input"]
+    kind: Literal["depthwise_group", "split", "slice", "reshape", "expand", "rnn_hidden", "scalar_input", "freeze"]
     node: ir.Node
     detail: dict
 

@@ -8,7 +8,7 @@ import onnx_ir as ir
 
 from compression.pruning.fills import FILL_PRESERVING
 from compression.pruning.layout import Fixup, Layout, Segment
-from compression.pruning.model_io import weight_array
+from compression.pruning.model_io import static_dims, weight_array
 from compression.pruning.shapes import CHANNELS, SHAPE_OPS, reshape_group, symbolic_dims
 
 
@@ -22,6 +22,7 @@ class ReshapeOps:
     shape_reads: list[tuple[ir.Value, Layout, ir.Node]]
     accepted_reshapes: set[ir.Node]
     scalarized: set[tuple[ir.Node, int]]
+    frozen: dict[ir.Value, np.ndarray]
     ranks: dict[ir.Value, int]
 
     def op_Reshape(self, node: ir.Node) -> None:
@@ -145,11 +146,15 @@ class ReshapeOps:
         return True
 
     def check_shape_reads(self) -> None:
-        """A Shape of channel-carrying tensors is fine only when it ends in Reshapes the rewrite replaces."""
+        """A Shape of channel-carrying tensors is fine when its channel count ends in Reshapes/Expands the rewrite
+        patches, in fills read as scalars, or in float arithmetic (an attention scale 1/sqrt(head_dim)): that
+        value is frozen to the unpruned count, so the pruned model scales as the original did."""
         for start, layout, shape_node in self.shape_reads:
             pending, seen = [start], set()
             while pending:
                 value = pending.pop()
+                if CHANNELS not in self.shape_values.get(value, [CHANNELS]):
+                    continue  # this part of the shape (a batch size, a spatial dim) does not hold the count
                 for user, index in value.uses():
                     if user in seen:
                         continue
@@ -159,11 +164,35 @@ class ReshapeOps:
                     if user.op_type in SHAPE_OPS and user.outputs[0] in self.shape_values:
                         pending.append(user.outputs[0])
                         continue
-                    if self.fill_is_dropped(user, index):
+                    if self.fill_is_dropped(user, index) or self.freeze(value, layout):
                         continue
                     self.taint(
                         layout, f"Shape '{shape_node.name}' reads the channel count ({user.op_type} '{user.name}')"
                     )
+
+    def freeze(self, value: ir.Value, layout: Layout) -> bool:
+        """Replace a float value computed from the channel count by its unpruned constant; False if it is not one."""
+        if value in self.frozen:
+            return True
+        entries, dims = self.shape_values.get(value), static_dims(value)
+        dtype = value.type.dtype if isinstance(value.type, ir.TensorType) else None
+        if (
+            entries is None
+            or dims is None
+            or len(dims) > 1
+            or dtype is None
+            or not dtype.is_floating_point()
+            or value.is_graph_output()
+            or not all(isinstance(e, int) or e == CHANNELS for e in entries)
+        ):
+            return False
+        numbers = [layout.size if e == CHANNELS else e for e in entries]
+        array = np.asarray(numbers if dims else numbers[0], dtype=dtype.numpy())
+        if dims and array.shape != (len(numbers),):
+            return False
+        self.frozen[value] = array
+        self.fixups.append(Fixup("freeze", value.producer(), {"value": value, "array": array, "layout": layout}))
+        return True
 
     def fill_is_dropped(self, user: ir.Node, index: int) -> bool:
         """The Shape feeds a fill (ConstantOfShape, Expand's shape) that every reader takes as a scalar."""

@@ -73,6 +73,11 @@ def _apply(model: ir.Model, analysis: Analysis, removal: Removal, edits: dict) -
             value = fixup.detail["value"]
             stem = f"{node.name or node.op_type}_{fixup.detail['index']}_scalar"
             node.replace_input_with(fixup.detail["index"], _new_initializer(node.graph or model.graph, stem, value))
+        elif fixup.kind == "freeze":  # a float computed from the channel count keeps the unpruned count
+            value, layout = fixup.detail["value"], fixup.detail["layout"]
+            if new_size(layout, analysis, removal) != layout.size:
+                frozen = _new_initializer(value.graph or model.graph, f"{value.name}_unpruned", fixup.detail["array"])
+                value.replace_all_uses_with(frozen)
         elif fixup.kind == "expand":
             layout = fixup.detail["layout"]
             if new_size(layout, analysis, removal) != layout.size:

@@ -49,14 +49,14 @@ class ShapeReport:
 
 @dataclass
 class DeclaredShapes:
-    """The shapes a model declared before inference, to put back before saving."""
+    """The shapes and types a model declared before inference, to put back before saving."""
 
-    shapes: dict[ir.Value, ir.Shape | None]
+    shapes: dict[ir.Value, tuple[ir.Shape | None, ir.TypeProtocol | None]]
 
     def restore(self) -> None:
-        for value, shape in self.shapes.items():
+        for value, (shape, kind) in self.shapes.items():
             if not value.is_initializer():
-                value.shape = shape
+                value.shape, value.type = shape, kind
 
 
 def _tensor_values(graph: ir.Graph) -> list[ir.Value]:
@@ -84,12 +84,14 @@ def _shape_of(type_proto: onnx.TypeProto) -> ir.Shape | None:
     return ir.Shape(dims)
 
 
-def _inferred(graph: onnx.GraphProto) -> dict[str, ir.Shape]:
-    out: dict[str, ir.Shape] = {}
+Inferred = dict[str, tuple[ir.Shape | None, ir.DataType | None]]
+
+
+def _inferred(graph: onnx.GraphProto) -> Inferred:
+    out: Inferred = {}
     for info in [*graph.value_info, *graph.output]:
-        shape = _shape_of(info.type)
-        if shape is not None:
-            out[info.name] = shape
+        elem = info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
+        out[info.name] = (_shape_of(info.type), ir.DataType(elem) if elem else None)
     return out
 
 
@@ -121,11 +123,14 @@ def _graph_values(graph: ir.Graph) -> list[ir.Value]:
     return list(dict.fromkeys([*_tensor_values(graph), *graph.outputs]))
 
 
-def _apply(values: list[ir.Value], shapes: dict[str, ir.Shape]) -> int:
-    """Set each value's shape where the inferred one says more; returns how many improved."""
+def _apply(values: list[ir.Value], inferred: Inferred) -> int:
+    """Set each value's shape where the inferred one says more (and its type if it had none); returns how
+    many shapes improved."""
     improved = 0
     for value in values:
-        shape = shapes.get(value.name or "")
+        shape, dtype = inferred.get(value.name or "", (None, None))
+        if value.type is None and dtype is not None:
+            value.type = ir.TensorType(dtype)
         if shape is None or _known(shape) <= _known(value.shape):
             continue
         if value.shape is not None and value.shape.rank() != shape.rank():
@@ -208,7 +213,7 @@ def infer_shapes(model: ir.Model, feed: Feed | None) -> tuple[DeclaredShapes, Sh
     graph = model.graph
     values = _graph_values(graph)
     everything = [v for g in [graph, *graph.subgraphs()] for v in _graph_values(g)]
-    declared = DeclaredShapes({v: v.shape for v in everything})
+    declared = DeclaredShapes({v: (v.shape, v.type) for v in everything})
     report = ShapeReport()
     proto = ir.to_proto(model)
     inferred_proto = proto

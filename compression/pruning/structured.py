@@ -148,7 +148,8 @@ def structured_prune(
             if [(g.id, g.size) for g in analysis.roots()] != before:
                 raise RuntimeError("channel groups changed after bias compensation")
     restore_declared_shapes(model)
-    apply_removal(model, analysis, removal)
+    if any(len(removed) for removed in removal.values()):  # nothing removed: the graph stays as it was
+        apply_removal(model, analysis, removal)
     save_model(model, out_path)
     summary = summarize(reports, sparsity)
     summary["shape_inference"] = model.meta[SHAPE_REPORT].as_metrics()
