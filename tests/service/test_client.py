@@ -149,3 +149,15 @@ def test_prefer_wait_long_polls_until_terminal_and_location(embedded_stack: Stac
         plain = http.get(job_url)
         assert "Preference-Applied" not in plain.headers
         assert http.get(job_url, headers={"Prefer": "wait=100000"}).headers["Preference-Applied"] == "wait=60"
+
+
+def test_api_key_is_sent_as_bearer_token() -> None:
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Authorization"))
+        return httpx.Response(200, json={"items": [], "next_cursor": None})
+
+    with Client("http://test/", api_key="tok", transport=httpx.MockTransport(answer)) as client:
+        assert client.list_jobs().items == []
+    assert seen == ["Bearer tok"]
