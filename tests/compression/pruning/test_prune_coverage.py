@@ -269,7 +269,13 @@ DIM, HEADS, HEAD_DIM = 16, 2, 8
 
 @pytest.fixture(scope="module")
 def attention(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """x @ Wqkv -> Reshape [B, T, 3, heads, head_dim] -> Transpose -> q, k, v -> softmax(q kᵀ) v -> merge -> Wo."""
+    return attention_model(tmp_path_factory.mktemp("attention") / "attention.onnx", scaled=False)
+
+
+def attention_model(path: Path, scaled: bool) -> Path:
+    """x @ Wqkv -> Reshape [B, T, 3, heads, head_dim] -> Transpose -> q, k, v -> softmax(q kᵀ) v -> merge -> Wo.
+
+    `scaled`: the scores are divided by sqrt(Shape(q)[-1]) computed at run time, as PyTorch exports it."""
     rng = np.random.default_rng(5)
     wqkv = rng.normal(0, 0.4, (DIM, 3 * DIM)).astype(np.float32)
     bqkv = rng.normal(0, 0.1, 3 * DIM).astype(np.float32)
@@ -290,7 +296,7 @@ def attention(tmp_path_factory: pytest.TempPathFactory) -> Path:
         helper.make_node("Gather", ["parts", "i2"], ["v"], axis=0),
         helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["q", "k_t"], ["scores"]),
-        helper.make_node("Softmax", ["scores"], ["attn"], axis=-1),
+        helper.make_node("Softmax", ["scaled" if scaled else "scores"], ["attn"], axis=-1),
         helper.make_node("MatMul", ["attn", "v"], ["context"]),
         helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", ["context_t", "merge_heads"], ["merged"], name="merge_heads"),
@@ -300,9 +306,19 @@ def attention(tmp_path_factory: pytest.TempPathFactory) -> Path:
     inits += [const("split_heads", np.array([0, 0, 3, HEADS, HEAD_DIM], np.int64))]
     inits += [const("merge_heads", np.array([0, 0, DIM], np.int64))]
     inits += [const(f"i{k}", np.array(k, np.int64)) for k in range(3)]
+    if scaled:
+        at = next(i for i, n in enumerate(nodes) if n.op_type == "Softmax")
+        nodes[at:at] = [
+            helper.make_node("Shape", ["q"], ["q_shape"]),
+            helper.make_node("Gather", ["q_shape", "last"], ["head_dim"], axis=0),
+            helper.make_node("Cast", ["head_dim"], ["head_dim_f"], to=TensorProto.FLOAT),
+            helper.make_node("Sqrt", ["head_dim_f"], ["scale"]),
+            helper.make_node("Div", ["scores", "scale"], ["scaled"]),
+        ]
+        inits += [const("last", np.array(-1, np.int64))]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", DIM])
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "time", DIM])
-    return make_model(nodes, inits, [x], [out], tmp_path_factory.mktemp("attention") / "attention.onnx")
+    return make_model(nodes, inits, [x], [out], path)
 
 
 def sequence_feed(seed: int = 6) -> Feeds:
@@ -322,6 +338,17 @@ def test_packed_qkv_split_into_heads_prunes_head_dims(attention: Path, tmp_path:
     targets = {n.name: weights[n.input[1]].tolist() for n in graph.node if n.op_type == "Reshape"}
     assert targets == {"split_heads": [0, 0, 3, HEADS, 6], "merge_heads": [0, 0, 12]}
     assert_same_outputs(attention, pruned, sequence_feed())
+
+
+def test_attention_scale_read_from_the_shape_keeps_the_unpruned_head_dim(tmp_path: Path) -> None:
+    """scores / sqrt(Shape(q)[-1]): the scale is frozen at sqrt(8), so the pruned model scales as the original."""
+    source = attention_model(tmp_path / "scaled.onnx", scaled=True)
+    pruned = tmp_path / "pruned.onnx"
+    report = prune(source, pruned, 0.25)
+    assert {tuple(g["producers"]): g["kept"] for g in report["groups"]}[("split_heads (head dim)",)] == 6
+    onnx.checker.check_model(str(pruned), full_check=True)
+    assert not any(n.op_type == "Shape" for n in onnx.load(str(pruned)).graph.node)
+    assert_same_outputs(source, pruned, sequence_feed())
 
 
 def test_attention_sparsity_zero_and_half(attention: Path, tmp_path: Path) -> None:
