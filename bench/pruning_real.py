@@ -4,8 +4,9 @@ For every model of `model_zoo.third_party` (or those named with --models) a chil
 at --sparsity (l2 importance, the calibration set's first sample feeding the rank-filling shape run) and
 reports, judged outside the engine:
   groups       pruned / total dependency groups (intact ones carry a reason)
-  params, MACs the pruned model's figures over the input's (MACs at the eval feed's shapes; LSTM/GRU/RNN
-               counted per time step here, since compression.metrics.macs leaves them out)
+  params, MACs the pruned model's figures over the input's (MACs of the main graph's Conv, ConvTranspose,
+               Gemm, MatMul, LSTM/GRU/RNN at the shapes of one run on the first eval feed; "-" when the
+               main graph has none, e.g. everything inside an If)
   valid        onnx.checker passes, onnxruntime loads the model and runs every eval feed, the outputs keep
                their shapes and stay finite
   prune s      wall time of `structured_prune` (load, shape inference, analysis, rewrite, save)
@@ -47,35 +48,48 @@ def _elide(reason: str) -> str:
     return re.sub(r"'[^']*'", "…", reason)
 
 
-def _rnn_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> int:
-    """MACs of the recurrent layers for the given input shapes: steps x dirs x gates x H x (input + H)."""
-    from compression.metrics.macs import _fix_inputs, _shapes
+WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", *RNN_GATES})
 
-    _fix_inputs(model, input_shapes)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001  (uncounted then)
-        return 0
-    shapes = _shapes(model)
+
+def _macs(path: Path, feed: dict[str, np.ndarray]) -> int:
+    """Multiply-accumulates of the main graph's Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN on `feed`, from the
+    shapes of one onnxruntime run (static inference loses track of patched and dynamic shapes)."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    constants = {t.name: list(t.dims) for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type in WEIGHTED and n.domain in ("", "ai.onnx")]
+    wanted = {name for n in nodes for name in (n.input[0], n.input[1], n.output[0]) if name not in constants}
+    existing = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in sorted(wanted - existing))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    shapes = {**constants, **{n: list(np.shape(v)) for n, v in zip(names, session.run(names, feed), strict=True)}}
     total = 0
-    for node in model.graph.node:
-        if node.op_type not in RNN_GATES:
+    for node in nodes:
+        x, w, y = shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0])
+        if x is None or w is None or y is None:
             continue
-        x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
-        if not x or not w or any(d < 0 for d in x):
-            continue
-        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
-        steps, batch = (x[0], x[1]) if layout == 0 else (x[1], x[0])
-        dirs, gates_h, inputs = w
-        hidden = gates_h // RNN_GATES[node.op_type]
-        total += steps * batch * dirs * gates_h * (inputs + hidden)
+        if node.op_type == "Conv":
+            total += int(np.prod(y)) * int(np.prod(w[1:]))
+        elif node.op_type == "ConvTranspose":
+            total += int(np.prod(x)) * int(np.prod(w[1:]))
+        elif node.op_type in ("Gemm", "MatMul"):
+            trans_a = any(a.name == "transA" and a.i for a in node.attribute)
+            total += int(np.prod(y)) * (x[0] if trans_a else x[-1])
+        else:
+            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+            steps, batch = (x[0], x[1]) if layout == 0 else (x[1], x[0])
+            dirs, gates_h, inputs = w
+            total += steps * batch * dirs * gates_h * (inputs + gates_h // RNN_GATES[node.op_type])
     return total
 
 
-def _macs(path: Path, input_shapes: dict[str, list[int]]) -> int:
-    from compression.metrics.macs import count_macs
-
-    return count_macs(path, input_shapes)["macs"] + _rnn_macs(onnx.load(str(path)), input_shapes)
+def _ratio(after: int, before: int) -> float | None:
+    return after / before if before else None
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -117,7 +131,7 @@ def _validity(source: Path, pruned: Path, feeds: list[dict[str, np.ndarray]]) ->
         for feed in feeds:
             for ref, out, dims in zip(reference.run(None, feed), candidate.run(None, feed), declared, strict=True):
                 ref, out = np.asarray(ref), np.asarray(out)
-                fixed = all(d is None or d == n for d, n in zip(dims, out.shape, strict=False))
+                fixed = all(d is None or d <= 0 or d == n for d, n in zip(dims, out.shape, strict=False))
                 if out.ndim != ref.ndim or out.dtype != ref.dtype or not fixed:
                     return f"output {out.dtype}{list(out.shape)} vs {ref.dtype}{list(ref.shape)}", None
                 if np.issubdtype(out.dtype, np.floating):
@@ -149,7 +163,6 @@ def child(name: str, sparsity: float, whole_pass: bool) -> dict[str, Any]:
             dataset=calibration, batch_size=8, max_samples=8, check_canceled=lambda: None,
         )  # fmt: skip
         prune_s = time.perf_counter() - started
-        shapes = {k: list(np.shape(v)) for k, v in feeds[0].items()}
         before, after = onnx.load(str(source)), onnx.load(str(out))
         valid, worst = _validity(source, out, feeds)
         result: dict[str, Any] = {
@@ -159,7 +172,7 @@ def child(name: str, sparsity: float, whole_pass: bool) -> dict[str, Any]:
             "groups_pruned": report["groups_pruned"],
             "groups_intact": report["groups_skipped"],
             "params_ratio": parameter_count(after) / max(parameter_count(before), 1),
-            "macs_ratio": _macs(out, shapes) / max(_macs(source, shapes), 1),
+            "macs_ratio": _ratio(_macs(out, feeds[0]), _macs(source, feeds[0])),
             "valid": valid,
             "worst_cosine": worst,
             "prune_s": prune_s,
@@ -213,10 +226,11 @@ def table(results: list[dict[str, Any]], whole_pass: bool) -> list[str]:
             lines.append(f"| {r['name']} | | | | | | {r['error']} | | | {'| ' if whole_pass else ''}|")
             continue
         reasons = "; ".join(f"{reason} ×{count}" for reason, count in r["reasons"][:3]) or "-"
+        macs = "-" if r["macs_ratio"] is None else f"{r['macs_ratio']:.2f}×"
         worst = "-" if r["worst_cosine"] is None else f"{r['worst_cosine']:.3f}"
         row = (
             f"| {r['name']} | {r['mb']:.1f} | {r['groups_pruned']}/{r['groups_total']} | {r['groups_intact']} "
-            f"| {r['params_ratio']:.2f}× | {r['macs_ratio']:.2f}× | {r['valid']} | {worst} | {r['prune_s']:.1f} |"
+            f"| {r['params_ratio']:.2f}× | {macs} | {r['valid']} | {worst} | {r['prune_s']:.1f} |"
         )
         if whole_pass:
             row += f" {r.get('pass_s', 0):.1f} |"
