@@ -21,6 +21,7 @@ from compression.metrics.evaluation import Evaluator
 from compression.metrics.fidelity import Fidelity
 from compression.metrics.latency import LatencyStats, RatioInterval
 from compression.metrics.model_stats import model_stats
+from compression.metrics.run_guard import run_limits
 from compression.passes.registry import create_pass
 from compression.settings import EngineSettings
 from compression.spec import CompressionSpec
@@ -93,8 +94,22 @@ def run_pipeline(
     settings: EngineSettings | None = None,
     model_resolver: Callable[[str], Path] | None = None,
 ) -> PipelineResult:
+    """Run the spec's steps on the model; every onnxruntime run inside is bounded in time and stops on cancel."""
     sink = sink or NullProgress()
     settings = settings or EngineSettings()
+    with run_limits(settings.evaluation.max_run_seconds, sink.check_canceled):
+        return _run_steps(model_path, spec, datasets, work_dir, sink, settings, model_resolver)
+
+
+def _run_steps(
+    model_path: Path,
+    spec: CompressionSpec,
+    datasets: DatasetBundle,
+    work_dir: Path,
+    sink: ProgressSink,
+    settings: EngineSettings,
+    model_resolver: Callable[[str], Path] | None,
+) -> PipelineResult:
     started = time.perf_counter()
     total = len(spec.steps) + 1
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,12 @@ class EvalSettings(SettingsGroup):
 
     max_samples: int = Field(2000, ge=1, description="cap on eval samples used for fidelity")
     batch_size: int = Field(256, ge=1, description="samples per inference batch while evaluating")
+    max_run_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="longest one onnxruntime run may take (any run the engine makes: evaluation, calibration, "
+        "latency); past it the run is stopped and the job fails saying so. Cancel also stops a run",
+    )
 
 
 class QuantizeSettings(SettingsGroup):

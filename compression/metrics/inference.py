@@ -8,27 +8,32 @@ import numpy as np
 import onnxruntime as ort
 
 from compression.datasets import Dataset
-from compression.errors import InvalidModelError
+from compression.errors import CompressionError, InvalidModelError, JobInterrupted
+from compression.metrics.run_guard import GuardedSession
 
 
-def make_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+def make_session(path: Path, threads: int = 1) -> GuardedSession:
+    """A CPU session with the shared thread settings, whose runs obey the current `run_limits`."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise InvalidModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:500]}") from exc
+    return GuardedSession(session)
 
 
-def run_dataset(session: ort.InferenceSession, dataset: Dataset, batch_size: int) -> dict[str, np.ndarray]:
+def run_dataset(session: GuardedSession, dataset: Dataset, batch_size: int) -> dict[str, np.ndarray]:
     """All outputs over the dataset; stacked layouts get a leading sample axis added."""
     names = [output.name for output in session.get_outputs()]
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for feed, _ in dataset.batches(batch_size):
         try:
             results = session.run(names, feed)
+        except (CompressionError, JobInterrupted):  # stopped by the run guard: time limit or cancel
+            raise
         except Exception as exc:
             raise InvalidModelError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:500]}") from exc
         for name, value in zip(names, results, strict=True):
