@@ -11,6 +11,8 @@ unprunable, with the reason, so the rewrite never has to guess.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx_ir as ir
 
@@ -122,7 +124,7 @@ class _Walker(AxisOps, ReshapeOps, RecurrentOps):
         ids = []
         for begin, size in ((0, k), (k, group.size - k)):
             piece = Group(id=len(self.groups), size=size, reasons=list(group.reasons))
-            piece.producers = [f"{p}[{begin}:{begin + size}]" for p in group.producers]
+            piece.producers = [_ranged(p, begin, size) for p in group.producers]
             piece.slots = [Slot(s.node, s.input_index, s.axis, s.offset + begin * s.block, s.block, s.role)
                            for s in group.slots]  # fmt: skip
             piece.tensors = [(v, axis, offset + begin * block, block) for v, axis, offset, block in group.tensors]
@@ -254,6 +256,15 @@ class _Walker(AxisOps, ReshapeOps, RecurrentOps):
                         self.walk(body)
 
     def visit(self, node: ir.Node) -> None:
+        # A body reads outer tensors as plain values: their channels stay intact ("used inside a subgraph").
+        outer = {v: self.layouts.pop(v) for v in node.inputs if v is not None and v.graph is not node.graph
+                 and v in self.layouts}  # fmt: skip
+        try:
+            self.dispatch(node)
+        finally:
+            self.layouts.update(outer)
+
+    def dispatch(self, node: ir.Node) -> None:
         handler = getattr(self, f"op_{node.op_type}", None)
         in_layouts = [self.layouts.get(v) for v in node.inputs if v is not None]
         if node.domain not in ("", "ai.onnx"):
@@ -555,6 +566,13 @@ class _Walker(AxisOps, ReshapeOps, RecurrentOps):
         self.op_unary(node)
 
     op_LogSoftmax = op_Softmax
+
+
+def _ranged(producer: str, begin: int, size: int) -> str:
+    """A producer name with the channel range a piece holds, relative to the producer's own channels."""
+    match = re.fullmatch(r"(.*)\[(\d+):(\d+)\]", producer)
+    base, offset = (match.group(1), int(match.group(2))) if match else (producer, 0)
+    return f"{base}[{offset + begin}:{offset + begin + size}]"
 
 
 def analyze(model: ir.Model, exclude: set[str] | None = None) -> Analysis:
