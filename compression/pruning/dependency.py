@@ -1,57 +1,43 @@
 """Channel dependency groups of an ONNX graph, the way DepGraph builds them for PyTorch modules.
 
-Every Conv/Gemm/MatMul with a constant weight starts a group: its output channels. The analysis walks
-the graph in topological order and tracks, for each tensor, which axis carries channels and which
+Every Conv/ConvTranspose/Gemm/MatMul with a constant weight, every LSTM/GRU/RNN and every embedding Gather
+starts a group: its output channels. The analysis walks the graph (and every If/Loop/Scan body, where its
+node stands) in topological order and tracks, for each tensor, which axis carries channels and which
 group owns each range of it (a `Layout`). Ops that pass channels through carry the layout on; joins
-(Add/Mul/...) merge the groups they meet; Concat lays groups side by side; Split/Slice cut them back;
-Flatten/Reshape stretch a channel into a block of positions. Every constant that must shrink with a
-group is recorded as a `Slot`. Whatever the walk does not understand marks the groups it touches as
-unprunable, with the reason, so the rewrite never has to guess.
+(Add/Mul/...) merge the groups they meet; Concat lays groups side by side; Split/Slice cut them back (into
+pieces where a boundary falls inside a group); Flatten/Reshape regroup axes around the channels. Every
+constant that must shrink with a group is recorded as a `Slot`. Whatever the walk does not understand
+marks the groups it touches as unprunable, with the reason, so the rewrite never has to guess.
+
+The op rules live in mixins: `group_book` (groups, union-find, cuts), `axis_ops` (Transpose, Concat,
+Split, Slice, Gather, Pad, Expand...), `reshape_ops` (Reshape, Shape arithmetic), `recurrent_ops`
+(LSTM/GRU/RNN), `elementwise_ops` (activations, joins, normalizations); weighted layers are here.
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import onnx_ir as ir
 
 from compression.pruning.axis_ops import AxisOps
-from compression.pruning.fills import uniform_fill
-from compression.pruning.layout import Analysis, Fixup, Group, Layout, Segment, Slot, SlotRole, leaves
+from compression.pruning.elementwise_ops import BROADCAST_JOINS, SPATIAL_PASSTHROUGH, UNARY_PASSTHROUGH, ElementwiseOps
+from compression.pruning.group_book import GroupBook
+from compression.pruning.layout import Analysis, Fixup, Layout, Segment
 from compression.pruning.model_io import is_constant, static_dims, weight_array
 from compression.pruning.recurrent_ops import RecurrentOps
 from compression.pruning.reshape_ops import ReshapeOps
-from compression.pruning.shapes import SHAPE_OPS, symbolic_dims
+from compression.pruning.shapes import SHAPE_OPS
 
-UNARY_PASSTHROUGH = frozenset(
-    {
-        "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Erf", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish",
-        "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Identity", "Abs", "Neg", "Exp", "Log", "Sqrt",
-        "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Cast", "Clip", "Dropout", "Not",
-        "IsNaN", "IsInf", "Shrink",
-    }
-)  # fmt: skip
-BROADCAST_JOINS = frozenset(
-    {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where", "Equal", "Greater", "Less",
-     "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod", "BitShift"}
-)  # fmt: skip
-SPATIAL_PASSTHROUGH = frozenset(
-    {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "Resize", "Upsample"}
-)
 REDUCTIONS = frozenset(
     {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceProd",
      "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
 )  # fmt: skip
 
 
-class _Walker(AxisOps, ReshapeOps, RecurrentOps):
+class _Walker(GroupBook, AxisOps, ReshapeOps, RecurrentOps, ElementwiseOps):
     def __init__(self, model: ir.Model, exclude: set[str]) -> None:
+        super().__init__(exclude)
         self.model = model
-        self.exclude = exclude
-        self.groups: list[Group] = []
-        self.parent: list[int] = []
-        self.layouts: dict[ir.Value, Layout] = {}
         self.fixups: list[Fixup] = []
         self.shape_values: dict[ir.Value, list] = {}
         self.shape_reads: list[tuple[ir.Value, Layout, ir.Node]] = []
@@ -59,134 +45,6 @@ class _Walker(AxisOps, ReshapeOps, RecurrentOps):
         self.ranks: dict[ir.Value, int] = {}
         self.scalarized: set[tuple[ir.Node, int]] = set()
         self.frozen: dict[ir.Value, np.ndarray] = {}
-
-    # --- groups -----------------------------------------------------------------------------------------
-    def find(self, gid: int) -> int:
-        while self.parent[gid] != gid:
-            self.parent[gid] = self.parent[self.parent[gid]]
-            gid = self.parent[gid]
-        return gid
-
-    def new_group(self, size: int, producer: ir.Node) -> int:
-        gid = len(self.groups)
-        self.groups.append(Group(id=gid, size=size, producers=[producer.name or producer.op_type]))
-        self.parent.append(gid)
-        return gid
-
-    def union(self, a: int, b: int) -> int:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        ga, gb = self.groups[ra], self.groups[rb]
-        self.parent[rb] = ra
-        ga.producers += gb.producers
-        ga.slots += gb.slots
-        ga.tensors += gb.tensors
-        ga.reasons += gb.reasons
-        if gb.tile_of is not None:
-            if ga.tile_of is not None and (self.find(ga.tile_of[0]), ga.tile_of[1]) != (
-                self.find(gb.tile_of[0]),
-                gb.tile_of[1],
-            ):
-                ga.reasons.append("joins tensors split into attention heads differently")
-            ga.tile_of = ga.tile_of or gb.tile_of
-        return ra
-
-    def taint(self, layout: Layout | None, reason: str) -> None:
-        if layout is None:
-            return
-        for seg in layout.segments:
-            if seg.group is not None:
-                for leaf, _ in leaves(self.groups, self.find, seg.group):
-                    reasons = self.groups[leaf].reasons
-                    if reason not in reasons:
-                        reasons.append(reason)
-
-    # --- cutting groups (Split/Slice boundaries inside a group) ------------------------------------------
-    def refine(self, gid: int, k: int) -> bool:
-        """Cut a group at channel `k` into two groups; every layout, slot and tensor follows. False if it cannot."""
-        pieces = leaves(self.groups, self.find, gid)
-        start = 0
-        for leaf, count in pieces:  # the live group holding channel k
-            if start < k < start + count:
-                gid, k = leaf, k - start
-                break
-            if k == start or k == start + count:
-                return True  # already a boundary
-            start += count
-        else:
-            return False
-        group = self.groups[gid]
-        if group.tile_of is not None or any(
-            g.tile_of is not None and self.find(g.tile_of[0]) == gid for g in self.groups
-        ):
-            return False  # attention head-dim groups are not cut
-        ids = []
-        for begin, size in ((0, k), (k, group.size - k)):
-            piece = Group(id=len(self.groups), size=size, reasons=list(group.reasons))
-            piece.producers = [_ranged(p, begin, size) for p in group.producers]
-            piece.slots = [Slot(s.node, s.input_index, s.axis, s.offset + begin * s.block, s.block, s.role)
-                           for s in group.slots]  # fmt: skip
-            piece.tensors = [(v, axis, offset + begin * block, block) for v, axis, offset, block in group.tensors]
-            self.groups.append(piece)
-            self.parent.append(piece.id)
-            ids.append((piece.id, size))
-        group.pieces, group.slots, group.tensors = ids, [], []
-        for value, layout in self.layouts.items():
-            self.layouts[value] = self.expand(layout)
-        return True
-
-    def expand(self, layout: Layout) -> Layout:
-        """The layout with every segment of a cut group replaced by its pieces."""
-        if all(s.group is None or self.groups[self.find(s.group)].pieces is None for s in layout.segments):
-            return layout
-        segments = []
-        for seg in layout.segments:
-            if seg.group is None:
-                segments.append(seg)
-                continue
-            segments += [Segment(leaf, count, seg.block) for leaf, count in leaves(self.groups, self.find, seg.group)]
-        return Layout(layout.axis, tuple(segments))
-
-    def cut_groups(self, layout: Layout, sizes: list[int]) -> list[Layout] | None:
-        """`cut`, first cutting the groups a boundary falls inside (each piece pruned on its own)."""
-        boundaries, total = [], 0
-        for size in sizes[:-1]:
-            total += size
-            boundaries.append(total)
-        for boundary in boundaries:
-            for index, (seg, offset) in enumerate(layout.placed()):
-                if not offset < boundary < offset + seg.width:
-                    continue
-                if (boundary - offset) % seg.block:
-                    return None
-                k = (boundary - offset) // seg.block
-                if seg.group is None:
-                    parts = (Segment(None, k, seg.block), Segment(None, seg.count - k, seg.block))
-                    layout = Layout(layout.axis, layout.segments[:index] + parts + layout.segments[index + 1 :])
-                elif not self.refine(seg.group, k):
-                    return None
-                layout = self.expand(layout)
-                break
-        return self.cut(layout, sizes)
-
-    def slot(self, node: ir.Node, index: int, axis: int, layout: Layout, role: SlotRole) -> None:
-        """Record that input `index` of `node` shrinks along `axis` with every group of `layout`."""
-        layout = self.expand(layout)
-        for seg, offset in layout.placed():
-            if seg.group is None:
-                continue
-            group = self.groups[self.find(seg.group)]
-            group.slots.append(Slot(node, index, axis, offset, seg.block, role))
-            if node.name in self.exclude:
-                self.taint(Layout(axis, (seg,)), f"node '{node.name}' is excluded")
-
-    def set_layout(self, value: ir.Value, layout: Layout) -> None:
-        layout = self.expand(layout)
-        self.layouts[value] = layout
-        for seg, offset in layout.placed():
-            if seg.group is not None:
-                self.groups[self.find(seg.group)].tensors.append((value, layout.axis, offset, seg.block))
 
     # --- helpers -----------------------------------------------------------------------------------------
     def rank(self, value: ir.Value | None) -> int | None:
@@ -200,23 +58,6 @@ class _Walker(AxisOps, ReshapeOps, RecurrentOps):
         for value in node.inputs:
             if value is not None:
                 self.taint(self.layouts.get(value), f"{node.op_type} '{node.name}': {why}")
-
-    def unify(self, a: Layout, b: Layout, node: ir.Node) -> Layout | None:
-        """Merge two layouts that meet elementwise: their groups become one (residual joins)."""
-        a, b = self.expand(a), self.expand(b)
-        if a.axis != b.axis or len(a.segments) != len(b.segments):
-            return None
-        segments = []
-        for sa, sb in zip(a.segments, b.segments, strict=True):
-            if sa.count != sb.count or sa.block != sb.block:
-                return None
-            if sa.group is None or sb.group is None:
-                fixed = Layout(a.axis, (sa, sb))
-                self.taint(fixed, f"{node.op_type} '{node.name}' joins it with channels that cannot be pruned")
-                segments.append(Segment(None, sa.count, sa.block))
-                continue
-            segments.append(Segment(self.union(sa.group, sb.group), sa.count, sa.block))
-        return Layout(a.axis, tuple(segments))
 
     def int_list(self, node: ir.Node, attr: str, input_index: int) -> list[int] | None:
         """An int list given as an attribute (old opsets) or a constant input (new opsets)."""
@@ -283,21 +124,6 @@ class _Walker(AxisOps, ReshapeOps, RecurrentOps):
             self.op_reduce(node)
         elif any(in_layouts):
             self.unknown(node, "op is not understood by the channel analysis")
-
-    def couple_tiles(self) -> None:
-        """A group tiled from a head-dim group is pruned with it: whatever blocks one blocks both."""
-        for _ in range(2):
-            for gid in range(len(self.groups)):
-                group = self.groups[gid]
-                if self.find(gid) != gid or group.tile_of is None:
-                    continue
-                tile = self.groups[self.find(group.tile_of[0])]
-                for reason in group.reasons:
-                    if reason not in tile.reasons:
-                        tile.reasons.append(reason)
-                for reason in tile.reasons:
-                    if reason not in group.reasons:
-                        group.reasons.append(reason)
 
     # --- producers and consumers -------------------------------------------------------------------------
     def consume(self, node: ir.Node, layout: Layout | None, weight_index: int, weight_axis: int) -> None:
@@ -423,156 +249,6 @@ class _Walker(AxisOps, ReshapeOps, RecurrentOps):
             self.unknown(node, "multiplies activations along their channel axes in a way not supported")
 
     # --- pass-through ops --------------------------------------------------------------------------------
-    def op_unary(self, node: ir.Node) -> None:
-        layout = self.layouts.get(node.inputs[0]) if node.inputs else None
-        for value in node.inputs[1:]:
-            if value is not None and value in self.layouts:
-                self.unknown(node, "channels reach a non-data input")
-                return
-        if layout is None:
-            return
-        rank = self.rank(node.inputs[0])
-        if rank is not None:
-            self.ranks[node.outputs[0]] = rank
-        self.set_layout(node.outputs[0], layout)
-        for extra in node.outputs[1:]:
-            if extra.uses() or extra.is_graph_output():
-                self.taint(layout, f"{node.op_type} '{node.name}' extra output is used")
-
-    def op_spatial(self, node: ir.Node) -> None:
-        layout = self.layouts.get(node.inputs[0])
-        if layout is None:
-            self.unknown(node, "channels reach a non-data input")
-            return
-        if layout.axis != 1:
-            self.taint(layout, f"{node.op_type} '{node.name}' needs channels on axis 1")
-            return
-        if node.op_type == "Resize" and len(node.inputs) > 3 and node.inputs[3] is not None:
-            self.taint(layout, f"Resize '{node.name}' sets explicit sizes")
-            return
-        self.op_unary(node)
-
-    def op_broadcast(self, node: ir.Node) -> None:
-        out_rank = self.rank(node.outputs[0])
-        present = [(i, v) for i, v in enumerate(node.inputs) if v is not None]
-        layouts = [(i, v, self.layouts[v]) for i, v in present if v in self.layouts]
-        if not layouts:
-            return
-        input_ranks = [self.rank(v) for _, v in present]
-        if out_rank is None and None not in input_ranks:
-            out_rank = max(input_ranks)  # type: ignore[type-var]
-            self.ranks[node.outputs[0]] = out_rank
-        if out_rank is None:
-            self.unknown(node, "output rank is unknown")
-            return
-        if any(layout.size > 1 for _, _, layout in layouts):
-            # A single channel broadcast over many (an attention weight times features) joins nothing.
-            for _, _, layout in layouts:
-                if layout.size == 1:
-                    self.taint(layout, f"{node.op_type} '{node.name}' broadcasts its single channel over others")
-            layouts = [entry for entry in layouts if entry[2].size > 1]
-        carried = {v for _, v, _ in layouts}
-        merged: Layout | None = None
-        for _, v, layout in layouts:
-            shifted = layout.with_axis(layout.axis + out_rank - (self.rank(v) or out_rank))
-            merged = shifted if merged is None else self.unify(merged, shifted, node)
-            if merged is None:
-                self.unknown(node, "joins tensors whose channel layouts do not line up")
-                return
-        assert merged is not None
-        for index, value in present:
-            if value in carried:
-                continue
-            dims = static_dims(value)
-            if dims is None:
-                self.unknown(node, f"input '{value.name}' has an unknown shape")
-                return
-            in_axis = merged.axis - (out_rank - len(dims))
-            if in_axis < 0 or dims[in_axis] == 1:
-                continue
-            if dims[in_axis] != merged.size:
-                self.unknown(node, f"input '{value.name}' does not broadcast over the channels")
-                return
-            if not is_constant(value) and self.scalar_fill(node, index, value, out_rank, merged):
-                continue
-            if not is_constant(value):
-                self.unknown(node, f"joins '{value.name}', whose channels no prunable layer produces")
-                return
-            self.slot(node, index, in_axis, merged, "param")
-        self.set_layout(node.outputs[0], merged)
-
-    def scalar_fill(self, node: ir.Node, index: int, value: ir.Value, out_rank: int, merged: Layout) -> bool:
-        """A computed tensor holding one value everywhere (zeros, ones_like) whose shape the channel-carrying
-        inputs already give the output: the rewrite feeds that value as a scalar instead."""
-        fill, dims = uniform_fill(value), symbolic_dims(value)
-        if fill is None or dims is None or len(dims) > out_rank:
-            return False
-        carried = [symbolic_dims(v) for v in node.inputs if v is not None and v in self.layouts and v is not value]
-        for i, dim in enumerate(dims):
-            position = i + out_rank - len(dims)
-            if dim == 1 or position == merged.axis:
-                continue
-            if not any(d is not None and position - (out_rank - len(d)) >= 0 and d[position - (out_rank - len(d))] == dim
-                       for d in carried):  # fmt: skip
-                return False
-        self.fixups.append(Fixup("scalar_input", node, {"index": index, "value": fill}))
-        self.scalarized.add((node, index))
-        return True
-
-    def op_BatchNormalization(self, node: ir.Node) -> None:
-        layout = self.layouts.get(node.inputs[0])
-        if layout is None:
-            return
-        if layout.axis != 1 or not all(is_constant(v) for v in node.inputs[1:5]):
-            self.unknown(node, "needs channels on axis 1 and constant statistics")
-            return
-        for index in range(1, 5):
-            self.slot(node, index, 0, layout, "scale" if index == 1 else "param")
-        self.op_unary(node)
-
-    def op_InstanceNormalization(self, node: ir.Node) -> None:
-        layout = self.layouts.get(node.inputs[0])
-        if layout is None:
-            return
-        if layout.axis != 1 or not all(is_constant(v) for v in node.inputs[1:3]):
-            self.unknown(node, "needs channels on axis 1 and constant scale/bias")
-            return
-        for index in (1, 2):
-            self.slot(node, index, 0, layout, "param")
-        self.set_layout(node.outputs[0], layout)
-
-    def op_LayerNormalization(self, node: ir.Node) -> None:
-        layout = self.layouts.get(node.inputs[0])
-        rank = self.rank(node.inputs[0])
-        if layout is None:
-            return
-        if rank is None:
-            self.unknown(node, "input rank is unknown")
-            return
-        axis = self.attr_int(node, "axis", -1) % rank
-        if layout.axis >= axis:
-            self.taint(layout, f"LayerNormalization '{node.name}' normalizes over the channel axis")
-            return
-        self.op_unary(node)
-
-    def op_Softmax(self, node: ir.Node) -> None:
-        layout = self.layouts.get(node.inputs[0])
-        rank = self.rank(node.inputs[0])
-        if layout is None:
-            return
-        if rank is None or self.attr_int(node, "axis", -1) % rank == layout.axis:
-            self.taint(layout, f"{node.op_type} '{node.name}' normalizes over the channel axis")
-            return
-        self.op_unary(node)
-
-    op_LogSoftmax = op_Softmax
-
-
-def _ranged(producer: str, begin: int, size: int) -> str:
-    """A producer name with the channel range a piece holds, relative to the producer's own channels."""
-    match = re.fullmatch(r"(.*)\[(\d+):(\d+)\]", producer)
-    base, offset = (match.group(1), int(match.group(2))) if match else (producer, 0)
-    return f"{base}[{offset + begin}:{offset + begin + size}]"
 
 
 def analyze(model: ir.Model, exclude: set[str] | None = None) -> Analysis:
