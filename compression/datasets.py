@@ -190,9 +190,19 @@ class Dataset:
     def take(self, n: int) -> Dataset:
         if n >= self.n_samples:
             return self
-        labels = None if self.labels is None else self.labels[:n]
-        arrays = {name: a[:n] for name, a in self.arrays.items()}
+        return self.window(0, n)
+
+    def window(self, start: int, stop: int) -> Dataset:
+        """Samples start..stop (views, no copy), for streaming a dataset through in chunks."""
+        labels = None if self.labels is None else self.labels[start:stop]
+        arrays = {name: a[start:stop] for name, a in self.arrays.items()}
         return Dataset(arrays=arrays, labels=labels, layout=self.layout, synthetic=self.synthetic, scalars=self.scalars)
+
+    def chunks(self, size: int) -> Iterator[Dataset]:
+        """Consecutive windows of at most `size` samples."""
+        step = max(size, 1)
+        for start in range(0, self.n_samples, step):
+            yield self.window(start, start + step)
 
     def batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """Feeds for onnxruntime: slices of the batch axis, or one stacked entry at a time.

@@ -111,7 +111,13 @@ class QuantizeSettings(SettingsGroup):
     min_conv_reduction: int = Field(32, ge=1, description="Convs reducing over fewer values: timed float vs int8")
     eval_samples: int = Field(1000, ge=1, description="eval samples for budget checks")
     sensitivity_samples: int = Field(
-        64, ge=1, description="eval samples whose intermediate tensors are compared (memory grows with it)"
+        64, ge=1, description="eval samples whose intermediate tensors are compared (streamed in batches)"
+    )
+    activation_memory_mb: int = Field(
+        512,
+        ge=16,
+        description="intermediate tensors held at once (MB) by static calibration and the sensitivity ranking: "
+        "sets their batch size and how many samples are collected before statistics are merged",
     )
     exclusion_rounds: int = Field(6, ge=1, description="max re-quantizations while keeping nodes in float")
     min_speedup: float = Field(

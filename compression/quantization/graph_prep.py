@@ -54,6 +54,43 @@ def gemm_to_matmul(model: ir.Model) -> int:
     return rewritten
 
 
+def flatten_gemm_biases(model: ir.Model) -> int:
+    """Give every Gemm a 1-D constant bias of its output width ([1, N] and [1] biases are broadcast forms).
+
+    onnxruntime's static quantizer indexes the bias per output channel: a [1, N] bias makes it fail with
+    "truth value of an array ... is ambiguous" and a [1] bias with an IndexError under per-channel
+    quantization (exporters such as jax2onnx and tf2onnx write both). The values Gemm computes are unchanged.
+    """
+    flattened = 0
+    graph = model.graph
+    for node in list(graph):
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 3:
+            continue
+        weight, bias = node.inputs[1], node.inputs[2]
+        if bias is None or bias.const_value is None or not bias.is_initializer() or bias.is_graph_input():
+            continue
+        if weight is None or weight.const_value is None or len(weight.const_value.shape) != 2:
+            continue
+        trans_b = node.attributes["transB"].as_int() if "transB" in node.attributes else 0
+        width = int(weight.const_value.shape[0] if trans_b else weight.const_value.shape[1])
+        values = bias.const_value.numpy()
+        if values.ndim == 1 and values.shape[0] == width:
+            continue
+        if values.size not in (1, width) or (values.ndim == 2 and values.shape[0] != 1) or values.ndim > 2:
+            continue  # a per-row [M, N] bias is not a channel bias: leave it
+        array = np.ascontiguousarray(np.broadcast_to(values.reshape(-1), (width,)))
+        name = f"{bias.name}_flat{flattened}" if bias.name else f"gemm_bias_flat{flattened}"
+        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+        value.shape = ir.Shape(array.shape)
+        value.dtype = bias.dtype
+        graph.register_initializer(value)
+        node.replace_input_with(2, value)
+        flattened += 1
+    if flattened:
+        _drop_unused_initializers(graph)
+    return flattened
+
+
 def _drop_unused_initializers(graph: ir.Graph) -> None:
     """Remove initializers nothing reads, If/Loop/Scan bodies included (they read outer names)."""
     used = used_names(graph)

@@ -20,7 +20,7 @@ from compression.datasets import Dataset
 from compression.metrics.evaluation import Evaluator
 from compression.quantization.activation_ranges import refine_ranges
 from compression.quantization.bias_correction import BiasCorrector
-from compression.quantization.calibration import DatasetReader, calibration_dataset
+from compression.quantization.calibration import DatasetReader, calibrate_into_cache, calibration_dataset
 from compression.quantization.compact import compact, original_names
 from compression.quantization.config import (
     DynamicQuantizeConfig,
@@ -32,7 +32,8 @@ from compression.quantization.config import (
 from compression.quantization.conv_weights import conv_weights_to_int8
 from compression.quantization.fusion import tune_fusion
 from compression.quantization.opset import ensure_opset
-from compression.quantization.prepare import Prepared, prepare
+from compression.quantization.ort_workarounds import static_extra_options
+from compression.quantization.prepare import Prepared, prepare, quantize_with_fallbacks
 from compression.quantization.saturation import reduce_range
 from compression.quantization.smooth_quant import smooth_prepared
 from compression.quantization.speed import interleaved_latency
@@ -107,6 +108,9 @@ class DynamicQuantizer(ModeQuantizer):
         return prepared
 
     def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
+        quantize_with_fallbacks(prepared, lambda: self._quantize_once(prepared, dst, exclude), self.report)
+
+    def _quantize_once(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
         from onnxruntime.quantization.registry import IntegerOpsRegistry
 
         skip = set(self.config.op_types_to_exclude)
@@ -209,12 +213,16 @@ class StaticQuantizer(ModeQuantizer):
             self.report(f"keeping {len(small)} Conv node(s) with a tiny reduction in float: measured faster")
 
     def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
+        quantize_with_fallbacks(prepared, lambda: self._quantize_once(prepared, dst, exclude), self.report)
+
+    def _quantize_once(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
         assert self.calibration is not None
         config = self.config
-        reader = DatasetReader(self.calibration, config.calibration_samples)
         op_types = None
         if config.op_types_to_exclude:
             op_types = sorted(self.quantizable_ops - set(config.op_types_to_exclude))
+        # ranges streamed into the cache below within quant_activation_memory_mb; the reader is a fallback
+        reader = calibrate_into_cache(prepared, self.calibration, config, op_types, self.ctx, self.work)
         if config.calibration_method == "minmax" and self.ctx.settings.quantize.activation_range_choice:
             refined = refine_ranges(  # per tensor: min-max or a clipped range, by expected error
                 self.work / "calibration_ranges.json",  # the cache quantize_static reads below
@@ -246,7 +254,7 @@ class StaticQuantizer(ModeQuantizer):
             calibration_cache_path=self.work / "calibration_ranges.json",
             # a float bias costs 4 bytes per channel, an int32 one 12 (value, scale, zero-point), and
             # onnxruntime fuses both the same way
-            extra_options={"QuantizeBias": not config.float_bias},
+            extra_options={"QuantizeBias": not config.float_bias, **static_extra_options(config.float_bias)},
         )
         if config.format == "qdq" and self.ctx.settings.quantize.bias_correction:
             self.details["bias_correction"] = self.bias_corrector.apply(prepared.path, stage).model_dump()

@@ -179,6 +179,7 @@ class BudgetSearch:
             self.evaluator.dataset.take(self.ctx.settings.quantize.sensitivity_samples),
             self.quantizer.work / "sensitivity",
             self.ctx.settings.latency.threads,
+            memory_bytes=self.ctx.settings.quantize.activation_memory_mb * 2**20,
         )
 
     def _shrink(self, result: SearchResult, prepared: Prepared, before: list[str], chunk: list[str]) -> list[str]:

@@ -2,22 +2,28 @@
 
 Both models are run with every candidate node's output (and activation inputs) exposed; a node's
 error is 1 - cosine of its output against the float model's, and its *local* error is what it adds
-over the worst of its inputs, so a node is not blamed for the error it merely passes on.
+over the worst of its inputs, so a node is not blamed for the error it merely passes on. The data is
+streamed: batches sized to the memory setting, cosines accumulated across them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from pydantic import BaseModel
 
 from compression.datasets import Dataset
-from compression.metrics.fidelity import cosine
-from compression.metrics.inference import make_session, run_dataset
+from compression.errors import InvalidModelError
+from compression.quantization.activations import activation_bytes_per_sample, lean_session
 
 FOLDED = frozenset({"Relu", "Clip"})
+DEFAULT_MEMORY_BYTES = 512 * 2**20  # the quant_activation_memory_mb default
+MAX_BATCH = 64
+HELD_COPIES = 4  # float and quantized outputs of one batch, plus float64 copies of one tensor pair
 
 
 class NodeSensitivity(BaseModel):
@@ -51,9 +57,19 @@ def dequantized_names(path: Path) -> dict[str, str]:
 
 
 def rank_nodes(
-    float_model: Path, quant_model: Path, candidates: list[str], dataset: Dataset, work: Path, threads: int
+    float_model: Path,
+    quant_model: Path,
+    candidates: list[str],
+    dataset: Dataset,
+    work: Path,
+    threads: int,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> list[NodeSensitivity]:
-    """Candidates ordered from most to least sensitive; nodes whose output cannot be matched come last."""
+    """Candidates ordered from most to least sensitive; nodes whose output cannot be matched come last.
+
+    Both tapped models run batch by batch and each tensor's cosine is accumulated (dot product and norms),
+    so what is held at once is one batch of tapped tensors per model, sized to fit `memory_bytes`.
+    """
     model = onnx.load(str(float_model), load_external_data=False)
     initializers = {init.name for init in model.graph.initializer}
     inputs = {i.name for i in model.graph.input}
@@ -76,22 +92,17 @@ def rank_nodes(
     quant_names = {seen_as.get(name, name): name for name in wanted}
     exposed = expose(quant_model, quant_tapped, set(quant_names))
     matched = expose(float_model, float_tapped, wanted) & {quant_names[name] for name in exposed}
-    ref = _run(float_tapped, dataset, threads)
-    out = {
-        quant_names[name]: value for name, value in _run(quant_tapped, dataset, threads).items() if name in quant_names
-    }
+    stats = _compare_streamed(float_tapped, quant_tapped, quant_names, matched, dataset, work, threads, memory_bytes)
 
     def error(name: str) -> float | None:
         if name in inputs:
             return 0.0
-        if name not in matched or name not in ref or name not in out or ref[name].shape != out[name].shape:
+        if name not in stats:
             after = consumers.get(name, [])
-            if len(after) == 1 and after[0].op_type in FOLDED and after[0].output[0] in matched:
+            if len(after) == 1 and after[0].op_type in FOLDED and after[0].output[0] in stats:
                 return error(after[0].output[0])
             return None
-        if ref[name].dtype.kind != "f":
-            return 0.0
-        return max(0.0, 1.0 - cosine(ref[name], out[name]))
+        return stats[name].error()
 
     ranked = []
     for name, node in nodes.items():
@@ -108,6 +119,70 @@ def rank_nodes(
     return ranked
 
 
-def _run(path: Path, dataset: Dataset, threads: int) -> dict[str, np.ndarray]:
-    session = make_session(path, threads)
-    return run_dataset(session, dataset, 64)
+@dataclass
+class _CosineStats:
+    """1 - cosine of a tensor over all batches, accumulated: the same figure as over the concatenated tensor."""
+
+    dot: float = 0.0
+    ref_norm2: float = 0.0
+    out_norm2: float = 0.0
+    close: bool = True
+    comparable: bool = True
+
+    def add(self, ref: np.ndarray, out: np.ndarray) -> None:
+        if ref.shape != out.shape:
+            self.comparable = False
+            return
+        if ref.dtype.kind != "f":
+            return  # integer tensors carry no quantization error
+        a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
+        self.dot += float(np.dot(a, b))
+        self.ref_norm2 += float(np.dot(a, a))
+        self.out_norm2 += float(np.dot(b, b))
+        self.close = self.close and bool(np.allclose(a, b))
+
+    def error(self) -> float | None:
+        if not self.comparable:
+            return None
+        norm = np.sqrt(self.ref_norm2) * np.sqrt(self.out_norm2)
+        if norm == 0.0:
+            return 0.0 if self.close else 1.0
+        return max(0.0, 1.0 - self.dot / norm)
+
+
+def _compare_streamed(
+    float_tapped: Path,
+    quant_tapped: Path,
+    quant_names: dict[str, str],
+    matched: set[str],
+    dataset: Dataset,
+    work: Path,
+    threads: int,
+    memory_bytes: int,
+) -> dict[str, _CosineStats]:
+    """Per matched tensor, the cosine statistics of the quantized model's value against the float model's."""
+    if not matched or dataset.n_samples == 0:
+        return {}
+    per_sample = activation_bytes_per_sample(float_tapped, dataset.take(1).first_feed(1), 1, work / "probe")
+    # both models' tapped tensors and their float64 copies for one batch
+    batch = max(1, min(MAX_BATCH, memory_bytes // (HELD_COPIES * per_sample)))
+    float_session, quant_session = lean_session(float_tapped, threads), lean_session(quant_tapped, threads)
+    by_quant_name = {quant: name for quant, name in quant_names.items() if name in matched}
+    float_wanted = sorted(matched)
+    quant_wanted = sorted(by_quant_name)
+    stats = {name: _CosineStats() for name in matched}
+    for feed, _ in dataset.batches(batch):
+        ref = dict(zip(float_wanted, _run(float_session, float_wanted, feed), strict=True))
+        out = _run(quant_session, quant_wanted, feed)
+        for quant, value in zip(quant_wanted, out, strict=True):
+            name = by_quant_name[quant]
+            stats[name].add(np.asarray(ref[name]), np.asarray(value))
+        del ref, out
+    return stats
+
+
+def _run(session: ort.InferenceSession, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        return session.run(names, feed)
+    except Exception as exc:
+        raise InvalidModelError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:500]}") from exc
