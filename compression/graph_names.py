@@ -8,6 +8,7 @@ values asks this module which names are used, and renames through `rename_values
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 
 import onnx
@@ -44,6 +45,16 @@ def used_names(graph: onnx.GraphProto | ir.Graph) -> set[str]:
         names.update(name for node in scope.node for name in node.input if name)
         names.update(value.name for value in scope.output)
     return names
+
+
+def read_counts(graph: onnx.GraphProto) -> Counter[str]:
+    """How many node inputs read each name, bodies included: a rewrite that changes an initializer in place
+    must copy it first when anything else (an If branch too) reads it."""
+    counts: Counter[str] = Counter()
+    for scope in iter_graphs(graph):
+        counts.update(name for node in scope.node for name in node.input if name)
+        counts.update(value.name for value in scope.output)
+    return counts
 
 
 def _ir_used_names(graph: ir.Graph) -> set[str]:

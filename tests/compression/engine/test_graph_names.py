@@ -8,7 +8,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compression.graph_names import drop_unused_initializers, outer_references, rename_values, used_names
+from compression.graph_names import (
+    drop_unused_initializers,
+    outer_references,
+    read_counts,
+    rename_values,
+    used_names,
+)
 
 
 def _nested_model() -> onnx.ModelProto:
@@ -74,6 +80,8 @@ def test_used_names_see_two_scopes_down() -> None:
     assert outer_references(model.graph) >= {"W", "B", "trips", "x"}
     assert "acc_in" not in outer_references(model.graph)  # a body's own input is not an outer reference
     assert used_names(ir.from_proto(model).graph) >= {"W", "B", "trips"}
+    counts = read_counts(model.graph)
+    assert counts["x"] == 2 and counts["W"] == 1 and counts["unused"] == 0  # Loop input and Neg; the Loop body
 
 
 def test_drop_unused_keeps_what_bodies_read_and_the_model_runs() -> None:
