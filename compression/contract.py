@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict
 from compression.datasets import Dataset, DatasetBundle
 from compression.errors import MissingDatasetError, MissingModelError, StepFailedError
 from compression.metrics.evaluation import Evaluator
-from compression.model_info import inspect_model
 from compression.settings import EngineSettings
+from compression.synthetic import synthetic_dataset
 
 
 class StepConfig(BaseModel):
@@ -91,8 +91,8 @@ class PassContext:
     def reference(self) -> Evaluator:
         """The original model's outputs on the eval data (synthetic inputs when the job has none)."""
         if self.evaluator is None:
-            dataset = self.datasets.eval or Dataset.synthetic_for(
-                inspect_model(self.original_model).inputs, self.settings.synthetic_samples, self.settings.seed
+            dataset = self.datasets.eval or synthetic_dataset(
+                self.original_model, self.settings.synthetic_samples, self.settings.seed
             )
             self.evaluator = Evaluator(self.original_model, dataset, self.settings)
         return self.evaluator

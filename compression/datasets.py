@@ -164,19 +164,20 @@ class Dataset:
         return cls(arrays=ordered, labels=labels, layout=layout, scalars=scalars)
 
     @classmethod
-    def synthetic_for(cls, inputs: list[TensorSpec], n_samples: int, seed: int = 0) -> Dataset:
+    def synthetic_for(cls, inputs: list[TensorSpec], n_samples: int, seed: int = 0, symbolic_size: int = 1) -> Dataset:
         """Inputs drawn from the declared shapes, for when the user gave no data.
 
         Samples go along the batch axis when every non-scalar input has a symbolic first dimension;
-        otherwise each sample is one complete input (stacked). A rank-0 input gets one value shared by
-        every sample: a scalar is usually a setting (a sample rate, a threshold), not data.
+        otherwise each sample is one complete input (stacked). Other symbolic dimensions get
+        `symbolic_size`. A rank-0 input gets one value shared by every sample: a scalar is usually a
+        setting (a sample rate, a threshold), not data.
         """
         rng = np.random.default_rng(seed)
         arrays: dict[str, np.ndarray] = {}
         tensors = [spec for spec in inputs if spec.shape]
         batched = bool(tensors) and all(not isinstance(spec.shape[0], int) for spec in tensors)
         for spec in inputs:
-            dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+            dims = [d if isinstance(d, int) and d > 0 else symbolic_size for d in spec.shape]
             if not spec.shape:
                 value = _random_array(rng, [], np.dtype(spec.dtype))
                 arrays[spec.name] = np.broadcast_to(value, (n_samples,))

@@ -30,10 +30,10 @@ from pydantic import BaseModel
 from compression.contract import PassContext
 from compression.datasets import Dataset
 from compression.errors import MissingDatasetError
-from compression.model_info import inspect_model
 from compression.quantization.activations import activation_bytes_per_sample, lean_session
 from compression.quantization.config import StaticQuantizeConfig
 from compression.quantization.prepare import Prepared
+from compression.synthetic import synthetic_dataset
 
 CALIBRATION_BATCH = 32
 HISTOGRAM_COPIES = 3  # onnxruntime's collector stacks, flattens and takes |x| of each chunk's tensors
@@ -255,6 +255,5 @@ def calibration_dataset(ctx: PassContext, model_path: Path, synthetic_ok: bool, 
             f"{purpose} needs a 'calibration' (or 'train') dataset: upload one and name it in the job's datasets, "
             "or set synthetic_calibration: true to calibrate on random inputs (less accurate, flagged in metrics)"
         )
-    inputs = inspect_model(model_path).inputs
     ctx.event("calibrating on synthetic inputs drawn from the declared shapes (synthetic_calibration)")
-    return Dataset.synthetic_for(inputs, ctx.settings.synthetic_samples, ctx.settings.seed), True
+    return synthetic_dataset(model_path, ctx.settings.synthetic_samples, ctx.settings.seed), True

@@ -14,6 +14,7 @@ from compression.metrics.inference import make_session, run_dataset
 from compression.model_info import TensorSpec, inspect_model
 from compression.quantization.calibration import DatasetReader
 from compression.settings import EngineSettings
+from compression.synthetic import synthetic_dataset
 
 AUDIO = TensorSpec(name="audio", shape=["batch", 16], dtype="float32")
 STATE = TensorSpec(name="state", shape=[2, "batch", 8], dtype="float32")
@@ -122,3 +123,59 @@ def test_every_feed_builder_runs_onnxruntime_on_a_scalar_input(tmp_path, layout:
     session = make_session(path)
     while (feed := reader.get_next()) is not None:
         session.run(None, feed)
+
+
+def _reflect_pad_model(path):
+    """A reflect Pad over a symbolic axis (as silero's STFT): it refuses an axis of length 1."""
+    nodes = [
+        helper.make_node("Pad", ["audio", "pads"], ["padded"], mode="reflect"),
+        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["padded", "srf"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "reflect",
+        [
+            helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", None])],
+        [helper.make_tensor("pads", TensorProto.INT64, [4], [0, 8, 0, 8])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_synthetic_data_is_sized_so_the_model_runs(tmp_path) -> None:
+    path = _reflect_pad_model(tmp_path / "reflect.onnx")
+    with pytest.raises(Exception, match="reflect"):
+        make_session(path).run(None, Dataset.synthetic_for(inspect_model(path).inputs, 4).first_feed(1))
+    data = synthetic_dataset(path, 4)
+    assert data.layout == "batched" and data.arrays["audio"].shape == (4, 16)
+    make_session(path).run(None, data.first_feed(2))
+
+
+@pytest.mark.parametrize("name", ["silero_vad_op15", "silero_vad_v5"])
+@pytest.mark.parametrize("with_data", [True, False])
+def test_silero_with_its_sample_rate_input_quantizes(third_party_model, tmp_path, name: str, with_data: bool) -> None:
+    """Silero VAD v5 takes `sr` as a rank-0 int64 and keeps its LSTM inside If branches."""
+    from compression.datasets import DatasetBundle
+    from compression.pipeline import run_pipeline
+    from compression.spec import CompressionSpec
+    from model_zoo import third_party_inputs
+
+    src = third_party_model(name)
+    inputs = inspect_model(src).inputs
+    datasets = DatasetBundle()
+    if with_data:
+        datasets = DatasetBundle(eval=Dataset.bind(third_party_inputs.eval_set(name), inputs))
+    step = {"type": "quantize", "mode": "dynamic", "speed_guard": False}
+    result = run_pipeline(src, CompressionSpec(steps=[step]), datasets, tmp_path, None, EngineSettings(latency_runs=3))
+    details = result.metrics.steps[0].details
+    if not with_data and details["input_model_returned"]:  # noise inputs: the budget may refuse, the job runs
+        assert "outside the budget" in details["reason"], details["reason"]
+        return
+    assert not details["input_model_returned"], details.get("reason")
+    feed = next(iter(Dataset.bind(third_party_inputs.eval_set(name, 1), inputs).batches(1)))[0]
+    assert type(feed["sr"]) is np.ndarray and feed["sr"].shape == ()
+    make_session(result.model_path).run(None, feed)
