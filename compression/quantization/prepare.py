@@ -178,12 +178,11 @@ def quantize_with_fallbacks(prepared: Prepared, quantize_once: Callable[[], None
         except (CompressionError, JobInterrupted, MemoryError):
             raise
         except Exception as exc:  # onnxruntime's quantizers raise bare exceptions on graphs they cannot handle
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            text = str(exc).strip()
+            reason = f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
             failures = prepared.details.setdefault("quantizer_failures", [])
             failures.append({"graph": prepared.graph_path.value, "error": reason})
-            report(
-                f"onnxruntime's quantizer failed on the {prepared.graph_path.value.replace('_', ' ')} graph: {reason}"
-            )
+            report(f"onnxruntime's quantizer failed on the {GRAPH_LABELS[prepared.graph_path]}: {reason}")
             if not fall_back(prepared, report):
                 raise
             continue
