@@ -6,6 +6,7 @@ python scripts/generate_reference.py --check  # exit 1 when README.md is stale (
 
 from __future__ import annotations
 
+import enum
 import inspect
 import re
 import sys
@@ -41,7 +42,9 @@ def _default(field: FieldInfo) -> str:
         return "required"
     else:
         value = field.default
-    return f"`{value!r}`" if value not in (None, "") else f"`{value!r}`"
+    if isinstance(value, enum.Enum):
+        value = value.value
+    return f"`{value!r}`"
 
 
 def _field_rows(model: type[BaseModel], skip: set[str]) -> list[str]:
