@@ -206,7 +206,7 @@ def _run_ranks(proto: onnx.ModelProto, names: list[str], feed: Feed) -> dict[str
 
 
 def infer_shapes(model: ir.Model, feed: Feed | None) -> tuple[DeclaredShapes, ShapeReport]:
-    """Fill in the main graph's shapes (onnx, symbolic, then ranks from one run on `feed`), in place.
+    """Fill in shapes: every graph's from onnx then symbolic inference, the main graph's ranks from one run.
 
     Without a feed the run uses one drawn from the declared input types (`sample_feed`), best effort.
     """
