@@ -376,10 +376,21 @@ def _write_bias(
     if site.bias_scale is None:
         stored = (current.astype(np.float64) + shift).astype(current.dtype)
     else:
-        scale = float(numpy_helper.to_array(initializers[site.bias_scale]))
-        zero = numpy_helper.to_array(initializers[site.bias_zero_point]) if site.bias_zero_point else 0
+        # per-tensor (0-d) or per-channel int32 bias scales and zero points: broadcast against the bias
+        scale = _per_channel(numpy_helper.to_array(initializers[site.bias_scale]), current.shape)
+        zero = (
+            _per_channel(numpy_helper.to_array(initializers[site.bias_zero_point]), current.shape)
+            if site.bias_zero_point
+            else 0
+        )
         info = np.iinfo(current.dtype)
         value = (current.astype(np.float64) - zero) * scale + shift
         stored = np.clip(np.round(value / scale) + zero, info.min, info.max).astype(current.dtype)
     initializers[site.bias].CopyFrom(numpy_helper.from_array(stored, site.bias))
     return ""
+
+
+def _per_channel(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A scale or zero point as float64, shaped to broadcast against a bias of `shape`."""
+    values = np.asarray(values, dtype=np.float64)
+    return values.reshape(shape) if values.size == int(np.prod(shape)) and values.size > 1 else values.reshape(())
