@@ -91,6 +91,7 @@ class Base(DeclarativeBase):
 
 class ModelRecord(Base):
     __tablename__ = "models"
+    __table_args__ = (Index("ix_models_created", "created_at", "id"),)  # cursor pagination
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     filename: Mapped[str] = mapped_column(String(255))
@@ -104,6 +105,7 @@ class ModelRecord(Base):
 
 class DatasetRecord(Base):
     __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_created", "created_at", "id"),)  # cursor pagination
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     filename: Mapped[str] = mapped_column(String(255))
@@ -125,7 +127,8 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
+    # a plain reference, like `datasets`: the model may be deleted while finished jobs keep naming it
+    model_id: Mapped[str] = mapped_column(String(32))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     datasets: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[JobStatus] = mapped_column(EnumText(JobStatus, 16), default=JobStatus.QUEUED)
