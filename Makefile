@@ -6,9 +6,10 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed
 
-.PHONY: install install-run run test lint format bench bench-real docs clean
+.PHONY: install install-run run example test lint format bench bench-real docs clean
 
-# serving: the base dependencies and the `train` extra (workers run distillation with torch)
+# serving: the base dependencies, the `train` extra (workers run distillation with torch) and the `example` extra
+# (`onnx-compress example` trains a small model on scikit-learn's digits)
 install-run: $(RUN_STAMP)
 
 # developing: serving plus the `dev` extras (pytest, ruff, import-linter, moto, scikit-learn, ...)
@@ -20,18 +21,23 @@ $(VENV)/.venv-created:
 	touch $@
 
 $(RUN_STAMP): pyproject.toml $(VENV)/.venv-created
-	$(PY) -m pip install -q -e '.[train]'
+	$(PY) -m pip install -q -e '.[train,example]'
 	touch $@
 
 $(DEV_STAMP): pyproject.toml $(VENV)/.venv-created
-	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q -e '.[train,example,dev]'
 	touch $@ $(RUN_STAMP)
 
 run: install-run
 	$(VENV)/bin/onnx-compress serve
 
+# example/: a trained digits CNN, calibration/train/eval data and spec.json (the README's walkthrough uses them)
+example: install-run
+	$(VENV)/bin/onnx-compress example example
+
 test: install
 	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) || echo "chromium not installed (needs root and apt): the browser tests will skip"
+	@command -v jq >/dev/null || (apt-get update && apt-get install -y jq) || echo "jq not installed (needs root and apt): the README walkthrough test will skip"
 	$(PY) -m pytest -q
 
 lint: install
@@ -57,4 +63,4 @@ docs: install
 	$(PY) scripts/generate_reference.py
 
 clean:
-	rm -rf $(VENV) .cache data .pytest_cache
+	rm -rf $(VENV) .cache data .pytest_cache example

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -104,6 +105,17 @@ def serve(
             worker_process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker_process.kill()
+
+
+@cli.command()
+def example(
+    directory: Annotated[Path, typer.Argument(help="folder to write into (created if missing)")] = Path("example"),
+    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+) -> None:
+    """Write a small trained model (a digits CNN), calibration/train/eval data and a spec.json to try."""
+    from onnx_compress.example import run
+
+    run(directory, seed)
 
 
 tenants_cli = typer.Typer(no_args_is_help=True, help="Tenants: each owns its models, datasets, jobs and API keys.")
