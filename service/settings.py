@@ -70,10 +70,36 @@ class Settings(BaseSettings, EngineSettings):
         1_000_000, ge=1, description="largest class index a dataset's integer `labels` may hold (422 past it)"
     )
     max_steps: int = Field(16, ge=1, description="steps allowed in one job spec")
-    jobs_page_limit: int = Field(100, ge=1, description="largest page of GET /v1/jobs")
+    jobs_page_limit: int = Field(100, ge=1, description="largest page of GET /v1/jobs, /v1/models and /v1/datasets")
     max_prefer_wait_seconds: int = Field(
         60, ge=0, description="longest `Prefer: wait=N` long-poll GET /v1/jobs/{id} honours (0: never waits)"
     )
+
+    job_retention_days: float = Field(
+        30,
+        ge=0,
+        description="finished jobs older than this (since they ended) are deleted with their artifacts "
+        "by the workers' retention sweep; 0 keeps them forever",
+    )
+    upload_retention_days: float = Field(
+        30,
+        ge=0,
+        description="uploaded models and datasets older than this are deleted by the retention sweep "
+        "unless a queued or running job uses them; 0 keeps them forever",
+    )
+    retention_sweep_seconds: float = Field(3600, gt=0, description="how often a worker runs the retention sweep")
+    retention_batch: int = Field(500, ge=1, description="jobs, and uploads, one retention sweep deletes at most")
+    delete_wait_seconds: float = Field(
+        10, ge=0, description="DELETE /v1/jobs/{id} of a running job waits this long for it to stop after canceling"
+    )
+    sse_max_stream_seconds: float = Field(
+        600,
+        gt=0,
+        description="an event stream (GET /v1/jobs/{id}/events as text/event-stream) ends after this "
+        "long; clients reconnect with Last-Event-ID",
+    )
+    sse_heartbeat_seconds: float = Field(15, gt=0, description="idle event streams send a comment this often")
+    sse_poll_seconds: float = Field(0.5, gt=0, description="how often an event stream reads new events")
 
     worker_concurrency: int = Field(1, ge=1, description="jobs one worker runs at once (they are CPU-bound)")
     job_soft_time_limit: int = Field(3600, ge=1, description="seconds before a job is asked to stop (fails)")
