@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Select, and_, or_, select
 
 from app.api.paths import job_path
+from app.public_urls import absolute_url
 from app.schemas import (
     RESOURCE_ID,
     JobDatasets,
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def job_urls(job: Job) -> JobUrls:
-    base = job_path(job.id)
+    base = absolute_url(job_path(job.id))  # absolute: PUBLIC_BASE_URL or the request's base (app/public_urls.py)
     urls = JobUrls(self=base, events=f"{base}/events", cancel=f"{base}/cancel")
     if job.status == JobStatus.SUCCEEDED:
         urls.model = f"{base}/artifacts/model.onnx"

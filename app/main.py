@@ -13,6 +13,7 @@ from app.api.routes import datasets, health, jobs, models, report
 from app.body_limit import BodyLimitMiddleware
 from app.console import router as console_router
 from app.errors import install_error_handlers, problem_responses
+from app.public_urls import PublicBaseUrlMiddleware
 from service.schema import prepare_schema
 from service.settings import Settings, get_settings
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app, [settings.data_dir, settings.resolved_artifacts_dir, settings.work_dir])
     uploads = frozenset({paths.MODELS, paths.DATASETS})  # multipart: their own limits while streaming to disk
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_json_body_bytes, exempt_posts=uploads)
+    app.add_middleware(PublicBaseUrlMiddleware, public_base_url=settings.public_base_url)  # absolute `urls`
     app.include_router(health.router)
     app.include_router(console_router)  # the web console at / (static; its API calls carry the key)
     authed = [Depends(require_api_key)]

@@ -122,6 +122,21 @@ class Settings(BaseSettings, EngineSettings):
 
     host: str = Field("127.0.0.1", description="address `onnx-compress api|serve` binds")
     port: int = Field(8000, description="port `onnx-compress api|serve` listens on")
+    public_base_url: str | None = Field(
+        None,
+        description="the API's public URL (e.g. `https://compress.example.com`, with the proxy's path prefix if any) "
+        "that the absolute `urls` in responses start with; default: each request's own scheme, host and root path",
+    )
+
+    url_import_timeout_seconds: float = Field(
+        30.0, gt=0, description='URL imports (`POST /v1/models` with `{"url": ...}`): connect and read timeout'
+    )
+    url_import_max_seconds: float = Field(
+        900.0, gt=0, description="longest one URL import may take, the download and the checks included (422 past it)"
+    )
+    url_import_max_redirects: int = Field(
+        5, ge=0, description="redirects a URL import follows (each target checked against the outbound rules)"
+    )
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
