@@ -186,6 +186,12 @@ class PruneSettings(SettingsGroup):
     round_to_candidates: list[int] = Field(
         [8, 16], description="channel multiples tried when structured pruning with round_to 1 comes out slower"
     )
+    speed_check_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="time budget of the structured prune speed check: its latency measurements are capped by what "
+        "remains of it, and channel-multiple retries are skipped when too little remains",
+    )
 
 
 class DistillSettings(SettingsGroup):
@@ -198,6 +204,14 @@ class DistillSettings(SettingsGroup):
     max_train_samples: int = Field(100_000, ge=1, description="train samples used by distill (first N)")
     max_target_mb: int = Field(2048, ge=1, description="memory cap on the cached teacher outputs")
     max_loop_iterations: int = Field(10_000, ge=1, description="iterations a Loop or Scan may run per forward")
+    guard_worst_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="a trained student is returned only when its mean per-sample output cosine to the teacher on "
+        "the held-out selection data beats its input's and its worst sample's is not lower by more than this; "
+        "else the step returns its input unchanged",
+    )
 
 
 class OptimizeSettings(SettingsGroup):

@@ -6,6 +6,7 @@ environment variable too and reaches the engine through `Settings.engine_setting
 
 from __future__ import annotations
 
+import base64
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from compression.settings import EngineSettings
 from service.engine_env import EngineKnobsSource
+from service.status import TERMINAL_WEBHOOK_EVENTS, WebhookEvent
 
 MiB = 1024 * 1024
 
@@ -74,6 +76,33 @@ class Settings(BaseSettings, EngineSettings):
     max_prefer_wait_seconds: int = Field(
         60, ge=0, description="longest `Prefer: wait=N` long-poll GET /v1/jobs/{id} honours (0: never waits)"
     )
+
+    outbound_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated host names (`*.example.com` wildcards) and CIDRs the server may send requests "
+        "to (webhooks, URL imports) although they are loopback, private, link-local or otherwise non-public",
+    )
+    outbound_allow_http: bool = Field(False, description="allow plain http:// outbound URLs (default: https only)")
+    webhook_secret: str | None = Field(
+        None,
+        repr=False,
+        description="Standard Webhooks signing secret (`whsec_` + base64 of 24-64 random bytes); webhooks are off "
+        "while it is empty",
+    )
+    webhook_url: str | None = Field(None, description="default webhook for jobs submitted without one")
+    webhook_events: Annotated[list[WebhookEvent], NoDecode] = Field(
+        default_factory=lambda: [event.value for event in TERMINAL_WEBHOOK_EVENTS],
+        validate_default=True,
+        description="comma-separated events WEBHOOK_URL receives (job.started, job.succeeded, job.failed, "
+        "job.canceled)",
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="timeout of one webhook delivery attempt")
+    webhook_max_attempts: int = Field(8, ge=1, description="delivery attempts of one webhook before it is given up")
+    webhook_retry_base_seconds: float = Field(
+        5.0, gt=0, description="delay before the 2nd attempt; it doubles after each failed attempt"
+    )
+    webhook_retry_max_seconds: float = Field(3600.0, gt=0, description="longest delay between two attempts")
+    webhook_queue_name: str = Field("webhooks", description="Celery queue of webhook deliveries (workers consume it)")
 
     job_retention_days: float = Field(
         30,
@@ -138,11 +167,28 @@ class Settings(BaseSettings, EngineSettings):
         5, ge=0, description="redirects a URL import follows (each target checked against the outbound rules)"
     )
 
-    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "outbound_allowlist", "webhook_events", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):  # from the environment: comma-separated
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        text = value
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if not text.startswith("whsec_") or not 24 <= len(key) <= 64:
+            raise ValueError(
+                "WEBHOOK_SECRET must be `whsec_` followed by the base64 of 24 to 64 random bytes, e.g. "
+                "python -c \"import base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\""
+            )
         return value
 
     @model_validator(mode="after")

@@ -41,3 +41,15 @@ class EventKind(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+
+
+class WebhookEvent(StrEnum):
+    """What a webhook can be told about a job."""
+
+    STARTED = "job.started"
+    SUCCEEDED = "job.succeeded"
+    FAILED = "job.failed"
+    CANCELED = "job.canceled"
+
+
+TERMINAL_WEBHOOK_EVENTS = (WebhookEvent.SUCCEEDED, WebhookEvent.FAILED, WebhookEvent.CANCELED)

@@ -35,9 +35,15 @@ class DistillPass(CompressionPass[DistillConfig]):
         onnx.save(outcome.model, str(out))
         ctx.check_canceled()
         ctx.progress(0.92, "distill: measure teacher and student")
-        # best epoch 0 on the current model: the weights are the ones the step received
-        changed = outcome.best_epoch > 0 or config.student != "current"
+        # the current model kept (no epoch beat it, or the guard found the trained weights no better): unchanged
+        changed = not outcome.kept_input or config.student != "current"
         metrics = _metrics(ctx, config.student, student_path, out, outcome)
+        if outcome.kept_input:
+            reason = outcome.guard.reason if outcome.guard is not None else "no epoch beat the input's weights"
+            metrics["returned"], metrics["reason"] = "input", reason
+            ctx.event("distill: the input is returned unchanged", reason=reason)
+        else:
+            metrics["returned"] = "trained"
         return PassResult(model_path=out if changed else None, metrics=metrics)
 
 
@@ -85,6 +91,7 @@ def _metrics(ctx: PassContext, student: str, student_path: Path, out: Path, outc
         "lr": outcome.lr,
         "train_samples": {"given": outcome.given_samples, "with_augmented": outcome.train_samples},
         "stopped_early": outcome.stopped_early,
+        "guard": outcome.guard.as_metrics() if outcome.guard is not None else None,
         "qat": {"weights": outcome.qat_weights, "learned_scales": outcome.learned_scales},
     }
 

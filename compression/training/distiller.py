@@ -23,6 +23,7 @@ from compression.training import losses
 from compression.training.augment import augment, auto_copies
 from compression.training.config import DistillConfig
 from compression.training.graph_module import OnnxGraphModule
+from compression.training.guard import GuardVerdict, judge, score_model
 from compression.training.plan import OutputLoss, plan_losses
 from compression.training.qat import QatPlan, find_qat_weights, finish_qat, prepare_qat
 from compression.training.teacher import teacher_targets
@@ -93,6 +94,12 @@ class DistillOutcome:
     stopped_early: bool = False  # the time budget ended training before the last epoch
     train_samples: int = 0  # after augmentation
     given_samples: int = 0
+    guard: GuardVerdict | None = None  # trained student vs its input on the selection data (None: not trained)
+
+    @property
+    def kept_input(self) -> bool:
+        """The returned weights are the input's: no epoch beat them, or the guard rejected the trained ones."""
+        return self.best_epoch == 0 or (self.guard is not None and not self.guard.accepted)
 
 
 @dataclass
@@ -354,8 +361,17 @@ class Distiller:
                     hooks.event(f"distill: time budget of {config.max_seconds:g} s spent after epoch {epoch}")
                     break
             self.module.load_state_dict(best_state)
+            trained = write_back(self.student_proto, self._trained_values())
+        verdict = None
+        if best_epoch > 0:
+            hooks.progress(0.9, "distill: trained student vs its input on the selection data")
+            verdict = self.guard(trained)
+            hooks.event("distill: trained student vs its input", **verdict.as_metrics())
+            if not verdict.accepted:
+                trained = self.student_proto
         return DistillOutcome(
-            model=write_back(self.student_proto, self._trained_values()),
+            model=trained,
+            guard=verdict,
             best_epoch=best_epoch,
             metric_name=metric_name,
             history=history,
@@ -370,6 +386,17 @@ class Distiller:
             train_samples=self.train.n,
             given_samples=self.given_samples,
         )
+
+    def guard(self, trained: onnx.ModelProto) -> GuardVerdict:
+        """The input student and the trained one, run by onnxruntime on the selection data against the teacher."""
+        pairs = [(p.student_output, p.teacher_output) for p in self.plans]
+        threads, batch = self.settings.distill.threads, self.settings.evaluation.batch_size
+        max_bytes = self.settings.distill.max_target_mb << 20
+        data, targets = self.eval.dataset, self.eval.targets
+        before = score_model(self.student_proto, data, targets, pairs, threads, batch, max_bytes)
+        after = score_model(trained, data, targets, pairs, threads, batch, max_bytes)
+        where = "eval data" if self.eval_on == "eval" else f"{self.eval_on} data"
+        return judge(before, after, self.settings.distill.guard_worst_tolerance, data.n_samples, where)
 
 
 def _hold_out(train: Dataset) -> tuple[Dataset, Dataset, str]:

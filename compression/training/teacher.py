@@ -21,7 +21,7 @@ def graph_tensor_names(graph: onnx.GraphProto) -> set[str]:
 
 
 def teacher_targets(
-    teacher_path: Path,
+    teacher_path: Path | onnx.ModelProto,
     dataset: Dataset,
     extra: Sequence[str],
     threads: int,
@@ -29,13 +29,18 @@ def teacher_targets(
     max_bytes: int,
     batch_axes: dict[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every output and `extra` tensor of the teacher over `dataset`, one leading entry per sample.
+    """Every output and `extra` tensor of the teacher (a path or a loaded model) over `dataset`, one leading
+    entry per sample.
 
     Batched data: an output whose samples lie along another axis (time-major [T, N, C] sequences) is
     moved so they lead; `batch_axes` (filled here when given empty) records where they were.
     """
     batch_axes = {} if batch_axes is None else batch_axes
-    model = onnx.load(str(teacher_path))
+    if isinstance(teacher_path, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(teacher_path)
+    else:
+        model = onnx.load(str(teacher_path))
     outputs = [v.name for v in model.graph.output]
     unknown = sorted(set(extra) - graph_tensor_names(model.graph))
     if unknown:
