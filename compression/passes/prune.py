@@ -20,6 +20,7 @@ from compression.pruning.config import (
     PruneConfig,
     StructuredPruneConfig,
 )
+from compression.pruning.speed import PruneSpeed, SpeedBudget, choose, interval_facts, prune_speed
 from compression.pruning.structured import structured_prune
 from compression.pruning.unstructured import unstructured_prune
 
@@ -92,40 +93,47 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
         if not config.speed_check or details["channels_removed"] == 0:
             return details
         ctx.progress(0.5, "timing the pruned model against its input")
-        ratios = self._latency_ratios(model_path, [out], ctx)
-        details["latency_ratio"] = ratios[0]
-        if ratios[0] <= ctx.settings.latency.slowdown_tolerance or config.round_to != 1:
+        budget = SpeedBudget(ctx.reference(), ctx.settings, ctx.check_canceled)
+        first = budget.compare(model_path, [out]).ratios[0]
+        details.update(interval_facts(first, ctx.settings))
+        verdict = prune_speed(first, ctx.settings)
+        if verdict != PruneSpeed.SLOWER or config.round_to != 1:
+            details["speed_check_s"] = budget.elapsed
             return details
-        # Odd channel counts can miss onnxruntime's blocked kernels: try multiples that hit them.
-        tries = {
-            round_to: ctx.new_model_path(f"prune_round{round_to}")
-            for round_to in ctx.settings.prune.round_to_candidates
-        }
-        candidates = {round_to: prune(path, round_to) for round_to, path in tries.items()}
-        ratios = self._latency_ratios(model_path, [out, *tries.values()], ctx)
-        options = [(ratios[0], 1, details), *zip(ratios[1:], tries, candidates.values(), strict=True)]
-        ratio, round_to, chosen = min(options, key=lambda option: option[0])
+        # Odd channel counts can miss onnxruntime's blocked kernels: try multiples that hit them, time permitting.
+        tries: dict[int, Path] = {}
+        candidates: dict[int, dict[str, Any]] = {}
+        for round_to in ctx.settings.prune.round_to_candidates:
+            if not budget.can_measure():
+                break
+            tries[round_to] = ctx.new_model_path(f"prune_round{round_to}")
+            candidates[round_to] = prune(tries[round_to], round_to)
+        if not tries or not budget.can_measure():
+            ctx.event("pruned model is clearly slower than its input; no time left in prune_speed_check_seconds "
+                      "to retry channel multiples", **interval_facts(first, ctx.settings))  # fmt: skip
+            details["speed_check_s"] = budget.elapsed
+            details["round_to_tried"] = [1]
+            return details
+        comparison = budget.compare(model_path, [out, *tries.values()])
+        options = list(zip([1, *tries], comparison.ratios, strict=True))
+        round_to, interval = choose(options, ctx.settings)
         if round_to != 1:
             tries[round_to].replace(out)
         ctx.event(
-            "pruned model was slower than its input; retried with channel multiples",
-            tried={str(k): round(v, 3) for (v, k, _) in options},
+            "pruned model was clearly slower than its input; retried with channel multiples",
+            tried={str(k): round(v.ratio, 3) for k, v in options},
             chosen_round_to=round_to,
         )
-        if ratio > ctx.settings.latency.slowdown_tolerance:
-            ctx.event("every tried channel multiple is slower than the input", latency_ratio=round(ratio, 3))
+        if prune_speed(interval, ctx.settings) == PruneSpeed.SLOWER:
+            ctx.event("every tried channel multiple is clearly slower than the input", latency_ratio=interval.ratio)
+        chosen = details if round_to == 1 else candidates[round_to]
         return {
             **chosen,
-            "latency_ratio": ratio,
+            **interval_facts(interval, ctx.settings),
             "round_to_used": round_to,
-            "round_to_tried": [k for _, k, _ in options],
+            "round_to_tried": [k for k, _ in options],
+            "speed_check_s": budget.elapsed,
         }
-
-    @staticmethod
-    def _latency_ratios(src: Path, candidates: list[Path], ctx: PassContext) -> list[float]:
-        tolerance = (ctx.settings.latency.slowdown_tolerance,)
-        comparison = ctx.reference().compare_latency([src, *candidates], ctx.check_canceled, tolerance)
-        return [interval.ratio for interval in comparison.ratios]
 
     def _recalibrate(self, path: Path, ctx: PassContext, changed: bool) -> list[str] | str:
         """BatchNorm names re-estimated, or why none were."""
