@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
 from app.api import paths
 from app.api.deps import require_api_key
@@ -16,6 +17,8 @@ from app.errors import install_error_handlers, problem_responses
 from app.public_urls import PublicBaseUrlMiddleware
 from service.schema import prepare_schema
 from service.settings import Settings, get_settings
+
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's files (the fastapi-offline package ships them)
 
 
 def operation_id(route: APIRoute) -> str:
@@ -31,7 +34,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prepare_schema(settings)  # migrates the embedded database; refuses a DATABASE_URL that is behind
         yield
 
-    app = FastAPI(
+    # FastAPIOffline: /docs (Swagger UI) and /redoc with their scripts and styles served by this app, no CDN
+    app = FastAPIOffline(
+        docs_url="/docs",
+        redoc_url="/redoc",
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the public validator
         title="onnx-compress",
         version="0.1.0",
         description="Upload an ONNX model and a compression spec; poll the job; download the compressed model "
