@@ -141,7 +141,9 @@ def problem_response(
     detail: str,
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> JSONResponse:
+    """A Problem answer; `extensions` are extra members (RFC 9457 section 3.2), e.g. readiness `checks`."""
     title = HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else "Error"
     problem = Problem(
         type=f"{TYPE_PREFIX}{code}",
@@ -153,7 +155,10 @@ def problem_response(
         errors=errors or [],
     )
     return JSONResponse(
-        problem.model_dump(mode="json"), status_code=status_code, headers=headers, media_type=PROBLEM_MEDIA_TYPE
+        {**(extensions or {}), **problem.model_dump(mode="json")},
+        status_code=status_code,
+        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
     )
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, Path, status
 from fastapi.responses import HTMLResponse
 
 from app.api import paths
 from app.api.deps import PrincipalDep, SessionDep
-from app.errors import problem_responses
+from app.errors import ApiError, problem_responses
 from app.schemas import RESOURCE_ID
 from compression.datasets import LABELS
 from compression.report import ArraySummary, DatasetSummary, ReportContext, collect_versions, render_report
@@ -81,7 +81,7 @@ def get_report(
     """The job's report as one self-contained HTML page; a queued, running or failed job gets what exists so far."""
     job = get_owned(session, Job, job_id, principal)
     if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id!r} not found")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "job_not_found", f"job {job_id!r} not found")
     html = render_report(stored_metrics(job), report_context(session, job))
     headers = {"Content-Disposition": f'inline; filename="{job.id}-report.html"', "Cache-Control": "no-store"}
     return HTMLResponse(html, headers=headers)
