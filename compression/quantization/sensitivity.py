@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import helper
 from pydantic import BaseModel
 
 from compression.datasets import Dataset
 from compression.errors import InvalidModelError
+from compression.graph_names import iter_graphs, outer_references, subgraphs
 from compression.quantization.activations import activation_bytes_per_sample, lean_session
 
 FOLDED = frozenset({"Relu", "Clip"})
@@ -43,6 +45,26 @@ def expose(src: Path, dst: Path, names: set[str]) -> set[str]:
         model.graph.output.append(onnx.ValueInfoProto(name=name))
     onnx.save(model, str(dst))
     return exposed | (names & existing)
+
+
+def reads_of(node: onnx.NodeProto) -> list[str]:
+    """The values a node reads: its inputs, and for If/Loop/Scan the outer values its bodies read."""
+    names = [name for name in node.input if name]
+    if any(subgraphs(node)):
+        names += sorted(outer_references(helper.make_graph([node], "container", [], [])) - set(names))
+    return names
+
+
+def body_containers(graph: onnx.GraphProto, names: set[str]) -> dict[str, tuple[onnx.NodeProto, str]]:
+    """Node name (inside any body, at any depth) -> (the top-level node whose body holds it, its op type)."""
+    found: dict[str, tuple[onnx.NodeProto, str]] = {}
+    if not names:
+        return found
+    for node in graph.node:
+        for body in subgraphs(node):
+            for scope in iter_graphs(body):
+                found.update({inner.name: (node, inner.op_type) for inner in scope.node if inner.name in names})
+    return found
 
 
 def dequantized_names(path: Path) -> dict[str, str]:
@@ -74,14 +96,18 @@ def rank_nodes(
     initializers = {init.name for init in model.graph.initializer}
     inputs = {i.name for i in model.graph.input}
     nodes = {node.name: node for node in model.graph.node if node.name in set(candidates)}
+    # a node inside an If/Loop/Scan body has no tensor the graph can expose: it is ranked by its top-level
+    # container's outputs (error) over the values the container reads (local error)
+    in_bodies = body_containers(model.graph, set(candidates) - set(nodes))
+    containers = {container.name: container for container, _ in in_bodies.values()}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     wanted: set[str] = set()
-    for node in nodes.values():
-        wanted.update(node.output[:1])
-        wanted.update(name for name in node.input if name and name not in initializers)
+    for node in [*nodes.values(), *containers.values()]:
+        wanted.update(node.output if any(subgraphs(node)) else node.output[:1])
+        wanted.update(name for name in reads_of(node) if name not in initializers)
         # onnxruntime folds a Relu/Clip after a Conv into the quantized range and drops it, so the
         # Conv's own output has no counterpart: it is measured where the activation's output is
         wanted.update(after.output[0] for after in consumers.get(node.output[0], []) if after.op_type in FOLDED)
@@ -104,17 +130,23 @@ def rank_nodes(
             return None
         return stats[name].error()
 
+    def node_error(node: onnx.NodeProto) -> float | None:
+        if not any(subgraphs(node)):
+            return error(node.output[0])
+        errors = [error(name) for name in node.output if name]
+        return None if any(e is None for e in errors) else max(errors, default=0.0)
+
+    measured = [(name, node, node.op_type) for name, node in nodes.items()]
+    measured += [(name, container, op_type) for name, (container, op_type) in in_bodies.items()]
     ranked = []
-    for name, node in nodes.items():
-        err = error(node.output[0])
-        upstream = [error(i) for i in node.input if i and i not in initializers]
+    for name, node, op_type in measured:
+        err = node_error(node)
+        upstream = [error(i) for i in reads_of(node) if i not in initializers]
         worst_in = max((e for e in upstream if e is not None), default=0.0)
         if err is None:
-            ranked.append(NodeSensitivity(node=name, op_type=node.op_type, error=-1.0, local_error=-1.0))
+            ranked.append(NodeSensitivity(node=name, op_type=op_type, error=-1.0, local_error=-1.0))
         else:
-            ranked.append(
-                NodeSensitivity(node=name, op_type=node.op_type, error=err, local_error=max(err - worst_in, 0.0))
-            )
+            ranked.append(NodeSensitivity(node=name, op_type=op_type, error=err, local_error=max(err - worst_in, 0.0)))
     ranked.sort(key=lambda s: (s.local_error, s.error), reverse=True)
     return ranked
 

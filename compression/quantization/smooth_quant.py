@@ -26,8 +26,9 @@ from onnx import numpy_helper
 from pydantic import BaseModel, Field
 
 from compression.datasets import Dataset
-from compression.graph_names import outer_references
+from compression.graph_names import outer_references, read_counts
 from compression.metrics.inference import make_session
+from compression.quantization.activations import activation_bytes_per_sample, batch_for
 from compression.quantization.prepare import Prepared
 from compression.quantization.sensitivity import expose
 from compression.settings import EngineSettings
@@ -107,6 +108,7 @@ def smooth(
     batch: int,
     threads: int,
     work: Path,
+    memory_bytes: int | None = None,
 ) -> SmoothReport | None:
     """Write the smoothed graph to `dst` when a LayerNorm was smoothed; None when none qualifies.
 
@@ -118,12 +120,12 @@ def smooth(
     groups = smoothable(model)
     if not groups:
         return None
+    if dataset.n_samples and memory_bytes is not None:  # one batch of the tapped tensors within the setting
+        per_sample = activation_bytes_per_sample(src, dataset.take(1).first_feed(1), 1, work / "probe")
+        batch = batch_for(memory_bytes, per_sample, cap=batch)
     stats = channel_absmax(src, [g.norm.output[0] for g in groups], dataset, batch, threads, work)
     initializers = {init.name: init for init in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = dict(read_counts(model.graph))  # If/Loop/Scan bodies included: they keep the original values
     report = SmoothReport(alpha=alpha)
     ratios = []
     for group in groups:
@@ -166,7 +168,8 @@ def _private(
     initializers: dict[str, onnx.TensorProto],
     uses: dict[str, int],
 ) -> str:
-    """The node's initializer input, copied first when other nodes read it too (so they keep the original)."""
+    """The node's initializer input, copied first when anything else reads it too, a node inside an If/Loop/Scan
+    body included (so those readers keep the original)."""
     name = node.input[index]
     if uses.get(name, 0) <= 1:
         return name
@@ -201,6 +204,7 @@ def smooth_prepared(prepared: Prepared, dataset: Dataset | None, settings: Engin
         BATCH,
         settings.latency.threads,
         work,
+        knobs.activation_memory_mb * 2**20,
     )
     if report is None:
         return
