@@ -105,8 +105,13 @@ def clean_filename(name: str, limit: int = MAX_FILENAME_CHARS) -> str:
     return name[:limit]
 
 
+def limit_setting(what: str) -> str:
+    """The setting that bounds an upload of `what` ('model' or 'dataset')."""
+    return "MAX_MODEL_BYTES" if what == "model" else "MAX_DATASET_BYTES"
+
+
 def _too_large(limit: int, what: str) -> ApiError:
-    setting = "MAX_MODEL_BYTES" if what == "model" else "MAX_DATASET_BYTES"
+    setting = limit_setting(what)
     return ApiError(
         status.HTTP_413_CONTENT_TOO_LARGE,
         "upload_too_large",
@@ -124,7 +129,7 @@ async def receive_checked(
 ) -> tuple[ReceivedFile, T]:
     """Receive the multipart field `file` and run `check` on it; a file that fails is deleted and explained
     (422 with the engine's code, or the ApiError `check` raised); whatever happens, no temp file is left."""
-    received = await receive_file(request, "file", directory, limit, what)
+    received = await receive_upload(request, directory, limit, what)
     try:
         return received, await run_in_threadpool(check, received.path)
     except ApiError:
@@ -145,13 +150,25 @@ async def receive_checked(
         raise
 
 
+async def receive_upload(request: Request, directory: Path, limit: int, what: str) -> ReceivedFile:
+    """A multipart upload (field `file`) or, with a JSON body `{"url": ...}`, the file fetched from that URL
+    (app/url_import.py): either way streamed into `directory` within `limit`."""
+    content_type, _ = parse_options_header(request.headers.get("content-type"))
+    if content_type == b"application/json":
+        from app.url_import import receive_from_url  # imports this module
+
+        return await receive_from_url(request, directory, limit, what)
+    return await receive_file(request, "file", directory, limit, what)
+
+
 async def receive_file(request: Request, field: str, directory: Path, limit: int, what: str) -> ReceivedFile:
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise ApiError(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             "not_multipart",
-            f"send the {what} as multipart/form-data with the file in the field '{field}'",
+            f"send the {what} as multipart/form-data with the file in the field '{field}', "
+            'or as JSON {"url": "s3://bucket/key" or "https://..."} to import it from where it lives',
         )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 1024 * 1024:

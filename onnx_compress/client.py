@@ -159,13 +159,21 @@ class Client:
             files = {"file": (path.name, handle, "application/octet-stream")}
             return self._request("POST", route, files=files).json()
 
-    def upload_model(self, path: str | Path) -> Model:
-        """Upload an .onnx model; its id goes into `submit`."""
-        return Model.model_validate(self._upload("/v1/models", path))
+    def _upload_or_import(self, route: str, path: str | Path | None, url: str | None) -> dict[str, Any]:
+        if (path is None) == (url is None):
+            raise ValueError("give either a file path or url=")
+        if url is not None:  # the server fetches it: s3://bucket/key or https://...
+            return self._request("POST", route, json={"url": url}).json()
+        return self._upload(route, path)  # type: ignore[arg-type]
 
-    def upload_dataset(self, path: str | Path) -> Dataset:
-        """Upload an .npz dataset (calibration, train or eval data)."""
-        return Dataset.model_validate(self._upload("/v1/datasets", path))
+    def upload_model(self, path: str | Path | None = None, *, url: str | None = None) -> Model:
+        """Upload an .onnx model, or have the server import it from `url` (`s3://bucket/key`, `https://...`);
+        its id goes into `submit`."""
+        return Model.model_validate(self._upload_or_import("/v1/models", path, url))
+
+    def upload_dataset(self, path: str | Path | None = None, *, url: str | None = None) -> Dataset:
+        """Upload an .npz dataset (calibration, train or eval data), or have the server import it from `url`."""
+        return Dataset.model_validate(self._upload_or_import("/v1/datasets", path, url))
 
     def submit(
         self,

@@ -55,7 +55,8 @@ async def upload_dataset(
     store: StoreDep,
     principal: PrincipalDep,
 ) -> DatasetOut:
-    """Multipart field `file`: an .npz with one array per model input (and optional `labels`)."""
+    """Multipart field `file`: an .npz with one array per model input (and optional `labels`). Or JSON
+    `{"url": "s3://bucket/key" | "https://..."}`: the dataset fetched from there, with the same limits and checks."""
     incoming = settings.data_dir / "incoming"
     check = partial(check_dataset, settings=settings)
     received, (arrays, n_samples) = await receive_checked(

@@ -15,6 +15,7 @@ from app.errors import ApiError, problem_responses
 from app.schemas import RESOURCE_ID, ModelOut
 from app.upload_checks import check_model
 from app.uploads import receive_checked
+from app.url_import import UrlImport
 from compression.model_info import ModelInfo
 from service.artifacts import ArtifactStore, model_key
 from service.orm import ModelRecord, new_id
@@ -33,7 +34,9 @@ UPLOAD_DOC = {
                     "properties": {"file": {"type": "string", "format": "binary"}},
                 },
                 "encoding": {"file": {"contentType": "application/octet-stream"}},
-            }
+            },
+            # or import the file from where it lives (app/url_import.py)
+            "application/json": {"schema": UrlImport.model_json_schema()},
         },
     }
 }
@@ -85,7 +88,8 @@ async def upload_model(
     store: StoreDep,
     principal: PrincipalDep,
 ) -> ModelOut:
-    """Multipart field `file`: an .onnx model, streamed to disk and validated with onnx.checker."""
+    """Multipart field `file`: an .onnx model, streamed to disk and validated with onnx.checker. Or JSON
+    `{"url": "s3://bucket/key" | "https://..."}`: the model fetched from there, with the same limits and checks."""
     incoming = settings.data_dir / "incoming"
     check = partial(check_model, settings=settings)
     received, info = await receive_checked(request, incoming, settings.max_model_bytes, "model", check)
