@@ -19,6 +19,10 @@ models whose latency interval lies entirely above 1.0.
 
     .venv/bin/python bench/real_models.py [--models a,b] [--timeout 300] [--mode auto] [--spec JSON|@file]
                                           [--json out.json]
+    .venv/bin/python bench/real_models.py --merge a.json,b.json   # one table over shards run side by side
+
+--json is rewritten after every model (with the load when the model started), so a run cut short keeps what
+it measured.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -322,6 +326,23 @@ def counts(results: list[ModelResult]) -> str:
     )
 
 
+def merge(paths: list[Path]) -> None:
+    """One table and one count line over the results of several --json files (e.g. shards run side by side)."""
+    known = {f.name for f in fields(ModelResult)}
+    results = []
+    for path in paths:
+        payload = json.loads(path.read_text())
+        print(f"{path.name}: load at start {payload['load_start']}; at end {payload.get('load_end') or 'cut short'}")
+        for row in payload["results"]:
+            values = {key: value for key, value in row.items() if key in known}
+            values["status"] = Status(values["status"])
+            results.append(ModelResult(**values))
+    print()
+    print("\n".join(table(results)))
+    print()
+    print(counts(results))
+
+
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
@@ -345,8 +366,14 @@ def main() -> None:
     parser.add_argument("--min-fidelity", type=float, default=0.98, help="clean: worst sample/slice at least this")
     parser.add_argument("--min-top1", type=float, default=0.99, help="clean: top-1 agreement at least this")
     parser.add_argument("--work", type=Path, default=None, help="keep job folders here (default: a temp dir)")
+    parser.add_argument(
+        "--merge", default="", help="comma-separated --json files of earlier runs (shards): print one table of them"
+    )
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.merge:
+        merge([Path(p) for p in args.merge.split(",") if p])
+        return
     if args.child is not None:
         child_main(args.child, args.spec, args.work)
         return
@@ -366,28 +393,40 @@ def main() -> None:
         "median of per-round ratios with a bootstrap 95% interval"
     )
     results: list[ModelResult] = []
+    loads: dict[str, str] = {}
+
+    def write_json(load_end: str | None) -> None:  # after every model, so a cut-short run keeps what it measured
+        if not args.json:
+            return
+        payload = {
+            "load_start": load_start,
+            "load_end": load_end,
+            "load_per_model": loads,
+            "spec": json.loads(spec_json),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "results": [{**asdict(r), "gained": r.gained, "slower": r.slower} for r in results],
+        }
+        args.json.write_text(json.dumps(payload, indent=1, default=str))
+
     with tempfile.TemporaryDirectory(prefix="real_models_") as tmp:
         folder = args.work or Path(tmp)
         for name in names:
+            loads[name] = uptime()
             result = bench_model(name, spec_json, folder, args)
             results.append(result)
-            print(f"  {name}: {result.status} in {result.wall_s:.1f} s, {result.peak_rss_mb:.0f} MB {result.note}")
+            print(
+                f"  {name}: {result.status} in {result.wall_s:.1f} s, {result.peak_rss_mb:.0f} MB {result.note} "
+                f"(load at start: {loads[name]})"
+            )
             sys.stdout.flush()
+            write_json(None)
     print()
     print("\n".join(table(results)))
     print()
     print(counts(results))
     load_end = uptime()
     print(f"load at end: {load_end}")
-    if args.json:
-        payload = {
-            "load_start": load_start,
-            "load_end": load_end,
-            "spec": json.loads(spec_json),
-            "args": {k: str(v) for k, v in vars(args).items()},
-            "results": [{**asdict(r), "gained": r.gained, "slower": r.slower} for r in results],
-        }
-        args.json.write_text(json.dumps(payload, indent=1, default=str))
+    write_json(load_end)
 
 
 if __name__ == "__main__":
