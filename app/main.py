@@ -10,7 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import paths
 from app.api.deps import require_api_key
-from app.api.routes import datasets, health, jobs, models, report
+from app.api.routes import datasets, health, jobs, models, report, webhooks
 from app.body_limit import BodyLimitMiddleware
 from app.console import router as console_router
 from app.errors import install_error_handlers, problem_responses
@@ -55,6 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(console_router)  # the web console at / (static; its API calls carry the key)
     authed = [Depends(require_api_key)]
-    for router in (models.router, datasets.router, jobs.router, report.router):
+    for router in (models.router, datasets.router, jobs.router, webhooks.router, report.router):
         app.include_router(router, dependencies=authed, responses=problem_responses(401))
     return app

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from compression.model_info import TensorSpec
 from compression.spec import Step
-from service.status import EventKind, JobStatus, StepState
+from service.status import TERMINAL_WEBHOOK_EVENTS, DeliveryStatus, EventKind, JobStatus, StepState, WebhookEvent
 
 RESOURCE_ID = r"^[A-Za-z0-9_-]{1,64}$"  # what new_id() makes; anything else (a NUL byte, a slash) is refused
 
@@ -78,6 +78,28 @@ def _non_finite_at(value: Any, path: str) -> str | None:
     return None
 
 
+MAX_WEBHOOK_URL_LENGTH = 2048
+
+
+class WebhookCreate(BaseModel):
+    """Where to POST the job's events (signed per Standard Webhooks) and which events."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        min_length=1,
+        max_length=MAX_WEBHOOK_URL_LENGTH,
+        description="an https:// URL on a public host (the server's OUTBOUND_ALLOWLIST may allow others)",
+        examples=["https://ci.example.com/hooks/onnx-compress"],
+    )
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(TERMINAL_WEBHOOK_EVENTS),
+        min_length=1,
+        max_length=len(WebhookEvent),
+        description="the events to send; default the terminal ones (job.succeeded, job.failed, job.canceled)",
+    )
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -103,6 +125,9 @@ class JobCreate(BaseModel):
     model_id: ResourceId
     steps: list[Step] = Field(min_length=1)
     datasets: JobDatasets = Field(default_factory=JobDatasets)
+    webhook: WebhookCreate | None = Field(
+        None, description="POST the job's events here, signed (default: the server's WEBHOOK_URL, if any)"
+    )
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -209,3 +234,26 @@ class JobEventOut(BaseModel):
     attempt: int
     data: dict[str, Any] | None
     created_at: UtcDatetime
+
+
+class WebhookAttemptOut(BaseModel):
+    """One HTTP attempt of a webhook delivery."""
+
+    number: int = Field(description="1 for the first attempt")
+    started_at: UtcDatetime
+    duration_ms: float
+    status_code: int | None = Field(description="the receiver's HTTP status; null when it did not answer")
+    error: str | None = Field(description="why the attempt failed (non-2xx answer, timeout, refused URL); null on 2xx")
+
+
+class WebhookDeliveryOut(BaseModel):
+    """One event of the job sent to its webhook; every attempt carries `id` as its `webhook-id` header."""
+
+    id: str = Field(description="the `webhook-id` header of every attempt (receivers deduplicate on it)")
+    event: WebhookEvent
+    url: str
+    status: DeliveryStatus = Field(description="pending (attempts remain), succeeded (a 2xx answer) or failed")
+    next_attempt_at: UtcDatetime | None = Field(description="when the next attempt is due, while pending")
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None
+    attempts: list[WebhookAttemptOut]

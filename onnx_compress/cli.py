@@ -78,7 +78,8 @@ def worker(
 
     settings = get_settings()
     _schema_ready_or_exit(settings)
-    args = ["worker", f"--loglevel={loglevel}", f"--queues={settings.queue_name}", "--pool=prefork"]
+    queues = f"{settings.queue_name},{settings.resolved_webhook_queue_name}"  # jobs, and webhook deliveries
+    args = ["worker", f"--loglevel={loglevel}", f"--queues={queues}", "--pool=prefork"]
     args.append(f"--concurrency={concurrency or settings.worker_concurrency}")
     celery_app.worker_main(args)
 

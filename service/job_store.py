@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from service import webhooks
 from service.orm import Job, JobEvent, utcnow
 from service.status import TERMINAL, EventKind, JobStatus
 
@@ -93,6 +94,7 @@ def claim(session: Session, job_id: str, worker: str, lease: timedelta) -> tuple
         f"attempt {attempt} started on {worker}" + (" (took over from a worker that stopped)" if takeover else ""),
         attempt=attempt,
     )
+    webhooks.record_event(session, job_id, JobStatus.RUNNING)
     session.commit()
     return ClaimOutcome.CLAIMED, attempt
 
@@ -160,6 +162,7 @@ def finish(
     if result.rowcount == 1:
         message = f"job {status}" + (f": {error[1]}" if error else "")
         add_event(session, job_id, EventKind(status.value), message, attempt=attempt, progress=values.get("progress"))
+        webhooks.record_event(session, job_id, status)
     session.commit()
     return result.rowcount == 1
 
@@ -179,6 +182,7 @@ def fail_without_claim(session: Session, job_id: str, code: str, message: str) -
     )
     if result.rowcount == 1:
         add_event(session, job_id, EventKind.FAILED, f"job failed: {message}", attempt=attempt)
+        webhooks.record_event(session, job_id, JobStatus.FAILED)
     session.commit()
     return result.rowcount == 1
 
@@ -198,6 +202,7 @@ def request_cancel(session: Session, job_id: str) -> CancelOutcome:
         )
         if result.rowcount == 1:
             add_event(session, job_id, EventKind.CANCELED, "canceled before it started")
+            webhooks.record_event(session, job_id, JobStatus.CANCELED)
             session.commit()
             return CancelOutcome.CANCELED
         session.rollback()

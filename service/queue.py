@@ -79,10 +79,19 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     return {"visibility_timeout": settings.broker_visibility_timeout}
 
 
+def named_queue(name: str) -> Queue:
+    """A queue as Celery declares it for `task_queues`: a direct exchange and routing key of the same name."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
 def job_queue(settings: Settings) -> Queue:
     """The queue workers consume: Celery's default for `task_default_queue` (direct exchange, same names)."""
-    name = settings.queue_name
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+    return named_queue(settings.queue_name)
+
+
+def webhook_queue(settings: Settings) -> Queue:
+    """The queue of webhook deliveries (`workers.webhook_tasks`), consumed by the workers too."""
+    return named_queue(settings.resolved_webhook_queue_name)
 
 
 def broker_connection(settings: Settings) -> Connection:
@@ -99,10 +108,10 @@ def broker_connection(settings: Settings) -> Connection:
 class _Publisher:
     """One pooled connection set per broker URL and process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, queue: Queue) -> None:
         self.connection = broker_connection(settings)
         self.producers = ProducerPool(self.connection.Pool(limit=POOL_LIMIT), limit=POOL_LIMIT)
-        self.queue = job_queue(settings)
+        self.queue = queue
 
     def publish(self, message: TaskMessage) -> None:
         with self.producers.acquire(block=True, timeout=30) as producer:
@@ -124,19 +133,26 @@ _publishers: dict[tuple[int, str, str], _Publisher] = {}
 _publishers_lock = threading.Lock()
 
 
-def _publisher(settings: Settings) -> _Publisher:
-    key = (os.getpid(), settings.resolved_broker_url, settings.queue_name)
+def _publisher(settings: Settings, queue: Queue | None = None) -> _Publisher:
+    queue = queue or job_queue(settings)
+    key = (os.getpid(), settings.resolved_broker_url, queue.name)
     with _publishers_lock:
         publisher = _publishers.get(key)
         if publisher is None:
-            publisher = _publishers[key] = _Publisher(settings)
+            publisher = _publishers[key] = _Publisher(settings, queue)
         return publisher
 
 
 def enqueue_job(settings: Settings, job_id: str) -> str:
     """Queue one run of the job; returns the task id. Raises BrokerUnavailableError when nothing was queued."""
-    message = task_message(RUN_JOB, [job_id])
-    publisher = _publisher(settings)
+    return publish_task(settings, RUN_JOB, [job_id])
+
+
+def publish_task(settings: Settings, task: str, args: list[Any], queue: Queue | None = None) -> str:
+    """Publish one Celery task message to `queue` (default: the job queue); returns the task id.
+    Raises BrokerUnavailableError when nothing was published."""
+    message = task_message(task, args)
+    publisher = _publisher(settings, queue)
     unavailable = (OperationalError, LimitExceeded, OSError, *publisher.connection.recoverable_connection_errors)
     try:
         publisher.publish(message)

@@ -102,7 +102,9 @@ class Settings(BaseSettings, EngineSettings):
         5.0, gt=0, description="delay before the 2nd attempt; it doubles after each failed attempt"
     )
     webhook_retry_max_seconds: float = Field(3600.0, gt=0, description="longest delay between two attempts")
-    webhook_queue_name: str = Field("webhooks", description="Celery queue of webhook deliveries (workers consume it)")
+    webhook_queue_name: str | None = Field(
+        None, description="Celery queue of webhook deliveries, consumed by the workers too; default QUEUE_NAME.webhooks"
+    )
 
     job_retention_days: float = Field(
         30,
@@ -224,6 +226,10 @@ class Settings(BaseSettings, EngineSettings):
         return (self.data_dir / "work").resolve()
 
     def engine_settings(self) -> EngineSettings:
+    @property
+    def resolved_webhook_queue_name(self) -> str:
+        return self.webhook_queue_name or f"{self.queue_name}.webhooks"
+
         return EngineSettings.model_validate(self.model_dump(include=set(EngineSettings.model_fields)))
 
 

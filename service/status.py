@@ -53,3 +53,11 @@ class WebhookEvent(StrEnum):
 
 
 TERMINAL_WEBHOOK_EVENTS = (WebhookEvent.SUCCEEDED, WebhookEvent.FAILED, WebhookEvent.CANCELED)
+
+
+class DeliveryStatus(StrEnum):
+    """A webhook delivery: being attempted, answered 2xx, or given up after its attempts."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"

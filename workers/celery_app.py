@@ -6,16 +6,17 @@ from functools import lru_cache
 
 from celery import Celery
 
-from service.queue import broker_transport_options, job_queue
+from service.queue import broker_transport_options, job_queue, webhook_queue
 from service.settings import Settings, get_settings
 
 
 def make_celery(settings: Settings) -> Celery:
-    celery = Celery("onnx_compress", broker=settings.resolved_broker_url, include=["workers.tasks", "workers.recovery"])
+    tasks = ["workers.tasks", "workers.recovery", "workers.webhook_tasks"]
+    celery = Celery("onnx_compress", broker=settings.resolved_broker_url, include=tasks)
     if settings.resolved_broker_url.startswith("sqla+sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     celery.conf.update(
-        task_queues=[job_queue(settings)],  # the queue service.queue.enqueue_job publishes to
+        task_queues=[job_queue(settings), webhook_queue(settings)],  # the queues service.queue publishes to
         task_default_queue=settings.queue_name,
         task_ignore_result=True,
         task_acks_late=True,  # a job's message is acked only when the job ends ...

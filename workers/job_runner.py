@@ -19,7 +19,7 @@ from compression.jsonable import to_jsonable
 from compression.model_info import inspect_model
 from compression.pipeline import run_pipeline
 from compression.spec import CompressionSpec
-from service import job_store
+from service import job_store, webhooks
 from service.artifacts import ArtifactStore, get_store, job_artifact_key
 from service.db import session_scope
 from service.job_store import ClaimOutcome
@@ -65,6 +65,7 @@ def run_job(job_id: str, settings: Settings) -> Outcome:
             job_store.finish(session, job_id, attempt, JobStatus.FAILED, error=("too_many_attempts", message))
             return Outcome.FAILED
 
+    webhooks.publish_for_job(settings, job_id)  # job.started, when the job's webhook wants it
     sink = JobProgressSink(settings, job_id, attempt, steps)
     work_dir = settings.work_dir / job_id / f"attempt{attempt}"
     try:
@@ -106,6 +107,7 @@ def _finish(
     steps = sink.steps if status == JobStatus.SUCCEEDED else sink.mark_unfinished(status)
     with session_scope(settings) as session:
         owned = job_store.finish(session, job_id, attempt, status, metrics=metrics, error=error, steps=steps)
+    webhooks.publish_for_job(settings, job_id)
     return Outcome(status.value) if owned else Outcome.LOST
 
 

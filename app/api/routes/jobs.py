@@ -18,6 +18,7 @@ from app.api import paths
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from app.errors import ApiError, problem_responses
 from app.job_views import decode_cursor, encode_cursor, event_out, job_out, page_query
+from app.public_urls import absolute_url
 from app.schemas import RESOURCE_ID, JobCreate, JobEventOut, JobOut, JobPage
 from compression.datasets import check_compatible
 from compression.errors import DatasetMismatchError
@@ -26,9 +27,11 @@ from service import job_store
 from service.artifacts import job_artifact_key
 from service.job_store import CancelOutcome
 from service.orm import DatasetRecord, Job, JobEvent, ModelRecord, new_id
+from service.outbound import OutboundURLRefusedError
 from service.queue import enqueue_job
 from service.status import EventKind, JobStatus, StepState
 from service.tenants import Principal, get_owned, visible_to
+from service.webhooks import WebhooksDisabledError, job_webhook, publish_for_job
 
 router = APIRouter(prefix=paths.JOBS, tags=["jobs"])
 
@@ -139,6 +142,7 @@ def create_job(
             return _replay(existing, request_hash, response)
     _check_references(session, body, principal)
     _check_steps(session, settings, body, principal)
+    webhook = _job_webhook(settings, body)
     steps = [
         {
             "index": i,
@@ -158,6 +162,7 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         owner_id=principal.tenant_id,
+        webhook=webhook,
     )
     session.add(job)
     job_store.add_event(session, job.id, EventKind.QUEUED, "job queued")
@@ -182,6 +187,17 @@ def create_job(
             headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
         ) from exc
     return job_out(job)
+
+
+def _job_webhook(settings: SettingsDep, body: JobCreate) -> dict | None:
+    """The job's webhook (its URL checked against the outbound rules now), or the server's default."""
+    url, events = (body.webhook.url, body.webhook.events) if body.webhook else (None, None)
+    try:
+        return job_webhook(settings, url, events, absolute_url(paths.JOBS) + "/")
+    except OutboundURLRefusedError as exc:
+        raise _unprocessable(f"webhook.url: {exc}", "webhook_url_refused") from exc
+    except WebhooksDisabledError as exc:
+        raise _unprocessable(f"webhook: {exc}", "webhooks_disabled") from exc
 
 
 def _idempotent(principal: Principal, idempotency_key: str | None) -> Select[tuple[Job]]:
@@ -274,6 +290,8 @@ def cancel_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep, pr
     """A queued job ends `canceled` and never runs; a running one stops at its next check."""
     _get_job(session, job_id, principal)  # another tenant's job is not found, and not canceled
     outcome = job_store.request_cancel(session, job_id)
+    if outcome == CancelOutcome.CANCELED:
+        publish_for_job(settings, job_id)  # job.canceled (a running job's comes from its worker)
     if outcome == CancelOutcome.MISSING:
         raise _not_found(job_id)
     job = _get_job(session, job_id, principal)
