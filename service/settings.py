@@ -218,6 +218,10 @@ class Settings(BaseSettings, EngineSettings):
         return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
 
     @property
+    def resolved_webhook_queue_name(self) -> str:
+        return self.webhook_queue_name or f"{self.queue_name}.webhooks"
+
+    @property
     def resolved_artifacts_dir(self) -> Path:
         return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
 
@@ -226,10 +230,6 @@ class Settings(BaseSettings, EngineSettings):
         return (self.data_dir / "work").resolve()
 
     def engine_settings(self) -> EngineSettings:
-    @property
-    def resolved_webhook_queue_name(self) -> str:
-        return self.webhook_queue_name or f"{self.queue_name}.webhooks"
-
         return EngineSettings.model_validate(self.model_dump(include=set(EngineSettings.model_fields)))
 
 
