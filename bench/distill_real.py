@@ -71,6 +71,7 @@ def _distill_step(args: argparse.Namespace) -> dict[str, Any]:
         "max_seconds": args.max_seconds,
         "temperature": 1.0,
         **({"lr": args.lr} if args.lr else {}),
+        **({"auto_hints": args.auto_hints} if args.auto_hints is not None else {}),
     }
 
 
@@ -202,6 +203,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=4, help="samples (stacked: entries) per optimizer step")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the engine's)")
+    parser.add_argument("--auto-hints", type=int, default=None, help="intermediate tensors matched (engine default)")
     parser.add_argument("--max-seconds", type=float, default=90.0, help="training time budget per model")
     parser.add_argument("--timeout", type=float, default=420.0, help="wall-time limit per job (prune + distill)")
     parser.add_argument("--max-rss-mb", type=float, default=6000.0)

@@ -216,6 +216,9 @@ class DistillSettings(SettingsGroup):
     max_train_samples: int = Field(100_000, ge=1, description="train samples used by distill (first N)")
     max_target_mb: int = Field(2048, ge=1, description="memory cap on the cached teacher outputs")
     max_loop_iterations: int = Field(10_000, ge=1, description="iterations a Loop or Scan may run per forward")
+    auto_hint_mb: int = Field(
+        256, ge=1, description="memory cap on the teacher targets of the automatically found hint tensors"
+    )
     guard_worst_tolerance: float = Field(
         0.0,
         ge=0,

@@ -82,6 +82,7 @@ def _metrics(ctx: PassContext, student: str, student_path: Path, out: Path, outc
         "eval_metric": outcome.metric_name,
         "selected_on": outcome.eval_on,
         "losses": outcome.losses,
+        "auto_hints": outcome.auto_hints,
         "trainable_parameters": outcome.trainable_parameters,
         "loss_curve": [
             {"epoch": r.epoch, "train_loss": r.train_loss, "eval_loss": r.eval_loss, "eval_metric": r.eval_metric}

@@ -60,8 +60,10 @@ class StructuredPruneConfig(PruneBase):
     )
     speed_check: bool = Field(
         True,
-        description="time the pruned model against its input; when it is slower (channel counts onnxruntime runs "
-        "slowly) and round_to is 1, retry with the prune_round_to_candidates multiples and keep the fastest",
+        description="time the pruned model against its input (adaptive interleaved measurement, within "
+        "prune_speed_check_seconds); when it is clearly slower (its latency ratio's whole confidence interval above "
+        "latency_slowdown_tolerance: channel counts onnxruntime runs slowly) and round_to is 1, retry with the "
+        "prune_round_to_candidates multiples and keep one only when it is clearly faster",
     )
 
 

@@ -38,6 +38,14 @@ class DistillConfig(StepConfig):
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the KL term; 1 - alpha weighs cross-entropy")
     hints: list[Hint] = Field(default_factory=list, description="intermediate tensors matched with MSE")
     hint_weight: float = Field(1.0, ge=0, description="weight of each hint loss")
+    auto_hints: int = Field(
+        4,
+        ge=0,
+        le=32,
+        description="also match up to this many intermediate tensors found automatically: same name and shape in "
+        "student and teacher, downstream of a changed weight (after a structured prune: the pruned layers' "
+        "consumers), spread over the graph; their MSE terms share hint_weight. 0: off. Not used for QAT students",
+    )
     output_loss: dict[str, Literal["kl", "mse"]] = Field(
         default_factory=dict,
         description="per-output override of the automatic choice: kl (class scores, per position for [N, T, C] "

@@ -21,6 +21,7 @@ from compression.errors import CompressionError, DatasetMismatchError
 from compression.settings import EngineSettings
 from compression.training import losses
 from compression.training.augment import augment, auto_copies
+from compression.training.auto_hints import pick_hints
 from compression.training.config import DistillConfig
 from compression.training.graph_module import OnnxGraphModule
 from compression.training.guard import GuardVerdict, judge, score_model
@@ -94,6 +95,7 @@ class DistillOutcome:
     stopped_early: bool = False  # the time budget ended training before the last epoch
     train_samples: int = 0  # after augmentation
     given_samples: int = 0
+    auto_hints: list[str] = field(default_factory=list)
     guard: GuardVerdict | None = None  # trained student vs its input on the selection data (None: not trained)
 
     @property
@@ -191,7 +193,14 @@ class Distiller:
         self.given_samples = train.n_samples
         train = augment(train, copies, config.seed).take(settings.distill.max_train_samples)
         _check_inputs(self.module, eval_data, self.eval_on)
-        hint_names = [h.teacher for h in config.hints]
+        self.auto_hints: list[str] = []
+        if config.auto_hints and not self.qat.active:
+            full_teacher = onnx.load(str(teacher_path))
+            auto = pick_hints(self.student_proto, full_teacher, train, config.auto_hints, settings.distill.auto_hint_mb)
+            named = {h.teacher for h in config.hints} | {h.student for h in config.hints}
+            self.auto_hints = [name for name in auto if name not in named]
+            del full_teacher
+        hint_names = [h.teacher for h in config.hints] + self.auto_hints
         max_bytes = settings.distill.max_target_mb << 20
         batch = settings.evaluation.batch_size
         self.batch_axes: dict[str, int] = {}  # outputs whose samples are not on axis 0 (time-major sequences)
@@ -212,11 +221,13 @@ class Distiller:
         )
         # the loss reads each output (and its logits tensor) with the samples leading, like the targets
         self.moves = {p.student_tensor: self.batch_axes.get(p.teacher_output, 0) for p in self.plans}
+        self.moves |= {h.student: self.batch_axes.get(h.teacher, 0) for h in config.hints}
+        self.moves |= {name: self.batch_axes.get(name, 0) for name in self.auto_hints}
         self.moves = {name: axis for name, axis in self.moves.items() if axis}
         extra = {p.student_tensor for p in self.plans if p.student_tensor != p.student_output}
-        extra |= {h.student for h in config.hints}
+        extra |= {h.student for h in config.hints} | set(self.auto_hints)
         self.module.set_extra_outputs(sorted(extra))
-        self.hint_scales = {h.teacher: losses.teacher_scale(self.train.targets[h.teacher]) for h in config.hints}
+        self.hint_scales = {name: losses.teacher_scale(self.train.targets[name]) for name in hint_names}
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The student's outputs, samples leading (as in the targets)."""
@@ -226,8 +237,13 @@ class Distiller:
         return out
 
     def loss(
-        self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], labels: torch.Tensor | None
+        self,
+        out: dict[str, torch.Tensor],
+        targets: dict[str, torch.Tensor],
+        labels: torch.Tensor | None,
+        auto_hints: bool = True,
     ) -> torch.Tensor:
+        """The training loss; `auto_hints=False` leaves out the automatic hint terms (epoch selection)."""
         config = self.config
         total = torch.zeros(())
         for plan in self.plans:
@@ -235,7 +251,8 @@ class Distiller:
             if plan.kind == "mse":
                 total = total + losses.scaled_mse(student, teacher, plan.scale)
                 continue
-            kd = losses.kd_kl(student, _teacher_logits(teacher, plan), config.temperature, plan.axis)
+            logits = torch.log(student.float().clamp_min(1e-12)) if plan.student_form == "probs" else student
+            kd = losses.kd_kl(logits, _teacher_logits(teacher, plan), config.temperature, plan.axis)
             if plan.raw_scores:  # the output is the scores themselves: match their values too, not only softmax
                 kd = kd + losses.scaled_mse(student, teacher, plan.scale)
             if plan.use_labels and labels is not None:
@@ -251,6 +268,12 @@ class Distiller:
                     f"has {list(student.shape)}: hints need tensors of the same shape"
                 )
             total = total + config.hint_weight * losses.scaled_mse(student, teacher, self.hint_scales[hint.teacher])
+        if auto_hints and self.auto_hints:
+            weight = config.hint_weight / len(self.auto_hints)
+            for name in self.auto_hints:
+                student, teacher = _common(out[name], targets[name])
+                if student.shape == teacher.shape:  # a data-dependent length of another rank: no term
+                    total = total + weight * losses.scaled_mse(student, teacher, self.hint_scales[name])
         return total
 
     def evaluate(self) -> EvalResult:
@@ -264,7 +287,7 @@ class Distiller:
                 index = np.arange(start, min(start + step, self.eval.n))
                 inputs, targets, labels = self.eval.feeds(index)
                 out = self.forward(inputs)
-                total_loss += float(self.loss(out, targets, labels)) * len(index)
+                total_loss += float(self.loss(out, targets, labels, auto_hints=False)) * len(index)
                 seen += len(index)
                 if kl_plan is not None:
                     student, teacher = _common(out[kl_plan.student_tensor], targets[kl_plan.teacher_output])
@@ -376,6 +399,7 @@ class Distiller:
             metric_name=metric_name,
             history=history,
             losses=[{"output": p.student_output, "kind": p.kind, "labels": p.use_labels} for p in self.plans],
+            auto_hints=self.auto_hints,
             trainable_parameters=sum(p.numel() for p in self.module.parameters()),
             eval_on=self.eval_on,
             selected_by=config.select,

@@ -29,6 +29,7 @@ class OutputLoss:
     kind: Literal["kl", "mse"]
     student_tensor: str
     teacher_form: Literal["logits", "probs", "log_probs"] = "logits"
+    student_form: Literal["logits", "probs"] = "logits"  # probs: an output normalised without a Softmax node
     axis: int = -1
     use_labels: bool = False
     scale: float = 1.0  # the teacher output's mean square over the train set: mse terms are divided by it
@@ -49,6 +50,14 @@ def _softmax_axis(node: onnx.NodeProto, opset: int) -> int:
         if attribute.name == "axis":
             return attribute.i
     return default
+
+
+def _probabilities(target: np.ndarray, axis: int, stacked: bool) -> bool:
+    """Every row along the class axis is non-negative and sums to 1 (the teacher output is probabilities)."""
+    if target.size == 0 or not np.isfinite(target).all() or target.min() < -1e-6:
+        return False
+    sums = target.astype(np.float64).sum(axis=axis + 1 if stacked and axis >= 0 else axis)
+    return bool(np.allclose(sums, 1.0, atol=1e-3))
 
 
 def match_outputs(student: onnx.ModelProto, teacher: onnx.ModelProto) -> dict[str, str]:
@@ -105,6 +114,11 @@ def plan_losses(
             plan.teacher_form = "probs" if t_node.op_type == "Softmax" else "log_probs"
             if plan.kind == "kl" and _softmax_axis(t_node, t_opset) % len(per_entry) != plan.axis % len(per_entry):
                 raise CompressionError(f"teacher and student normalise output {s_name!r} over different axes")
+        if plan.kind == "kl" and plan.student_tensor == s_name and _probabilities(target, plan.axis, stacked):
+            # scores already normalised by other ops (Exp/ReduceSum/Div, or a Softmax the exporter hid behind an
+            # Identity): their logs are the logits; read as logits themselves, the KL term would see near-uniform
+            # distributions and give almost no gradient
+            plan.teacher_form, plan.student_form = "probs", "probs"
         if overrides.get(s_name) == "mse":
             plan.kind, plan.student_tensor = "mse", s_name
         elif overrides.get(s_name) == "kl" and plan.kind != "kl":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from compression.datasets import Dataset
 from compression.training.augment import AUTO_TARGET_SAMPLES, augment, auto_copies
 from compression.training.distiller import auto_lr, lr_factor
 from compression.training.losses import teacher_scale
+from compression.training.plan import plan_losses
 
 
 def _stacked(n: int, labels: bool = False) -> Dataset:
@@ -68,3 +71,27 @@ def test_time_major_outputs_are_read_with_the_samples_leading() -> None:
     assert _batch_axis((20, 6, 37), 6) == 1  # [T, N, C] from a CRNN
     assert _batch_axis((6, 20, 37), 6) == 0
     assert _batch_axis((6, 6, 37), 6) == 0 and _batch_axis((1, 20), 1) == 0  # ambiguous: the usual axis 0
+
+
+def _normalised_by_div() -> onnx.ModelProto:
+    """[N, 4] scores normalised by Exp / ReduceSum / Div (no Softmax node), like magika's output."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 4], np.linspace(-1, 1, 12).astype(np.float32).tolist())
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["z"]),
+        helper.make_node("Exp", ["z"], ["e"]),
+        helper.make_node("ReduceSum", ["e"], ["s"], axes=[1], keepdims=1),
+        helper.make_node("Div", ["e", "s"], ["probs"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 4])], [w])  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+
+
+def test_outputs_normalised_without_softmax_are_distilled_as_probabilities() -> None:
+    model = _normalised_by_div()
+    scores = np.random.default_rng(0).random((8, 4)).astype(np.float32)
+    probs = scores / scores.sum(axis=1, keepdims=True)
+    (plan,) = plan_losses(model, model, {"probs": probs}, None, False, {})
+    assert plan.kind == "kl" and plan.teacher_form == "probs" and plan.student_form == "probs"
+    (raw,) = plan_losses(model, model, {"probs": scores * 3}, None, False, {})  # not rows summing to 1
+    assert raw.kind == "kl" and raw.teacher_form == "logits" and raw.student_form == "logits"
