@@ -195,7 +195,8 @@ def test_the_step_records_each_outputs_metric_and_why(tmp_path) -> None:
     result, _ = run_step(src, step, datasets, tmp_path, EngineSettings(latency_runs=5))
     judged = result.metrics.steps[0].details["budget_metrics"]
     assert judged["scores"]["metric"] == "snr_db" and judged["scores"]["why"] == "set by budget_metric"
-    assert judged["seq"]["metric"] == "cosine" and "sequence" in judged["seq"]["why"]
+    # a MatMul reshaped to [T, C] is a linear head: its steps are scores, judged by their argmax per step
+    assert judged["seq"]["metric"] == "top1_per_step" and "sequence" in judged["seq"]["why"]
     fidelity = result.metrics.fidelity
     assert fidelity.worst_sample_cosine is not None and fidelity.worst_slice_cosine is not None
 
