@@ -1,6 +1,7 @@
 """What an upload must satisfy before it is stored, beyond being a readable file: bounded sizes and sane data.
 
-Models: every input's fixed dims fit MAX_INPUT_SAMPLE_BYTES (an input declared [100000, 100000] is refused here,
+Models: checked in a child process (service.model_validation: onnx.checker on the graph without its weights,
+numeric inputs whose fixed dims fit MAX_INPUT_SAMPLE_BYTES, so an input declared [100000, 100000] is refused here,
 naming it, rather than failing later in a worker with MemoryError).
 Datasets: numeric arrays only; the unpacked size, read from the .npy headers, within
 MAX_DATASET_UNCOMPRESSED_BYTES (a zip bomb is refused before anything is unpacked); every array's data streamed
@@ -14,52 +15,27 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 from fastapi import status
 
 from app.errors import ApiError
 from compression.datasets import LABELS, describe_npz
-from compression.errors import DatasetMismatchError, InvalidModelError
-from compression.model_info import ModelInfo, validate_model
+from compression.errors import DatasetMismatchError
+from compression.model_info import ModelInfo
+from service.model_validation import NUMERIC_KINDS, validate_isolated
 from service.settings import Settings
 
 CHUNK_BYTES = 8 << 20
-NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 
 
 def check_model(path: Path, settings: Settings) -> ModelInfo:
-    info = validate_model(path)
-    newest = onnx.defs.onnx_opset_version()
-    if info.opset > newest:
-        raise InvalidModelError(
-            f"the model imports opset {info.opset}; this service's onnx knows opsets up to {newest}: "
-            "export the model with a supported opset"
-        )
-    for spec in info.inputs:
-        try:
-            dtype = np.dtype(spec.dtype)
-        except TypeError:
-            dtype = np.dtype(object)
-        if dtype.kind not in NUMERIC_KINDS and not spec.dtype.startswith(("bfloat", "float")):  # ml_dtypes floats
-            raise InvalidModelError(
-                f"input {spec.name!r} has element type {spec.dtype}: the service feeds numeric inputs only "
-                "(bool, int, uint, float)"
-            )
-        negative = [dim for dim in spec.shape if isinstance(dim, int) and dim < 0]
-        if negative:
-            raise InvalidModelError(f"input {spec.name!r} declares a negative dimension {negative[0]}: {spec.shape}")
-        itemsize = dtype.itemsize
-        elements = 1
-        for dim in spec.shape:
-            if isinstance(dim, int) and dim > 0:
-                elements *= dim
-        if elements * itemsize > settings.max_input_sample_bytes:
-            shape = "x".join(str(d) for d in spec.shape)
-            raise InvalidModelError(
-                f"input {spec.name!r} is declared [{shape}] {spec.dtype}: {elements * itemsize} bytes per sample, "
-                f"over the limit of {settings.max_input_sample_bytes} (setting MAX_INPUT_SAMPLE_BYTES)"
-            )
-    return info
+    """Validated in a child process bounded by MODEL_VALIDATION_MEMORY_BYTES and MODEL_VALIDATION_SECONDS
+    (service.model_validation): the API process never holds the model."""
+    return validate_isolated(
+        path,
+        max_input_sample_bytes=settings.max_input_sample_bytes,
+        memory_bytes=settings.model_validation_memory_bytes,
+        seconds=settings.model_validation_seconds,
+    )
 
 
 def check_dataset(path: Path, settings: Settings) -> tuple[dict[str, dict[str, object]], int]:

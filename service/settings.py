@@ -68,6 +68,15 @@ class Settings(BaseSettings, EngineSettings):
     max_input_sample_bytes: int = Field(
         512 * MiB, ge=1, description="bytes one sample of a model input may declare (fixed dims x dtype); 422 past it"
     )
+    model_validation_memory_bytes: int = Field(
+        4096 * MiB,
+        ge=256 * MiB,
+        description="address space of the child process that validates an uploaded model (the API never loads "
+        "one); a model that needs more is refused (422)",
+    )
+    model_validation_seconds: float = Field(
+        120.0, gt=0, description="longest an uploaded model's validation may take; past it the upload is refused (422)"
+    )
     max_label_value: int = Field(
         1_000_000, ge=1, description="largest class index a dataset's integer `labels` may hold (422 past it)"
     )
