@@ -1,21 +1,15 @@
-"""Turns job rows into API resources and pages through them."""
+"""Turns job rows into API resources (lists page through them with app/pagination.py)."""
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import re
-from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Select, and_, or_, select
 
 from app.api.paths import job_path
 from app.public_urls import absolute_url
 from app.schemas import (
-    RESOURCE_ID,
     JobDatasets,
     JobError,
     JobEventOut,
@@ -82,27 +76,3 @@ def job_out(job: Job) -> JobOut:
 
 def event_out(event: JobEvent) -> JobEventOut:
     return JobEventOut.model_validate(event, from_attributes=True)
-
-
-def encode_cursor(job: Job) -> str:
-    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    padded = cursor + "=" * (-len(cursor) % 4)
-    created, job_id = json.loads(base64.urlsafe_b64decode(padded))
-    if not isinstance(job_id, str) or not re.fullmatch(RESOURCE_ID, job_id):
-        raise ValueError("not a cursor this API made")
-    return datetime.fromisoformat(created), job_id
-
-
-def page_query(status: JobStatus | None, cursor: str | None, limit: int) -> Select[tuple[Job]]:
-    """Newest first; the cursor is the last row's (created_at, id), stable under concurrent inserts."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    if status:
-        query = query.where(Job.status == status)
-    if cursor:
-        created, job_id = decode_cursor(cursor)
-        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
-    return query

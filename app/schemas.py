@@ -225,6 +225,16 @@ class JobPage(BaseModel):
     next_cursor: str | None
 
 
+class ModelPage(BaseModel):
+    items: list[ModelOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last one")
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last one")
+
+
 class JobEventOut(BaseModel):
     id: int
     kind: EventKind

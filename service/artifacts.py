@@ -8,7 +8,7 @@ same contract (tests/service/test_artifact_store.py runs one conformance test ag
 - `fetch(key, dst)` makes `dst` hold the artifact and returns `dst`. The local store hard-links when it can
   (same filesystem; no copy) and copies otherwise, so treat `dst` as read-only: write results to new files.
 - `stream(key)` yields the bytes in chunks; `size(key)`, `exists(key)`; `delete(key)` removes it (a missing
-  key is not an error).
+  key is not an error); `delete_prefix(prefix)` removes every key under `prefix/` (a job's artifacts).
 - `fetch`, `stream` and `size` of a missing key raise `ArtifactNotFoundError`.
 """
 
@@ -47,6 +47,8 @@ class ArtifactStore(Protocol):
     def size(self, key: str) -> int: ...
 
     def delete(self, key: str) -> None: ...
+
+    def delete_prefix(self, prefix: str) -> None: ...
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
@@ -127,6 +129,12 @@ class LocalArtifactStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def delete_prefix(self, prefix: str) -> None:
+        folder = self._path(prefix.strip("/"))
+        if folder == self.root.resolve():
+            raise ValueError("delete_prefix needs a folder inside the store, not its root")
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 class S3ArtifactStore:
     """An S3-compatible bucket (AWS, MinIO): lets api and workers run on different machines."""
@@ -198,6 +206,16 @@ class S3ArtifactStore:
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def delete_prefix(self, prefix: str) -> None:
+        folder = prefix.strip("/")
+        if not folder:
+            raise ValueError("delete_prefix needs a folder inside the store, not its root")
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(folder) + "/"):  # <= 1000 keys a page
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
 
 @lru_cache
 def _store(kind: str, root: Path, bucket: str | None, prefix: str, endpoint: str | None) -> ArtifactStore:
@@ -227,4 +245,9 @@ def dataset_key(dataset_id: str) -> str:
 
 
 def job_artifact_key(job_id: str, name: str) -> str:
-    return f"jobs/{job_id}/{name}"
+    return f"{job_artifact_prefix(job_id)}/{name}"
+
+
+def job_artifact_prefix(job_id: str) -> str:
+    """The folder of every artifact of a job (`delete_prefix` removes them all)."""
+    return f"jobs/{job_id}"

@@ -214,7 +214,9 @@ def request_cancel(session: Session, job_id: str) -> CancelOutcome:
 
 
 def is_cancel_requested(session: Session, job_id: str) -> bool:
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    """True once a cancel was requested, or the job was deleted (DELETE /v1/jobs/{id}, retention)."""
+    requested = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    return requested is None or bool(requested)
 
 
 def _enqueued_before(cutoff: datetime) -> ColumnElement[bool]:

@@ -22,7 +22,7 @@ from datetime import timedelta
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from kombu.exceptions import ChannelError
 
-from service import job_store
+from service import job_store, retention
 from service.db import forget_inherited_connections, session_scope
 from service.orm import utcnow
 from service.queue import broker_connection, enqueue_job
@@ -95,6 +95,7 @@ def sweep(settings: Settings) -> None:
             check(settings)
         except Exception:
             log.exception("recovery sweep %s failed; retrying next sweep", check.__name__)
+    retention.sweep_if_due(settings)  # service/retention.py: at most every RETENTION_SWEEP_SECONDS; never raises
 
 
 def _watch(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Submit, poll, list, cancel jobs and download their artifacts."""
+"""Submit, poll, list, cancel, delete jobs, follow their events and download their artifacts."""
 
 from __future__ import annotations
 
@@ -9,28 +9,31 @@ import time
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 
+from app import sse
 from app.api import paths
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.deletes import service_unavailable
 from app.errors import ApiError, problem_responses
-from app.job_views import decode_cursor, encode_cursor, event_out, job_out, page_query
+from app.job_views import event_out, job_out
+from app.pagination import fetch_page
 from app.public_urls import absolute_url
 from app.schemas import RESOURCE_ID, JobCreate, JobEventOut, JobOut, JobPage
 from compression.datasets import check_compatible
 from compression.errors import DatasetMismatchError
 from compression.model_info import ModelInfo
-from service import job_store
+from service import job_store, lifecycle
 from service.artifacts import job_artifact_key
 from service.job_store import CancelOutcome
 from service.orm import DatasetRecord, Job, JobEvent, ModelRecord, new_id
 from service.outbound import OutboundURLRefusedError
 from service.queue import enqueue_job
 from service.status import EventKind, JobStatus, StepState
-from service.tenants import Principal, get_owned, visible_to
+from service.tenants import Principal, get_owned
 from service.webhooks import WebhooksDisabledError, job_webhook, publish_for_job
 
 router = APIRouter(prefix=paths.JOBS, tags=["jobs"])
@@ -226,17 +229,10 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1)] = 20,
     cursor: str | None = None,
 ) -> JobPage:
-    limit = min(limit, settings.jobs_page_limit)
-    if cursor:
-        try:
-            decode_cursor(cursor)
-        except Exception as exc:
-            raise _unprocessable(
-                "cursor is not one this API returned: pass next_cursor unchanged", "invalid_cursor"
-            ) from exc
-    rows = list(session.scalars(page_query(status_filter, cursor, limit).where(visible_to(principal, Job.owner_id))))
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return JobPage(items=[job_out(job) for job in rows[:limit]], next_cursor=next_cursor)
+    """Newest first; pass `next_cursor` back as `cursor` for the next page."""
+    where = [Job.status == status_filter] if status_filter else []
+    rows, next_cursor = fetch_page(session, Job, principal, min(limit, settings.jobs_page_limit), cursor, *where)
+    return JobPage(items=[job_out(job) for job in rows], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, operation_id="get_job", responses=problem_responses(404, 422))
@@ -270,15 +266,29 @@ def get_job(
     "/{job_id}/events",
     response_model=list[JobEventOut],
     operation_id="list_job_events",
-    responses=problem_responses(404, 422),
+    responses={**sse.RESPONSES, **problem_responses(404, 422)},
 )
 def get_events(
     job_id: JobIdPath,
+    request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     principal: PrincipalDep,
     after: Annotated[int, Query(ge=0, le=2**62, description="only events with a larger id")] = 0,
-) -> list[JobEventOut]:
+    last_event_id: Annotated[
+        str | None, Header(max_length=32, description="event stream only: resume after this event id (over `after`)")
+    ] = None,
+) -> list[JobEventOut] | Response:
+    """The job's events in order. With `Accept: text/event-stream`, a stream of server-sent events that follows
+    the job until it has ended (see app/sse.py); otherwise the JSON list of the events recorded so far."""
     _get_job(session, job_id, principal)
+    if sse.wants_event_stream(request.headers.get("accept")):
+        start = sse.start_after(after, last_event_id)
+        session.close()  # the stream reads with sessions of its own; this one is not held while it lasts
+        if not sse.has_more(settings, job_id, start):
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+        stream = sse.job_event_stream(settings, job_id, start)
+        return StreamingResponse(stream, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
     query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id)
     return [event_out(event) for event in session.scalars(query)]
 
@@ -301,6 +311,29 @@ def cancel_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep, pr
             status.HTTP_409_CONFLICT, "job_finished", f"job {job_id!r} already {job.status}; nothing to cancel"
         )
     return job_out(job)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    operation_id="delete_job",
+    responses=problem_responses(404, 422, 503),
+)
+def delete_job(
+    job_id: JobIdPath, session: SessionDep, settings: SettingsDep, store: StoreDep, principal: PrincipalDep
+) -> Response:
+    """Delete the job with its artifacts, events and work files. A queued job is canceled first (it never runs);
+    a running one is asked to stop and given DELETE_WAIT_SECONDS to do so."""
+    _get_job(session, job_id, principal)  # another tenant's job is not found, and not deleted
+    try:
+        deleted = lifecycle.delete_job(session, store, settings, job_id)
+    except Exception as exc:
+        session.rollback()
+        raise service_unavailable("the job", exc) from exc
+    if not deleted:
+        raise _not_found(job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

@@ -1,25 +1,27 @@
-"""Upload and inspect ONNX models."""
+"""Upload, list, inspect and delete ONNX models."""
 
 from __future__ import annotations
 
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api import paths
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.deletes import delete_unused_upload
 from app.errors import ApiError, problem_responses
-from app.schemas import RESOURCE_ID, ModelOut
+from app.pagination import fetch_page
+from app.schemas import RESOURCE_ID, ModelOut, ModelPage
 from app.upload_checks import check_model
 from app.uploads import receive_checked
 from app.url_import import UrlImport
 from compression.model_info import ModelInfo
 from service.artifacts import ArtifactStore, model_key
 from service.orm import ModelRecord, new_id
-from service.tenants import get_owned
+from service.tenants import Principal, get_owned
 
 router = APIRouter(prefix=paths.MODELS, tags=["models"])
 
@@ -42,6 +44,8 @@ UPLOAD_DOC = {
 }
 
 ModelIdPath = Annotated[str, Path(pattern=RESOURCE_ID, description="a model id from POST /v1/models")]
+PageLimit = Annotated[int, Query(ge=1, description="items per page (at most the JOBS_PAGE_LIMIT setting)")]
+Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")]
 
 
 def store_with_record(session: Session, store: ArtifactStore, record: object, key: str, src: object) -> None:
@@ -108,9 +112,36 @@ async def upload_model(
     return model_out(record)
 
 
-@router.get("/{model_id}", response_model=ModelOut, operation_id="get_model", responses=problem_responses(404, 422))
-def get_model(model_id: ModelIdPath, session: SessionDep, principal: PrincipalDep) -> ModelOut:
+@router.get("", response_model=ModelPage, operation_id="list_models", responses=problem_responses(422))
+def list_models(
+    session: SessionDep, settings: SettingsDep, principal: PrincipalDep, limit: PageLimit = 20, cursor: Cursor = None
+) -> ModelPage:
+    """Newest first; pass `next_cursor` back as `cursor` for the next page."""
+    rows, next_cursor = fetch_page(session, ModelRecord, principal, min(limit, settings.jobs_page_limit), cursor)
+    return ModelPage(items=[model_out(record) for record in rows], next_cursor=next_cursor)
+
+
+def _owned_model(session: Session, model_id: str, principal: Principal) -> ModelRecord:
     record = get_owned(session, ModelRecord, model_id, principal)
     if record is None:
         raise ApiError(status.HTTP_404_NOT_FOUND, "model_not_found", f"model {model_id!r} not found")
-    return model_out(record)
+    return record
+
+
+@router.get("/{model_id}", response_model=ModelOut, operation_id="get_model", responses=problem_responses(404, 422))
+def get_model(model_id: ModelIdPath, session: SessionDep, principal: PrincipalDep) -> ModelOut:
+    return model_out(_owned_model(session, model_id, principal))
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    operation_id="delete_model",
+    responses=problem_responses(404, 409, 422, 503),
+)
+def delete_model(model_id: ModelIdPath, session: SessionDep, store: StoreDep, principal: PrincipalDep) -> Response:
+    """Delete the model and its stored file; 409 (naming the job) while a queued or running job uses it. Finished
+    jobs keep their results and name it still."""
+    delete_unused_upload(session, store, principal, _owned_model(session, model_id, principal))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
