@@ -31,6 +31,8 @@ from compression.training.teacher import teacher_targets
 from compression.training.weights import write_back
 
 HOLD_OUT_MIN = 8  # train samples needed before a part of them is held out for selection (when no eval data)
+GUARD_SAMPLES = 64  # a smaller unlabeled selection set is widened by mixed copies for the final check
+GUARD_MAX_COPIES = 15
 BN_MIN_BATCH = 16  # below this many samples per step, batch statistics are too noisy: BatchNorm stays frozen
 
 
@@ -167,6 +169,7 @@ class Distiller:
                 f"epochs={config.epochs} exceeds the limit distill_max_epochs={settings.distill.max_epochs}"
             )
         self.config, self.settings, self.hooks = config, settings, hooks
+        self.teacher_path = teacher_path
         self.student_proto = onnx.load(str(student_path))
         teacher_proto = onnx.load(str(teacher_path), load_external_data=False)
         per_step = min(config.batch_size, train.n_samples)
@@ -417,9 +420,19 @@ class Distiller:
         threads, batch = self.settings.distill.threads, self.settings.evaluation.batch_size
         max_bytes = self.settings.distill.max_target_mb << 20
         data, targets = self.eval.dataset, self.eval.targets
+        if data.n_samples < GUARD_SAMPLES and data.labels is None:
+            # a handful of held-out samples says little about unseen inputs: their mixed and noised copies
+            # (labelled by the teacher) widen the check, as augmentation widens training
+            copies = min(GUARD_MAX_COPIES, math.ceil(GUARD_SAMPLES / max(data.n_samples, 1)) - 1)
+            wider = augment(data, copies, self.config.seed + 1)
+            if wider.n_samples > data.n_samples:
+                data = wider
+                targets = teacher_targets(self.teacher_path, data, [], threads, batch, max_bytes, {})
         before = score_model(self.student_proto, data, targets, pairs, threads, batch, max_bytes)
         after = score_model(trained, data, targets, pairs, threads, batch, max_bytes)
         where = "eval data" if self.eval_on == "eval" else f"{self.eval_on} data"
+        if data is not self.eval.dataset:
+            where += f" and {data.n_samples - self.eval.n} mixed copies"
         return judge(before, after, self.settings.distill.guard_worst_tolerance, data.n_samples, where)
 
 
