@@ -7,7 +7,8 @@ slice are depends on the output's kind, read from its shape (`output_kind`):
 - the sample axis is the leading axis (the batch axis, or the axis the eval set stacks complete feeds on;
   with stacked feeds, the model's own leading batch axis of 1 is dropped too). `p` is the shape of one sample.
 - `ids`: integer or boolean outputs (predicted ids, masks): the share of unchanged values.
-- `values`: fewer than 2 values per sample (a probability, a score): pooled figures only.
+- `values`: fewer than 2 values per sample (a probability, a score): pooled figures, and the largest change of
+  one value (`worst_value_fidelity`): a pooled cosine of 0.999 hides a probability that moved by 0.03.
 - `class_scores`: one axis of >= 2 values per sample, all other axes 1 ([N, C], [N, 1, C], [N, C, 1, 1]):
   top-1 agreement and per-sample cosine.
 - `sequence`: `p` of rank 2, [T, C] (a recognizer's steps, a tagger's tokens, a detector's anchors):
@@ -70,6 +71,11 @@ class OutputFidelity(BaseModel):
         None, description="a linear head (MatMul/Gemm + bias) or Softmax/Sigmoid computes it (metrics.output_heads)"
     )
     worst_sample_snr_db: float | None = None
+    worst_value_fidelity: float | None = Field(
+        None,
+        description="outputs of a few values per sample: 1 - the largest change of one value over all samples, "
+        "relative to max(1, largest |reference value|) (a probability moving by 0.03 reads 0.97)",
+    )
     agreement: float | None = Field(None, description="integer outputs: share of unchanged values")
     worst_sample_agreement: float | None = None
 
@@ -216,6 +222,9 @@ def compare_output(ref: np.ndarray, out: np.ndarray, n_samples: int, layout: str
         return fidelity
     if kind in (OutputKind.VALUES, OutputKind.UNALIGNED):  # one pooled figure: a sample has too few values
         fidelity.worst_sample_snr_db = _snr_db(ref64.reshape(1, -1), out64.reshape(1, -1))
+        if kind == OutputKind.VALUES:  # a probability per sample: its largest change, not a pooled cosine
+            scale = max(1.0, float(np.abs(ref64).max()))
+            fidelity.worst_value_fidelity = 1.0 - float(diff.max()) / scale
         return fidelity
     per_sample = sample_shape(ref.shape, n_samples, layout)
     assert per_sample is not None

@@ -15,7 +15,7 @@ unless the step's `budget_metric` names one (for every output, or per output nam
 
 The floors apply to every output whatever its metric: they catch collapsed outputs. With a budget they are
 judged worst case: worst per-sample cosine >= `quant_min_output_cosine` (pooled cosine where a sample has one
-value) and worst per-slice cosine (a step, a channel, a map tile) >= `quant_min_slice_cosine`. Without one
+value, and then also 1 - its largest change >= the same floor) and worst per-slice cosine (a step, a channel, a map tile) >= `quant_min_slice_cosine`. Without one
 (`max_accuracy_drop` null, "floors only") the pooled cosine is held to `quant_min_output_cosine`. Always, every
 channel of a small last axis >= `quant_min_channel_cosine` (a score column next to pixel boxes). Rates
 (`accuracy`, `top1`, `top1_per_step`, `agreement`) are pooled over samples and positions: they are shares,
@@ -210,6 +210,12 @@ def _floor_failures(name: str, out: OutputFidelity, budget: Budget) -> list[str]
             )
     elif out.cosine < budget.min_output_cosine:
         reasons.append(f"output '{name}' cosine {out.cosine:.4f} < {budget.min_output_cosine}")
+    value_fidelity = out.worst_value_fidelity
+    if worst_case and value_fidelity is not None and value_fidelity < budget.min_output_cosine:
+        reasons.append(
+            f"output '{name}' moved by {1 - value_fidelity:.4f} on one sample (1 - largest change "
+            f"{value_fidelity:.4f} < {budget.min_output_cosine})"
+        )
     slice_cosine = out.worst_slice_cosine
     if worst_case and slice_cosine is not None and slice_cosine < budget.min_slice_cosine:
         reasons.append(

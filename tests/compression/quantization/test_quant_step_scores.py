@@ -15,6 +15,7 @@ from quant_helpers import save
 
 from compression.datasets import Dataset
 from compression.metrics.evaluation import Evaluator
+from compression.metrics.fidelity import compare
 from compression.metrics.output_heads import score_head_outputs
 from compression.model_info import inspect_model
 from compression.quantization.budget import Budget, BudgetMetric, judge
@@ -89,3 +90,19 @@ def test_tag_changes_on_5_percent_of_positions_break_a_1_percent_budget(tmp_path
     # the same change on 0.5% of positions is within the 1% budget
     small = {"logits": swap_closest_top_two(reference["logits"], 0.005), "features": reference["features"]}
     assert judge(evaluator.compare_outputs(small), budget).ok
+
+
+def test_one_probability_per_sample_is_judged_by_its_largest_change():
+    """silero VAD's speech probability: a pooled cosine of 0.999 hid one sample moving by 0.03."""
+    reference = np.random.default_rng(2).uniform(0.0, 1.0, (64, 1)).astype(np.float32)
+    budget = Budget.from_settings(0.01, EngineSettings())
+    moved = reference.copy()
+    moved[5] += 0.03
+    fidelity = compare({"p": reference}, {"p": moved}, 64, None, False)
+    assert fidelity.outputs["p"].cosine > 0.999  # what the pooled figure alone said
+    assert abs(fidelity.outputs["p"].worst_value_fidelity - 0.97) < 1e-3
+    verdict = judge(fidelity, budget)
+    assert not verdict.ok and any("moved by 0.0300" in reason for reason in verdict.reasons)
+    nudged = reference.copy()
+    nudged[5] += 0.005
+    assert judge(compare({"p": reference}, {"p": nudged}, 64, None, False), budget).ok
