@@ -53,6 +53,10 @@ class DistillResult:
     best_epoch: int | None = None
     epochs_run: int | None = None
     lr: float | None = None
+    returned: str | None = None  # "trained", or "input" (no epoch beat it, or the guard rejected the trained one)
+    guard: str = ""
+    auto_hints: int | None = None
+    s_per_epoch: float | None = None
 
     @property
     def reached(self) -> bool:
@@ -117,6 +121,10 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
                 best_epoch=distill["details"].get("best_epoch"),
                 epochs_run=len(distill["details"].get("loss_curve", [])) - 1,
                 lr=distill["details"].get("lr"),
+                returned=distill["details"].get("returned"),
+                guard=(distill["details"].get("guard") or {}).get("reason", distill["details"].get("reason", "")),
+                auto_hints=len(distill["details"].get("auto_hints") or []),
+                s_per_epoch=distill["details"].get("seconds_per_epoch"),
             )
     except BaseException as exc:  # noqa: BLE001  (every failure is this job's result)
         record = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
@@ -154,7 +162,18 @@ def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespac
     if not record["ok"]:
         result.note = _short(record["error"])
         return result
-    for key in ("prune_s", "distill_s", "parameters_ratio", "best_epoch", "epochs_run", "lr"):
+    for key in (
+        "prune_s",
+        "distill_s",
+        "parameters_ratio",
+        "best_epoch",
+        "epochs_run",
+        "lr",
+        "returned",
+        "guard",
+        "auto_hints",
+        "s_per_epoch",
+    ):
         setattr(result, key, record.get(key))
     if record["pruned"] is None:
         result.note = _short(f"prune changed nothing: {record['prune_reason']}")
@@ -173,6 +192,8 @@ def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespac
     result.after_sample, result.after_slice, result.after_top1 = after.worst_sample, after.worst_slice, after.top1
     if result.best_epoch == 0:
         result.note = "no epoch beat the pruned weights"
+    elif result.returned == "input":
+        result.note = "guard: trained student not better on the selection data, pruned model returned"
     return result
 
 
@@ -183,15 +204,15 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def table(results: list[DistillResult]) -> list[str]:
     lines = [
         "| model | params ratio | worst sample pruned → distilled | worst slice pruned → distilled | top-1 "
-        "| best / run epochs | lr | prune s | distill s | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| best / run epochs | s/epoch | hints | lr | prune s | distill s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         epochs = "-" if r.best_epoch is None else f"{r.best_epoch} / {r.epochs_run}"
         lines.append(
             f"| {r.name} | {_fmt(r.parameters_ratio, 3)} | {_fmt(r.before_sample)} → {_fmt(r.after_sample)} "
             f"| {_fmt(r.before_slice)} → {_fmt(r.after_slice)} | {_fmt(r.after_top1, 3)} | {epochs} "
-            f"| {_fmt(r.lr, 5)} | {_fmt(r.prune_s, 0)} | {_fmt(r.distill_s, 0)} | {r.note.replace('|', '/')} |"
+            f"| {_fmt(r.s_per_epoch, 1)} | {'-' if r.auto_hints is None else r.auto_hints} | {_fmt(r.lr, 5)} | {_fmt(r.prune_s, 0)} | {_fmt(r.distill_s, 0)} | {r.note.replace('|', '/')} |"
         )
     return lines
 

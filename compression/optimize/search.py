@@ -32,7 +32,8 @@ class Candidate:
     steps: list[str] = field(default_factory=list)
     path: Path | None = None
     verdict: Verdict | None = None
-    latency_ratio: float | None = None
+    latency_ratio: float | None = None  # median per-round ratio of the interleaved measurement
+    latency_interval: list[float] | None = None  # its confidence interval
     size_ratio: float | None = None
     wall_time_s: float = 0.0
     skipped: list[str] = field(default_factory=list)
@@ -59,6 +60,7 @@ class Candidate:
             "drop": verdict.drop if verdict else None,
             "reasons": verdict.reasons if verdict else [],
             "latency_ratio": self.latency_ratio,
+            "latency_interval": self.latency_interval,
             "size_ratio": self.size_ratio,
             "wall_time_s": round(self.wall_time_s, 3),
             "error": self.error,

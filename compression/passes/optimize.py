@@ -58,9 +58,13 @@ class OptimizePass(CompressionPass[OptimizeConfig]):
         ctx.progress(0.9, "optimize: timing the candidates against the input")
         within = [c for c in candidates if c.path is not None and c.verdict is not None and c.verdict.ok]
         if within:
-            stats = evaluator.latency([model_path, *(c.path for c in within)], check=ctx.check_canceled)
-            for candidate, stat in zip(within, stats[1:], strict=True):
-                candidate.latency_ratio = stat.median_ms / stats[0].median_ms
+            # one interleaved measurement; it may stop once every interval is clear of the latency target
+            decide_at = (config.target.latency_ratio,) if config.target.latency_ratio is not None else ()
+            paths = [model_path, *(c.path for c in within)]
+            comparison = evaluator.compare_latency(paths, ctx.check_canceled, decide_at)  # type: ignore[arg-type]
+            for candidate, interval in zip(within, comparison.ratios, strict=True):
+                candidate.latency_ratio = interval.ratio
+                candidate.latency_interval = [interval.low, interval.high]
         metrics: dict[str, Any] = {
             "target": config.target.model_dump(),
             "candidates": [c.summary() for c in candidates],
