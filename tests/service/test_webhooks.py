@@ -22,14 +22,14 @@ from service.settings import Settings
 from service.status import JobStatus
 from tests.service.client import poll, submit, upload
 from tests.service.conftest import FAST, Stack
-from tests.service.stack import wait_until
+from tests.service.stack import drop_postgres_schema, postgres_schema, production_env, wait_until
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
 @dataclass
 class Receiver:
-    """Records every POST; answers per path: /ok 204, /flaky 500 then 200, /down always 500."""
+    """Records every POST; answers per path: /ok 204, /slow 204 after 1 s, /flaky 500 then 200, /down 500."""
 
     url: str = ""
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
@@ -54,8 +54,10 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             with receiver.lock:
                 receiver.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 seen = sum(1 for path, _, _ in receiver.requests if path == self.path)
-            ok = self.path == "/ok" or (self.path == "/flaky" and seen > 1)
-            self.send_response(204 if self.path == "/ok" else 200 if ok else 500)
+            if self.path == "/slow":  # still answering while duplicate task messages arrive
+                time.sleep(1.0)
+            ok = self.path in ("/ok", "/slow") or (self.path == "/flaky" and seen > 1)
+            self.send_response(204 if self.path in ("/ok", "/slow") else 200 if ok else 500)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -225,3 +227,58 @@ def test_job_without_webhook_has_no_deliveries(stack: Stack, model_id: str) -> N
         job = submit(client, job_body(model_id, None))
         poll(client, job["id"], timeout=120)
     assert deliveries(stack, job["id"]) == []
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_exactly_once_with_two_workers_on_postgres_and_redis(
+    tmp_path: Any, receiver: Receiver, digits_cnn: Any
+) -> None:
+    """Production layout: api + two workers on PostgreSQL and Redis; two duplicate task messages for each delivery
+    while it is in flight (the receiver takes 1 s), free workers to take them, and each job's `job.succeeded` is
+    still sent once, in one attempt."""
+    schema = postgres_schema()
+    production = Stack(production_env(tmp_path / "data", schema, **FAST, **WEBHOOK_ENV), tmp_path)
+    try:
+        production.migrate()
+        production.start_api("api")
+        production.start_worker()
+        production.start_worker()
+        settings = stack_settings(production)
+        with production.client() as client:
+            model = upload(client, "/v1/models", digits_cnn.path)["id"]
+            jobs = [submit(client, job_body(model, {"url": receiver.url + "/slow"})) for _ in range(3)]
+            for job in jobs:
+                assert poll(client, job["id"], timeout=120)["status"] == JobStatus.SUCCEEDED
+                # at once, while its delivery is likely still in flight: two more messages for it
+                (delivery,) = wait_until(lambda job=job: deliveries(production, job["id"]), 10, "the delivery")
+                for _ in range(2):
+                    publish_task(settings, webhooks.DELIVER_WEBHOOK, [delivery["id"]], webhook_queue(settings))
+        for job in jobs:
+            (delivery,) = wait_until(lambda job=job: settled(production, job["id"], 1), 30, "the delivery")
+            assert delivery["status"] == "succeeded" and len(delivery["attempts"]) == 1
+        time.sleep(3)  # the duplicate messages have been consumed
+        sent = [p for p in receiver.verified("/slow") if p["data"]["id"] in {job["id"] for job in jobs}]
+        assert sorted(p["data"]["id"] for p in sent) == sorted(job["id"] for job in jobs)
+        assert {p["type"] for p in sent} == {"job.succeeded"}
+    finally:
+        production.stop()
+        drop_postgres_schema(schema)
+
+
+def test_where_a_jobs_deliveries_go() -> None:
+    """The job's own webhook (checked), else the server's WEBHOOK_URL, else none; no secret: webhooks are off."""
+    on = Settings(_env_file=None, webhook_secret=SECRET)  # type: ignore[call-arg]
+    mine = webhooks.job_webhook(on, "https://8.8.8.8/hook", None, "https://api.example.com/v1/jobs/")
+    assert mine == {
+        "url": "https://8.8.8.8/hook",
+        "events": ["job.succeeded", "job.failed", "job.canceled"],
+        "job_url_prefix": "https://api.example.com/v1/jobs/",
+    }
+    assert webhooks.job_webhook(on, None, None, "/v1/jobs/") is None
+    default = Settings(
+        _env_file=None, webhook_secret=SECRET, webhook_url="https://hooks.example.com/x", webhook_events="job.failed"
+    )  # type: ignore[call-arg]
+    assert webhooks.job_webhook(default, None, None, "/v1/jobs/")["events"] == ["job.failed"]  # type: ignore[index]
+    with pytest.raises(webhooks.WebhooksDisabledError, match="WEBHOOK_SECRET"):
+        webhooks.job_webhook(Settings(_env_file=None), "https://8.8.8.8/hook", None, "/v1/jobs/")  # type: ignore[call-arg]
