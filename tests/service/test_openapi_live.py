@@ -122,13 +122,13 @@ def test_generated_client_runs_the_whole_flow(stack: Stack, tmp_path: Path, digi
     assert isinstance(denied, models.Problem) and denied.status == 401 and denied.code == "unauthorized"
 
     model_file = types.File(payload=io.BytesIO(digits_cnn.path.read_bytes()), file_name="digits.onnx")
-    model = create_model.sync(client=client, body=models.CreateModelBody(file=model_file))
+    model = create_model.sync(client=client, body=models.CreateModelFilesBody(file=model_file))
     assert isinstance(model, models.ModelOut), model
     assert model.inputs[0].name == "input"
 
     data = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
     dataset_file = types.File(payload=io.BytesIO(_npz(input=data)), file_name="calib.npz")
-    dataset = create_dataset.sync(client=client, body=models.CreateDatasetBody(file=dataset_file))
+    dataset = create_dataset.sync(client=client, body=models.CreateDatasetFilesBody(file=dataset_file))
     assert isinstance(dataset, models.DatasetOut), dataset
     assert dataset.n_samples == 16
 
