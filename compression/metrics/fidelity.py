@@ -13,7 +13,8 @@ slice are depends on the output's kind, read from its shape (`output_kind`):
   top-1 agreement and per-sample cosine.
 - `sequence`: `p` of rank 2, [T, C] (a recognizer's steps, a tagger's tokens, a detector's anchors):
   per-sample cosine and per-step cosine over C; `top1_per_step` when C >= 2, and `step_scores` says whether
-  the steps are probability (or log-probability) distributions, i.e. step-wise class scores.
+  the steps are probability (or log-probability) distributions, i.e. step-wise class scores. With C = 1 (one
+  probability per character) the largest change of one value (`worst_value_fidelity`).
 - `dense_map`: `p` of rank >= 3, [C, H, W] (leading axes count as channels): per-sample cosine, per-channel
   cosine over H x W and per-tile cosine over C x TILE x TILE positions.
 - `unaligned`: outputs whose per-batch shapes vary, compared flattened.
@@ -73,8 +74,8 @@ class OutputFidelity(BaseModel):
     worst_sample_snr_db: float | None = None
     worst_value_fidelity: float | None = Field(
         None,
-        description="outputs of a few values per sample: 1 - the largest change of one value over all samples, "
-        "relative to max(1, largest |reference value|) (a probability moving by 0.03 reads 0.97)",
+        description="outputs of one value per sample or per step: 1 - the largest change of one value over all "
+        "samples, relative to max(1, largest |reference value|) (a probability moving by 0.03 reads 0.97)",
     )
     agreement: float | None = Field(None, description="integer outputs: share of unchanged values")
     worst_sample_agreement: float | None = None
@@ -223,8 +224,7 @@ def compare_output(ref: np.ndarray, out: np.ndarray, n_samples: int, layout: str
     if kind in (OutputKind.VALUES, OutputKind.UNALIGNED):  # one pooled figure: a sample has too few values
         fidelity.worst_sample_snr_db = _snr_db(ref64.reshape(1, -1), out64.reshape(1, -1))
         if kind == OutputKind.VALUES:  # a probability per sample: its largest change, not a pooled cosine
-            scale = max(1.0, float(np.abs(ref64).max()))
-            fidelity.worst_value_fidelity = 1.0 - float(diff.max()) / scale
+            fidelity.worst_value_fidelity = 1.0 - float(diff.max()) / max(1.0, float(np.abs(ref64).max()))
         return fidelity
     per_sample = sample_shape(ref.shape, n_samples, layout)
     assert per_sample is not None
@@ -241,6 +241,8 @@ def compare_output(ref: np.ndarray, out: np.ndarray, n_samples: int, layout: str
             fidelity.worst_slice_cosine = _worst(row_cosines(ref_steps, out_steps))
             fidelity.top1_per_step = float(np.mean(ref_steps.argmax(-1) == out_steps.argmax(-1)))
             fidelity.step_scores = _step_scores(ref_steps)
+        else:  # one value per step (a boundary probability per character): its largest change
+            fidelity.worst_value_fidelity = 1.0 - float(diff.max()) / max(1.0, float(np.abs(ref64).max()))
     elif kind == OutputKind.DENSE_MAP:
         channels = math.prod(per_sample[:-2])
         h, w = per_sample[-2:]

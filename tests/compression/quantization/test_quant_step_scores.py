@@ -106,3 +106,13 @@ def test_one_probability_per_sample_is_judged_by_its_largest_change():
     nudged = reference.copy()
     nudged[5] += 0.005
     assert judge(compare({"p": reference}, {"p": nudged}, 64, None, False), budget).ok
+
+
+def test_one_probability_per_step_is_judged_by_its_largest_change():
+    """deepcut's word-boundary probability per character ([N, T, 1]): no per-step cosine exists."""
+    reference = np.random.default_rng(3).uniform(0.0, 1.0, (16, 40, 1)).astype(np.float32)
+    moved = reference.copy()
+    moved[3, 17, 0] = np.clip(moved[3, 17, 0] + 0.2, 0.0, 1.2)
+    fidelity = compare({"p": reference}, {"p": moved}, 16, None, False)
+    assert fidelity.outputs["p"].kind == "sequence" and fidelity.outputs["p"].worst_sample_cosine > 0.98
+    assert not judge(fidelity, Budget.from_settings(0.01, EngineSettings())).ok
