@@ -15,7 +15,8 @@ unless the step's `budget_metric` names one (for every output, or per output nam
 
 The floors apply to every output whatever its metric: they catch collapsed outputs. With a budget they are
 judged worst case: worst per-sample cosine >= `quant_min_output_cosine` (pooled cosine where a sample has one
-value, and then also 1 - its largest change >= the same floor) and worst per-slice cosine (a step, a channel, a map tile) >= `quant_min_slice_cosine`. Without one
+value, and then also 1 - its largest change >= the same floor; integer outputs: the worst sample's share of
+unchanged values >= the same floor) and worst per-slice cosine (a step, a channel, a map tile) >= `quant_min_slice_cosine`. Without one
 (`max_accuracy_drop` null, "floors only") the pooled cosine is held to `quant_min_output_cosine`. Always, every
 channel of a small last axis >= `quant_min_channel_cosine` (a score column next to pixel boxes). Rates
 (`accuracy`, `top1`, `top1_per_step`, `agreement`) are pooled over samples and positions: they are shares,
@@ -210,6 +211,11 @@ def _floor_failures(name: str, out: OutputFidelity, budget: Budget) -> list[str]
             )
     elif out.cosine < budget.min_output_cosine:
         reasons.append(f"output '{name}' cosine {out.cosine:.4f} < {budget.min_output_cosine}")
+    if worst_case and out.worst_sample_agreement is not None and out.worst_sample_agreement < budget.min_output_cosine:
+        reasons.append(
+            f"output '{name}' worst per-sample agreement {out.worst_sample_agreement:.4f} < {budget.min_output_cosine} "
+            f"(pooled {out.agreement:.4f})"
+        )
     value_fidelity = out.worst_value_fidelity
     if worst_case and value_fidelity is not None and value_fidelity < budget.min_output_cosine:
         reasons.append(
