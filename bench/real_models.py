@@ -329,14 +329,15 @@ def counts(results: list[ModelResult]) -> str:
 def merge(paths: list[Path]) -> None:
     """One table and one count line over the results of several --json files (e.g. shards run side by side)."""
     known = {f.name for f in fields(ModelResult)}
-    results = []
+    by_name: dict[str, ModelResult] = {}  # a model run again in a later file: the later run counts
     for path in paths:
         payload = json.loads(path.read_text())
         print(f"{path.name}: load at start {payload['load_start']}; at end {payload.get('load_end') or 'cut short'}")
         for row in payload["results"]:
             values = {key: value for key, value in row.items() if key in known}
             values["status"] = Status(values["status"])
-            results.append(ModelResult(**values))
+            by_name[values["name"]] = ModelResult(**values)
+    results = list(by_name.values())
     print()
     print("\n".join(table(results)))
     print()
@@ -367,7 +368,9 @@ def main() -> None:
     parser.add_argument("--min-top1", type=float, default=0.99, help="clean: top-1 agreement at least this")
     parser.add_argument("--work", type=Path, default=None, help="keep job folders here (default: a temp dir)")
     parser.add_argument(
-        "--merge", default="", help="comma-separated --json files of earlier runs (shards): print one table of them"
+        "--merge",
+        default="",
+        help="comma-separated --json files of earlier runs (shards): one table of them; a model in several: the last",
     )
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
