@@ -8,10 +8,19 @@ stacked layout) or a single 0-d value shared by every sample, whatever the other
 
 Every feed handed to onnxruntime is an np.ndarray of the input's declared rank: a rank-0 input
 is fed as a 0-d array, never as a numpy scalar (onnxruntime rejects those).
+
+Given a scratch directory (the worker's job directory), datasets are opened lazily: every array is a
+(copy-on-write) memory map, of the .npz file itself for a stored member (`np.savez`), or of the member unpacked to scratch in
+bounded chunks for a compressed one (`np.savez_compressed`); an array whose dtype differs from the input's is
+cast to scratch in chunks too. The engine takes at most its settings' sample counts (EVAL_MAX_SAMPLES,
+calibration_samples, DISTILL_MAX_TRAIN_SAMPLES) as views, so only those samples' pages are ever read: the
+process's memory follows the settings, not the size of the data.
 """
 
 from __future__ import annotations
 
+import shutil
+import struct
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +34,8 @@ from compression.model_info import TensorSpec
 
 LABELS = "labels"
 Layout = Literal["batched", "stacked"]
+COPY_CHUNK_BYTES = 8 << 20  # unpacking and casting stream through buffers of this size
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local file header (30 bytes)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -34,6 +45,55 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             return {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise DatasetMismatchError(f"not a readable .npz file: {exc}") from exc
+
+
+def open_npz(path: Path, scratch: Path) -> dict[str, np.ndarray]:
+    """Every array of an npz as a read-only memory map (compressed members unpacked into `scratch` first)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [info for info in archive.infolist() if info.filename.endswith(".npy")]
+            return {
+                info.filename[:-4]: _map_member(path, archive, info, scratch / f"{path.stem}.{index}.npy")
+                for index, info in enumerate(members)
+            }
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DatasetMismatchError(f"not a readable .npz file: {exc}") from exc
+
+
+def _map_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, unpacked: Path) -> np.ndarray:
+    with archive.open(info) as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = _HEADER_READERS.get(version)
+        if read_header is None:
+            raise DatasetMismatchError(f"array {info.filename[:-4]!r} uses an unknown .npy format {version}")
+        shape, fortran, dtype = read_header(handle, max_header_size=1 << 20)
+        if dtype.hasobject:
+            raise DatasetMismatchError(f"array {info.filename[:-4]!r} holds Python objects; use numeric arrays")
+        header_bytes = handle.tell()
+        if info.compress_type != zipfile.ZIP_STORED:  # deflated: unpack to scratch, streamed
+            handle.seek(0)
+            unpacked.parent.mkdir(parents=True, exist_ok=True)
+            with unpacked.open("wb") as out:
+                shutil.copyfileobj(handle, out, COPY_CHUNK_BYTES)
+            return _memmap(unpacked, header_bytes, shape, dtype, fortran)
+    with path.open("rb") as raw:  # stored: the array's bytes sit in the .npz itself, after the local header
+        raw.seek(info.header_offset)
+        fields = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
+        if fields[0] != b"PK\x03\x04":
+            raise DatasetMismatchError(f"not a readable .npz file: bad local header for {info.filename!r}")
+        data_offset = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+    return _memmap(path, data_offset + header_bytes, shape, dtype, fortran)
+
+
+def _memmap(path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype, fortran: bool) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    if count == 0:
+        return np.empty(shape, dtype)
+    if path.stat().st_size < offset + count * dtype.itemsize:
+        raise DatasetMismatchError("not a readable .npz file: an array's data is truncated")
+    order = "F" if fortran else "C"
+    # copy-on-write: reads come from the file; a pass that writes into its data gets private pages
+    return np.asarray(np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape, order=order))
 
 
 def count_samples(arrays: dict[str, np.ndarray]) -> int:
@@ -114,11 +174,16 @@ class Dataset:
         return next(iter(self.arrays.values())).shape[0]
 
     @classmethod
-    def from_npz(cls, path: Path, inputs: list[TensorSpec]) -> Dataset:
-        return cls.bind(read_npz(path), inputs)
+    def from_npz(cls, path: Path, inputs: list[TensorSpec], scratch: Path | None = None) -> Dataset:
+        """Loaded whole, or with `scratch` memory-mapped (see the module's docstring)."""
+        if scratch is None:
+            return cls.bind(read_npz(path), inputs)
+        return cls.bind(open_npz(path, scratch), inputs, scratch=scratch / f"{path.stem}-cast")
 
     @classmethod
-    def bind(cls, arrays: dict[str, np.ndarray], inputs: list[TensorSpec], cast: bool = True) -> Dataset:
+    def bind(
+        cls, arrays: dict[str, np.ndarray], inputs: list[TensorSpec], cast: bool = True, scratch: Path | None = None
+    ) -> Dataset:
         arrays = dict(arrays)
         labels = arrays.pop(LABELS, None)
         expected = {spec.name for spec in inputs}
@@ -143,7 +208,7 @@ class Dataset:
                 _check_dtype(spec.name, array.dtype, spec)
                 shared[spec.name] = _cast(array, spec) if cast else array
             elif cast:
-                layouts[spec.name], bound[spec.name] = _bind_array(array, spec)
+                layouts[spec.name], bound[spec.name] = _bind_array(array, spec, scratch)
             else:
                 layouts[spec.name], bound[spec.name] = _layout_for(spec.name, array.shape, array.dtype, spec), array
         if len(set(layouts.values())) > 1:
@@ -259,13 +324,27 @@ def _check_dtype(name: str, dtype: np.dtype, spec: TensorSpec) -> None:
         )
 
 
-def _cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+def _cast(array: np.ndarray, spec: TensorSpec, scratch: Path | None = None) -> np.ndarray:
+    """The array in the input's dtype: in memory, or (with `scratch`) written there in chunks and memory-mapped."""
     want = np.dtype(spec.dtype)
-    return array if array.dtype == want else array.astype(want)
+    if array.dtype == want:
+        return array
+    if scratch is None or array.ndim == 0 or array.size == 0:
+        return array.astype(want)
+    scratch.mkdir(parents=True, exist_ok=True)
+    target = np.lib.format.open_memmap(
+        scratch / f"{len(list(scratch.iterdir()))}.npy", mode="w+", dtype=want, shape=array.shape
+    )
+    sample_bytes = max(array.dtype.itemsize, want.itemsize) * (array.size // array.shape[0])
+    per_chunk = max(1, COPY_CHUNK_BYTES // max(1, sample_bytes))
+    for start in range(0, array.shape[0], per_chunk):
+        target[start : start + per_chunk] = array[start : start + per_chunk]
+    target.flush()
+    return np.asarray(np.load(target.filename, mmap_mode="c"))
 
 
-def _bind_array(array: np.ndarray, spec: TensorSpec) -> tuple[Layout, np.ndarray]:
-    return _layout_for(spec.name, array.shape, array.dtype, spec), _cast(array, spec)
+def _bind_array(array: np.ndarray, spec: TensorSpec, scratch: Path | None = None) -> tuple[Layout, np.ndarray]:
+    return _layout_for(spec.name, array.shape, array.dtype, spec), _cast(array, spec, scratch)
 
 
 def _random_array(rng: np.random.Generator, shape: list[int], dtype: np.dtype) -> np.ndarray:
@@ -285,12 +364,16 @@ class DatasetBundle:
     eval: Dataset | None = None
 
     @classmethod
-    def load(cls, paths: dict[str, Path | None], inputs: list[TensorSpec]) -> DatasetBundle:
+    def load(
+        cls, paths: dict[str, Path | None], inputs: list[TensorSpec], scratch: Path | None = None
+    ) -> DatasetBundle:
+        """Each role's dataset, memory-mapped when a `scratch` directory is given (see the module's docstring)."""
         loaded: dict[str, Dataset | None] = {}
         for role in ("calibration", "train", "eval"):
             path = paths.get(role)
             try:
-                loaded[role] = Dataset.from_npz(path, inputs) if path else None
+                where = scratch / role if scratch is not None else None
+                loaded[role] = Dataset.from_npz(path, inputs, where) if path else None
             except DatasetMismatchError as exc:
                 raise DatasetMismatchError(f"{role} dataset: {exc.message}") from exc
         return cls(**loaded)

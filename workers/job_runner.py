@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -89,6 +90,8 @@ def run_job(job_id: str, settings: Settings) -> Outcome:
         return _finish(settings, job_id, attempt, sink, JobStatus.FAILED, error=error)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # work/<job_id>/ too, unless another attempt is using it
+            work_dir.parent.rmdir()
 
 
 def _time_limit(settings: Settings) -> tuple[str, str]:
@@ -131,7 +134,8 @@ def _execute(job_id: str, settings: Settings, sink: JobProgressSink, work_dir: P
     sink.progress(0.0, "fetch inputs")
     model_path = store.fetch(model_storage_key, inputs_dir / "model.onnx")
     paths = {role: store.fetch(key, inputs_dir / f"{role}.npz") for role, key in dataset_keys.items()}
-    datasets = DatasetBundle.load(paths, inspect_model(model_path).inputs)
+    # memory-mapped (compressed members unpacked to the job's directory): memory follows the engine's sample caps
+    datasets = DatasetBundle.load(paths, inspect_model(model_path).inputs, scratch=inputs_dir / "datasets")
     sink.check_canceled()
     result = run_pipeline(
         model_path,

@@ -1,12 +1,17 @@
 """A corpus of malformed models (>= 40) and datasets (>= 25), built here: each one gets a 4xx, or is accepted and
 its job ends with a reason (run in-process with the worker's own `run_job`) — never a 500, never a temp file left
-in incoming/, nothing written outside the data directory."""
+in incoming/ or work/ (no empty work/<job_id>/ either), nothing written outside the data directory (nor in the
+current directory).
+
+The Loop bomb (a Loop with trip count 2^62, a few hundred bytes) is accepted at upload: its job fails saying the
+run exceeded EVAL_MAX_RUN_SECONDS (set small here), and canceling it while it runs stops it promptly."""
 
 from __future__ import annotations
 
 import io
 import os
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +29,9 @@ from workers.job_runner import run_job
 MAX_MODEL_BYTES = 4_000_000
 MAX_DATASET_BYTES = 2_000_000
 JOB_TIMEOUT_S = 240
+EVAL_MAX_RUN_SECONDS = 3  # per onnxruntime run in these jobs: the Loop bomb fails after it
+LOOP_BOMB_BOUND_S = 90  # generous: one time-limited run plus the job's set-up on a loaded machine
+CANCEL_BOUND_S = 45
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset: int = 17, **kwargs) -> onnx.ModelProto:
@@ -224,11 +232,6 @@ def model_corpus(digits: bytes) -> dict[str, bytes]:
     return corpus
 
 
-# accepted at upload (structurally valid); a job on them must still end with a reason; these only fail in the
-# engine's inference, which issue 11 finding 5 (per-run time bounds) covers: not run here
-RUNTIME_UNBOUNDED = {"loop_2_62"}
-
-
 def _npz(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -299,7 +302,8 @@ def dataset_corpus() -> dict[str, bytes]:
 
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    for name, value in {"LATENCY_RUNS": "5", "LATENCY_WARMUP": "1", "SYNTHETIC_SAMPLES": "8"}.items():
+    knobs = {"LATENCY_RUNS": "5", "LATENCY_WARMUP": "1", "SYNTHETIC_SAMPLES": "8"}
+    for name, value in {**knobs, "EVAL_MAX_RUN_SECONDS": str(EVAL_MAX_RUN_SECONDS)}.items():
         monkeypatch.setenv(name, value)
     return Settings(
         data_dir=tmp_path / "data",
@@ -323,11 +327,24 @@ def _tree(root: Path, skip: Path) -> set[str]:
     return {str(p) for p in root.rglob("*") if not p.is_relative_to(skip)}
 
 
-def _run_with_timeout(job_id: str, settings: Settings) -> None:
+def _run_with_timeout(job_id: str, settings: Settings) -> float:
+    started = time.monotonic()
     thread = threading.Thread(target=run_job, args=(job_id, settings), daemon=True)
     thread.start()
     thread.join(JOB_TIMEOUT_S)
     assert not thread.is_alive(), f"job {job_id} still running after {JOB_TIMEOUT_S} s"
+    return time.monotonic() - started
+
+
+def _cwd_files() -> set[str]:
+    """What a run might leave in the current directory (onnxruntime's sym_shape_infer_temp.onnx, *.data, ...)."""
+    return {p.name for p in Path.cwd().iterdir() if p.is_file()}
+
+
+def _check_work_clean(settings: Settings) -> None:
+    """Every job's work directory is gone, work/<job_id>/ included."""
+    left = sorted(str(p.relative_to(settings.work_dir)) for p in settings.work_dir.rglob("*"))
+    assert not left, left
 
 
 def _assert_4xx_problem(response, name: str) -> None:
@@ -350,6 +367,7 @@ def test_malformed_models(client: TestClient, settings: Settings, tmp_path: Path
     secret.write_bytes(b"\0" * 16)
     os.symlink(secret, incoming / "planted-link.bin")  # an external-data location that is a symlink out
     before = _tree(tmp_path, settings.data_dir)
+    cwd_before = _cwd_files()
     outcomes: dict[str, str] = {}
     accepted: dict[str, str] = {}
     for name, content in model_corpus(digits_cnn.path.read_bytes()).items():
@@ -363,8 +381,6 @@ def test_malformed_models(client: TestClient, settings: Settings, tmp_path: Path
             outcomes[name] = f"{response.status_code} {response.json()['code']}"
         _check_incoming_clean(settings, {"planted-link.bin"})
     for name, model_id in accepted.items():
-        if name in RUNTIME_UNBOUNDED:
-            continue
         response = client.post(
             "/v1/jobs", json={"model_id": model_id, "steps": [{"type": "quantize", "mode": "dynamic"}]}
         )
@@ -374,15 +390,22 @@ def test_malformed_models(client: TestClient, settings: Settings, tmp_path: Path
             outcomes[name] = f"job {response.status_code}"
             continue
         job_id = response.json()["id"]
-        _run_with_timeout(job_id, settings)
+        seconds = _run_with_timeout(job_id, settings)
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] in {"succeeded", "failed"}, (name, job)
+        if name == "loop_2_62":  # accepted at upload; the reference run is stopped at EVAL_MAX_RUN_SECONDS
+            assert job["status"] == "failed" and job["error"]["code"] == "run_time_limit", job
+            assert "longer than" in job["error"]["message"] and "EVAL_MAX_RUN_SECONDS" in job["error"]["message"]
+            assert seconds < LOOP_BOMB_BOUND_S, seconds
         if job["status"] == "failed":
             assert job["error"]["code"] and job["error"]["message"], (name, job)
             assert job["error"]["code"] != "internal_error", (name, job["error"])
         outcomes[name] = f"job {job['status']} {job['error']['code'] if job['error'] else ''}"
     assert _tree(tmp_path, settings.data_dir) == before  # nothing written outside the data directory
+    assert _cwd_files() == cwd_before
     assert secret.read_bytes() == b"\0" * 16
+    _check_work_clean(settings)
+    assert outcomes["loop_2_62"].startswith("job failed run_time_limit"), outcomes["loop_2_62"]
     refused = [name for name, outcome in outcomes.items() if outcome[0] == "4"]
     print("\n".join(f"{name}: {outcome}" for name, outcome in outcomes.items()))
     assert len(refused) >= 30, outcomes
@@ -397,6 +420,7 @@ def test_malformed_datasets(client: TestClient, settings: Settings, tmp_path: Pa
     assert response.status_code == 201, response.text
     model_id = response.json()["id"]
     before = _tree(tmp_path, settings.data_dir)
+    cwd_before = _cwd_files()
     outcomes: dict[str, str] = {}
     for name, content in dataset_corpus().items():
         response = _upload(client, "/v1/datasets", f"{name}.npz", content)
@@ -426,9 +450,40 @@ def test_malformed_datasets(client: TestClient, settings: Settings, tmp_path: Pa
         outcomes[name] = f"job failed {job['error']['code']}"
     print("\n".join(f"{name}: {outcome}" for name, outcome in outcomes.items()))
     assert _tree(tmp_path, settings.data_dir) == before
+    assert _cwd_files() == cwd_before
+    _check_work_clean(settings)
     assert all(outcome[0] == "4" or outcome.startswith("job 4") for outcome in outcomes.values()), outcomes
 
 
 def test_corpora_are_large_enough(digits_cnn) -> None:
     assert len(model_corpus(digits_cnn.path.read_bytes())) >= 40
     assert len(dataset_corpus()) >= 25
+
+
+def test_loop_bomb_job_cancels_promptly(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running Loop-bomb job (here with a run limit far away) ends `canceled` soon after POST /cancel."""
+    monkeypatch.setenv("EVAL_MAX_RUN_SECONDS", "600")
+    slow_settings = Settings(data_dir=settings.data_dir, max_model_bytes=MAX_MODEL_BYTES)
+    assert slow_settings.engine_settings().evaluation.max_run_seconds == 600.0
+    response = _upload(client, "/v1/models", "loop.onnx", _loop(2**62))
+    assert response.status_code == 201, response.text
+    body = {"model_id": response.json()["id"], "steps": [{"type": "quantize", "mode": "dynamic"}]}
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+    thread = threading.Thread(target=run_job, args=(job_id, slow_settings), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.2)
+    time.sleep(2)  # inside the reference run's Loop by now
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    canceled_at = time.monotonic()
+    thread.join(CANCEL_BOUND_S)
+    assert not thread.is_alive(), f"the job still runs {CANCEL_BOUND_S} s after cancel"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "canceled", job
+    print(f"canceled {time.monotonic() - canceled_at:.1f} s after POST /cancel")
+    _check_work_clean(settings)
+    _check_incoming_clean(settings)
