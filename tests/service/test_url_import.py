@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,6 +33,24 @@ class Files(SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         redirects = {"/redirect": "/digits.onnx", "/loop": "/loop", "/private-redirect": "http://10.255.255.1/x"}
+        if self.path == "/unsized.onnx":  # no Content-Length: the limit is enforced while streaming
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(50):
+                self.wfile.write(b"x" * 10_000)
+            return
+        if self.path == "/slow.onnx":  # trickles: the whole import is bounded by URL_IMPORT_MAX_SECONDS
+            self.send_response(200)
+            self.send_header("Content-Length", "10000")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x" * 100)
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+            return
         if self.path in redirects:
             self.send_response(302)
             self.send_header("Location", redirects[self.path])
@@ -185,6 +204,18 @@ def test_too_large_is_413_declared_or_streamed(tmp_path: Path, served: tuple[str
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         body = assert_problem(client.post("/v1/models", json={"url": f"{base}/digits.onnx"}), 413, "upload_too_large")
         assert "MAX_MODEL_BYTES" in body["detail"]
+    assert_no_temp_files(settings)
+
+
+def test_unsized_source_is_cut_off_at_the_limit_and_slow_ones_in_time(tmp_path: Path, served: tuple[str, Path]) -> None:
+    base, _ = served
+    settings = make_settings(tmp_path, max_model_bytes=100_000, url_import_max_seconds=1.5)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        body = assert_problem(client.post("/v1/models", json={"url": f"{base}/unsized.onnx"}), 413, "upload_too_large")
+        assert "100000" in body["detail"]
+        started = time.monotonic()
+        body = assert_problem(client.post("/v1/models", json={"url": f"{base}/slow.onnx"}), 422, "url_timeout")
+        assert "URL_IMPORT_MAX_SECONDS" in body["detail"] and time.monotonic() - started < 30
     assert_no_temp_files(settings)
 
 
