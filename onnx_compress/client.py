@@ -9,16 +9,22 @@
         client.download(job.id, "digits_int8.onnx")
 
 Requests answered 429 or 503 are retried (a bounded number of times), waiting what `Retry-After` says.
-Any other problem answer raises `ApiError(status, code, detail)`.
+Any other problem answer raises `ApiError(status, code, detail)` (`AuthError` for a 401: the key is missing,
+wrong or revoked).
+
+Lists come a page at a time (`list_jobs`, `list_models`, `list_datasets`: pass `next_cursor` back as `cursor`) or
+as one iterator over every page (`iter_jobs`, `iter_models`, `iter_datasets`). `follow(job_id)` reads the job's
+events as server-sent events until the job has ended; `delete_job`, `delete_model`, `delete_dataset` delete.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -38,6 +44,17 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, detail: str) -> None:
         super().__init__(f"{status} {code}: {detail}")
         self.status, self.code, self.detail = status, code, detail
+
+
+class AuthError(ApiError):
+    """401: the server has API keys and this client's key is missing, wrong or revoked."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(status, code, detail)
+        self.args = (
+            f"{status} {code}: {detail} (this client sends api_key as 'Authorization: Bearer <key>'; "
+            f"pass Client(..., api_key=...) or set ${API_KEY_ENV} for the CLI)",
+        )
 
 
 class JobFailedError(Exception):
@@ -91,9 +108,19 @@ class JobEvent(_Resource):
     stage: str | None = None
 
 
-class JobPage(_Resource):
-    items: list[Job]
+Item = TypeVar("Item", bound=_Resource)
+
+
+class Page(_Resource, Generic[Item]):
+    """One page of a list, newest first; `next_cursor` (None on the last page) fetches the next."""
+
+    items: list[Item]
     next_cursor: str | None = None
+
+
+JobPage = Page[Job]
+ModelPage = Page[Model]
+DatasetPage = Page[Dataset]
 
 
 def _retry_after(response: httpx.Response) -> float:
@@ -112,7 +139,7 @@ def _raise_for_problem(response: httpx.Response) -> None:
         code, detail = str(body.get("code", "error")), str(body.get("detail", response.text))
     except ValueError:
         code, detail = "error", response.text or response.reason_phrase
-    raise ApiError(response.status_code, code, detail)
+    raise (AuthError if response.status_code == 401 else ApiError)(response.status_code, code, detail)
 
 
 class Client:
@@ -271,3 +298,92 @@ class Client:
         if cursor:
             params["cursor"] = cursor
         return JobPage.model_validate(self._request("GET", "/v1/jobs", params=params).json())
+
+    @staticmethod
+    def _page_params(limit: int, cursor: str | None, **filters: Any) -> dict[str, Any]:
+        params = {"limit": limit, **{name: str(value) for name, value in filters.items() if value}}
+        return {**params, "cursor": cursor} if cursor else params
+
+    def list_models(self, limit: int = 20, cursor: str | None = None) -> ModelPage:
+        """One page of uploaded models, newest first; pass `next_cursor` back as `cursor` for the next."""
+        return ModelPage.model_validate(
+            self._request("GET", "/v1/models", params=self._page_params(limit, cursor)).json()
+        )
+
+    def list_datasets(self, limit: int = 20, cursor: str | None = None) -> DatasetPage:
+        """One page of uploaded datasets, newest first; pass `next_cursor` back as `cursor` for the next."""
+        response = self._request("GET", "/v1/datasets", params=self._page_params(limit, cursor))
+        return DatasetPage.model_validate(response.json())
+
+    def iter_jobs(self, status: JobStatus | str | None = None, page_size: int = 100) -> Iterator[Job]:
+        """Every job (of this status), newest first, fetched a page at a time."""
+        return self._iterate(lambda cursor: self.list_jobs(status=status, limit=page_size, cursor=cursor))
+
+    def iter_models(self, page_size: int = 100) -> Iterator[Model]:
+        """Every uploaded model, newest first, fetched a page at a time."""
+        return self._iterate(lambda cursor: self.list_models(limit=page_size, cursor=cursor))
+
+    def iter_datasets(self, page_size: int = 100) -> Iterator[Dataset]:
+        """Every uploaded dataset, newest first, fetched a page at a time."""
+        return self._iterate(lambda cursor: self.list_datasets(limit=page_size, cursor=cursor))
+
+    @staticmethod
+    def _iterate(fetch: Callable[[str | None], Page[Item]]) -> Iterator[Item]:
+        cursor: str | None = None
+        while True:
+            page = fetch(cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def get_model(self, model_id: str) -> Model:
+        return Model.model_validate(self._request("GET", f"/v1/models/{model_id}").json())
+
+    def get_dataset(self, dataset_id: str) -> Dataset:
+        return Dataset.model_validate(self._request("GET", f"/v1/datasets/{dataset_id}").json())
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a job with its artifacts; a queued or running one is canceled first."""
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete an uploaded model (409 `model_in_use` while a queued or running job needs it)."""
+        self._request("DELETE", f"/v1/models/{model_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset (409 `dataset_in_use` while a queued or running job needs it)."""
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    def follow(self, job_id: str, after: int | None = None) -> Iterator[JobEvent]:
+        """The job's events as they happen (server-sent events), from the first (or after event id `after`) until
+        the job has ended; a stream the server closes early (its length is bounded) is resumed where it stopped."""
+        last = after
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            terminal = False
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
+                if response.status_code == 204:  # the job has ended and nothing is after `last`
+                    return
+                _raise_for_problem(response)
+                for data in _sse_data(response.iter_lines()):
+                    event = JobEvent.model_validate(json.loads(data))
+                    last = event.id
+                    terminal = event.kind in TERMINAL
+                    yield event
+            if terminal:
+                return
+
+
+def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+    """The `data` of each server-sent event in a stream (comments, ids and other fields skipped)."""
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield "\n".join(data)
+            data = []
+        elif line.startswith("data:"):
+            data.append(line.removeprefix("data:").removeprefix(" "))

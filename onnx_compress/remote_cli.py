@@ -128,14 +128,22 @@ def jobs_list(
     server: ServerOption,
     api_key: ApiKeyOption = None,
     status: Annotated[JobStatus | None, typer.Option(help="only jobs in this state")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="jobs per page")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="the page after this one (the `next page` a list printed)")] = None,
+    all_pages: Annotated[bool, typer.Option("--all", help="every page, not only the first")] = False,
 ) -> None:
-    """The newest jobs: id, status, progress, created."""
+    """The newest jobs: id, status, progress, created; a command for the next page goes to stderr."""
     with _client(server, api_key) as client:
-        page = client.list_jobs(status=status, limit=limit)
-    typer.echo("id\tstatus\tprogress\tcreated_at")
-    for job in page.items:
-        typer.echo(f"{job.id}\t{job.status}\t{job.progress:.2f}\t{getattr(job, 'created_at', '-')}")
+        typer.echo("id\tstatus\tprogress\tcreated_at")
+        while True:
+            page = client.list_jobs(status=status, limit=limit, cursor=cursor)
+            for job in page.items:
+                typer.echo(f"{job.id}\t{job.status}\t{job.progress:.2f}\t{getattr(job, 'created_at', '-')}")
+            cursor = page.next_cursor
+            if cursor is None or not all_pages:
+                break
+    if cursor is not None:  # plain stderr (no wrapping: the cursor is copied as is)
+        typer.echo(f"next page: onnx-compress jobs list --cursor {cursor}", err=True)
 
 
 @jobs_cli.command("get")
@@ -151,6 +159,14 @@ def jobs_cancel(job_id: JobIdArgument, server: ServerOption, api_key: ApiKeyOpti
     with _client(server, api_key) as client:
         job = client.cancel(job_id)
     console.print(f"job {job.id}: {job.status} (cancel requested)")
+
+
+@jobs_cli.command("delete")
+def jobs_delete(job_id: JobIdArgument, server: ServerOption, api_key: ApiKeyOption = None) -> None:
+    """Delete a job with its artifacts (a queued or running one is canceled first)."""
+    with _client(server, api_key) as client:
+        client.delete_job(job_id)
+    console.print(f"job {job_id} deleted")
 
 
 @jobs_cli.command("download")

@@ -1,4 +1,5 @@
-"""The Python client (`onnx_compress.Client`) and the remote CLI (`onnx-compress submit`, `jobs ...`)."""
+"""The Python client (`onnx_compress.Client`) and the remote CLI (`onnx-compress submit`, `jobs ...`), against a
+live `serve` that has an API key set (so every call below proves the key is sent), plus retry units."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,11 +15,27 @@ import onnxruntime as ort
 import pytest
 
 from onnx_compress import ApiError, Client
-from onnx_compress.client import Job
+from onnx_compress.client import AuthError, Job
 from service.status import JobStatus
-from tests.service.conftest import Stack
+from tests.service.conftest import FAST, Stack
 
 SPEC = {"steps": [{"type": "quantize", "mode": "dynamic"}]}
+KEY = "client-test-key"
+
+
+@pytest.fixture(scope="module")
+def keyed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`onnx-compress serve` (api + worker, SQLite) with API_KEYS set: a request without the key is a 401."""
+    root = tmp_path_factory.mktemp("keyed")
+    stack = Stack({"DATA_DIR": str(root / "data"), "API_KEYS": KEY, **FAST}, root)
+    stack.start_api("serve")
+    yield stack
+    stack.stop()
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"ONNX_COMPRESS_API_KEY", "ONNX_COMPRESS_SERVER"}}
+    return {**env, **extra}
 
 
 def test_retries_503_after_retry_after_then_succeeds() -> None:
@@ -63,26 +81,35 @@ def test_problem_answer_raises_api_error_without_retry() -> None:
 
 
 @pytest.mark.slow
-def test_client_flow(embedded_stack: Stack, digits_cnn, tmp_path: Path) -> None:
+def test_client_flow(keyed_stack: Stack, digits_cnn, tmp_path: Path) -> None:
     eval_npz = tmp_path / "eval.npz"
     digits_cnn.write_npz(eval_npz, split="test")
-    assert embedded_stack.api is not None
+    assert keyed_stack.api is not None
     seen: list[Job] = []
-    with Client(embedded_stack.api.url) as client:
+    with Client(keyed_stack.api.url, api_key=KEY) as client:
         model = client.upload_model(digits_cnn.path)
         assert model.size_bytes == digits_cnn.path.stat().st_size
         dataset = client.upload_dataset(eval_npz)
         assert dataset.n_samples == len(digits_cnn.y_test)
         job = client.submit(model.id, SPEC, datasets={"eval": dataset.id}, idempotency_key="client-flow")
         assert client.submit(model.id, SPEC["steps"], {"eval": dataset.id}, idempotency_key="client-flow").id == job.id
+        followed = list(client.follow(job.id))  # server-sent events until the job has ended
         done = client.wait(job.id, progress=seen.append, timeout=300, poll=0.2)
         out = client.download(job.id, tmp_path / "out.onnx")
         metrics = client.metrics(job.id)
         events = client.events(job.id)
         later = client.events(job.id, after=events[0].id)
+        resumed = list(client.follow(job.id, after=events[0].id))
         listed = client.list_jobs(status=JobStatus.SUCCEEDED)
         with pytest.raises(ApiError) as finished:
             client.cancel(job.id)
+        with pytest.raises(ApiError) as uploads_gone:  # the job has ended: its uploads may go
+            client.delete_model(model.id)
+            client.delete_dataset(dataset.id)
+            client.get_model(model.id)
+        client.delete_job(job.id)
+        with pytest.raises(ApiError) as deleted:
+            client.get(job.id)
 
     assert done.status == JobStatus.SUCCEEDED and done.progress == 1.0
     assert seen and seen[-1].status == JobStatus.SUCCEEDED
@@ -90,21 +117,72 @@ def test_client_flow(embedded_stack: Stack, digits_cnn, tmp_path: Path) -> None:
     assert session.run(None, {"input": digits_cnn.x_test[:4]})[0].shape[0] == 4
     assert metrics["job_id"] == job.id and metrics["output"]["size_bytes"] == out.stat().st_size
     assert events[0].kind == "queued" and len(later) == len(events) - 1
+    assert [e.id for e in followed] == [e.id for e in events] and followed[-1].kind == "succeeded"
+    assert [e.id for e in resumed] == [e.id for e in later]
     assert job.id in [item.id for item in listed.items]
     assert finished.value.status == 409 and finished.value.code == "job_finished"
+    assert uploads_gone.value.status == 404 and uploads_gone.value.code == "model_not_found"
+    assert deleted.value.status == 404 and deleted.value.code == "job_not_found"
 
 
 @pytest.mark.slow
-def test_cli_submit_wait_output(embedded_stack: Stack, digits_cnn, tmp_path: Path) -> None:
-    assert embedded_stack.api is not None
+def test_lists_iterate_pages_and_deletes(keyed_stack: Stack, digits_cnn, tmp_path: Path) -> None:
+    assert keyed_stack.api is not None
+    with Client(keyed_stack.api.url, api_key=KEY) as client:
+        models = [client.upload_model(digits_cnn.path).id for _ in range(3)]
+        datasets = [client.upload_dataset(digits_cnn.write_npz(tmp_path / f"d{i}.npz", limit=8)).id for i in range(2)]
+        first = client.list_models(limit=2)
+        second = client.list_models(limit=2, cursor=first.next_cursor)
+        every_model = [m.id for m in client.iter_models(page_size=1)]
+        every_dataset = [d.id for d in client.iter_datasets(page_size=1)]
+        assert client.list_datasets(limit=1).next_cursor is not None
+        with pytest.raises(ApiError) as bad_cursor:
+            client.list_models(cursor="not-a-cursor")
+        client.delete_model(models[0])
+        client.delete_dataset(datasets[0])
+        after_delete = [m.id for m in client.iter_models()]
+        with pytest.raises(ApiError) as gone:
+            client.get_dataset(datasets[0])
+    assert [m.id for m in first.items] == models[:0:-1] and first.next_cursor is not None
+    assert second.items[0].id == models[0]
+    assert every_model[:3] == models[::-1] and len(every_model) == len(set(every_model))
+    assert every_dataset[:2] == datasets[::-1]
+    assert bad_cursor.value.status == 422 and bad_cursor.value.code == "invalid_cursor"
+    assert models[0] not in after_delete and models[1] in after_delete
+    assert gone.value.status == 404 and gone.value.code == "dataset_not_found"
+
+
+@pytest.mark.slow
+def test_wrong_or_missing_key_is_a_clear_auth_error(keyed_stack: Stack) -> None:
+    assert keyed_stack.api is not None
+    for key in ("wrong-key", None):
+        with Client(keyed_stack.api.url, api_key=key) as client, pytest.raises(AuthError) as caught:
+            client.list_models()
+        assert caught.value.status == 401 and caught.value.code == "unauthorized"
+        assert "API key" in str(caught.value) and "api_key" in str(caught.value)
+    with Client(keyed_stack.api.url, api_key=KEY) as client:
+        assert client.list_jobs(limit=1).items is not None  # the right key passes
+    env = cli_env(ONNX_COMPRESS_API_KEY="wrong-key")
+    result = subprocess.run(
+        [sys.executable, "-m", "onnx_compress", "jobs", "list", "--server", keyed_stack.api.url],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 1 and "unauthorized" in result.stderr and "HTTP 401" in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_submit_wait_output(keyed_stack: Stack, digits_cnn, tmp_path: Path) -> None:
+    assert keyed_stack.api is not None
+    server = ["--server", keyed_stack.api.url]
+    env = cli_env(ONNX_COMPRESS_API_KEY=KEY)
     spec, calib = tmp_path / "spec.json", tmp_path / "calib.npz"
     spec.write_text(json.dumps(SPEC))
     digits_cnn.write_npz(calib, split="train", limit=64)
     out, metrics = tmp_path / "cli.onnx", tmp_path / "cli-metrics.json"
-    args = [sys.executable, "-m", "onnx_compress", "submit", str(digits_cnn.path), "--spec", str(spec)]
-    args += ["--server", embedded_stack.api.url, "--calibration-data", str(calib), "--wait"]
-    args += ["--output", str(out), "--metrics", str(metrics)]
-    env = {k: v for k, v in os.environ.items() if k != "ONNX_COMPRESS_API_KEY"}
+    args = [sys.executable, "-m", "onnx_compress", "submit", str(digits_cnn.path), "--spec", str(spec), *server]
+    args += ["--calibration-data", str(calib), "--wait", "--output", str(out), "--metrics", str(metrics)]
     result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout)
@@ -112,25 +190,37 @@ def test_cli_submit_wait_output(embedded_stack: Stack, digits_cnn, tmp_path: Pat
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert json.loads(metrics.read_text())["job_id"] == summary["job_id"]
 
-    jobs = [sys.executable, "-m", "onnx_compress", "jobs"]
-    got = subprocess.run([*jobs, "get", summary["job_id"], "--server", embedded_stack.api.url], capture_output=True)
+    def jobs(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "onnx_compress", "jobs", *args, *server]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+    got = jobs("get", summary["job_id"])
     assert got.returncode == 0 and json.loads(got.stdout)["status"] == "succeeded"
-    listed = subprocess.run([*jobs, "list", "--server", embedded_stack.api.url], capture_output=True, text=True)
-    assert listed.returncode == 0 and summary["job_id"] in listed.stdout
     again = tmp_path / "again.onnx"
-    fetched = subprocess.run(
-        [*jobs, "download", summary["job_id"], str(again), "--server", embedded_stack.api.url], capture_output=True
-    )
+    fetched = jobs("download", summary["job_id"], str(again))
     assert fetched.returncode == 0 and again.read_bytes() == out.read_bytes()
-    canceled = subprocess.run(
-        [*jobs, "cancel", summary["job_id"], "--server", embedded_stack.api.url], capture_output=True, text=True
-    )
+    canceled = jobs("cancel", summary["job_id"])
     assert canceled.returncode == 1 and "job_finished" in canceled.stderr
+
+    with Client(keyed_stack.api.url, api_key=KEY) as client:  # a newer job, queued or running while listed
+        newer = client.submit(client.upload_model(digits_cnn.path).id, SPEC).id
+    # one job a page: the next page's command is printed on stderr, and --cursor gets that page
+    page1 = jobs("list", "--limit", "1")
+    assert page1.returncode == 0 and newer in page1.stdout and summary["job_id"] not in page1.stdout
+    cursor = page1.stderr.split("--cursor", 1)[1].split()[0]
+    page2 = jobs("list", "--limit", "1", "--cursor", cursor)
+    assert page2.returncode == 0 and summary["job_id"] in page2.stdout
+    deleted = jobs("delete", newer)  # canceled first if it is still queued or running
+    assert deleted.returncode == 0 and "deleted" in deleted.stderr
+    with Client(keyed_stack.api.url, api_key=KEY) as client, pytest.raises(ApiError) as missing:
+        client.get(newer)
+    assert missing.value.code == "job_not_found"
 
 
 @pytest.mark.slow
-def test_prefer_wait_long_polls_until_terminal_and_location(embedded_stack: Stack, digits_cnn) -> None:
-    with embedded_stack.client() as http:
+def test_prefer_wait_long_polls_until_terminal_and_location(keyed_stack: Stack, digits_cnn) -> None:
+    assert keyed_stack.api is not None
+    with httpx.Client(base_url=keyed_stack.api.url, timeout=30, headers={"Authorization": f"Bearer {KEY}"}) as http:
         with digits_cnn.path.open("rb") as handle:
             uploaded = http.post("/v1/models", files={"file": ("m.onnx", handle, "application/octet-stream")})
         model_id = uploaded.json()["id"]
