@@ -227,6 +227,12 @@ class DistillSettings(SettingsGroup):
         "the held-out selection data beats its input's and its worst sample's is not lower by more than this; "
         "else the step returns its input unchanged",
     )
+    guard_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="time the final check may spend widening a small unlabeled selection set with mixed copies "
+        "(sized from the teacher's time per sample: three runs per copy)",
+    )
 
 
 class OptimizeSettings(SettingsGroup):

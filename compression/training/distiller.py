@@ -211,9 +211,12 @@ class Distiller:
         self.train = _Data(
             train, teacher_targets(teacher_path, train, hint_names, threads, batch, max_bytes, self.batch_axes)
         )
+        started = time.perf_counter()
         self.eval = _Data(
             eval_data, teacher_targets(teacher_path, eval_data, hint_names, threads, batch, max_bytes, self.batch_axes)
         )
+        # one teacher run per selection sample: the guard's widened check is sized by it
+        self.seconds_per_eval_sample = (time.perf_counter() - started) / max(eval_data.n_samples, 1)
         self.plans = plan_losses(
             self.student_proto,
             teacher_proto,
@@ -423,8 +426,12 @@ class Distiller:
         if data.n_samples < GUARD_SAMPLES and data.labels is None:
             # a handful of held-out samples says little about unseen inputs: their mixed and noised copies
             # (labelled by the teacher) widen the check, as augmentation widens training
-            copies = min(GUARD_MAX_COPIES, math.ceil(GUARD_SAMPLES / max(data.n_samples, 1)) - 1)
-            wider = augment(data, copies, self.config.seed + 1)
+            n = max(data.n_samples, 1)
+            copies = min(GUARD_MAX_COPIES, math.ceil(GUARD_SAMPLES / n) - 1)
+            # three runs per sample (teacher, input, trained) within distill_guard_seconds
+            affordable = self.settings.distill.guard_seconds / (3 * max(self.seconds_per_eval_sample, 1e-6))
+            copies = max(0, min(copies, int(affordable // n) - 1))
+            wider = augment(data, copies, self.config.seed + 1) if copies else data
             if wider.n_samples > data.n_samples:
                 data = wider
                 targets = teacher_targets(self.teacher_path, data, [], threads, batch, max_bytes, {})
