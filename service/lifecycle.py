@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from enum import StrEnum
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import ColumnElement, Table, delete, select
 from sqlalchemy.orm import Session
 
 from service import job_store
@@ -69,14 +69,15 @@ def uploads_in_use(jobs: Iterable[Job]) -> set[str]:
     return used
 
 
-def _tables_naming_jobs() -> list[tuple[Table, str]]:
-    """Every table with a foreign key to jobs.id (events, and whatever else records per-job rows), with the column."""
-    found = []
-    for table in Base.metadata.sorted_tables:
-        for key in table.foreign_keys:
-            if key.column.table.name == Job.__tablename__ and key.column.name == "id":
-                found.append((table, key.parent.name))
-    return found
+def _delete_with_dependents(session: Session, table: Table, where: ColumnElement[bool]) -> None:
+    """Delete the rows of `table` that `where` keeps, after every row naming them by a foreign key (events,
+    webhook deliveries and their attempts, whatever records per-job rows), however deep."""
+    for child in Base.metadata.sorted_tables:
+        for key in child.foreign_keys:
+            if key.column.table is table:
+                named = key.parent.in_(select(key.column).where(where))
+                _delete_with_dependents(session, child, named)
+    session.execute(delete(table).where(where))
 
 
 def purge_job(session: Session, store: ArtifactStore, settings: Settings, job_id: str) -> bool:
@@ -89,9 +90,7 @@ def purge_job(session: Session, store: ArtifactStore, settings: Settings, job_id
     if session.scalar(select(Job.id).where(Job.id == job_id).with_for_update()) is None:
         session.rollback()
         return False
-    for table, column in _tables_naming_jobs():
-        session.execute(delete(table).where(table.c[column] == job_id))
-    session.execute(delete(Job).where(Job.id == job_id))
+    _delete_with_dependents(session, Job.__table__, Job.__table__.c.id == job_id)
     session.commit()
     return True
 
