@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
@@ -38,6 +39,7 @@ DELIVER_WEBHOOK = "workers.webhook_tasks.deliver_webhook"
 USER_AGENT = "onnx-compress-webhooks/1"
 STALE_AFTER = timedelta(minutes=5)  # a due delivery untouched this long past its time lost its message: republish
 MAX_ERROR_CHARS = 500
+IN_FLIGHT_MARGIN = timedelta(seconds=60)  # an attempt in flight is not due again before its timeout plus this
 
 EVENT_OF_STATUS = {
     JobStatus.RUNNING: WebhookEvent.STARTED,
@@ -243,6 +245,7 @@ def attempt_delivery(settings: Settings, delivery_id: str) -> float | None:
         if delivery.next_attempt_at is not None and delivery.next_attempt_at > now + timedelta(seconds=1):
             return None  # a duplicate message ahead of its time; the scheduled one follows
         number = delivery.attempts + 1
+        in_flight = timedelta(seconds=settings.webhook_timeout_seconds) + IN_FLIGHT_MARGIN  # not due meanwhile
         taken = session.execute(
             update(WebhookDelivery)
             .where(
@@ -250,7 +253,7 @@ def attempt_delivery(settings: Settings, delivery_id: str) -> float | None:
                 WebhookDelivery.status == DeliveryStatus.PENDING,
                 WebhookDelivery.attempts == delivery.attempts,
             )
-            .values(attempts=number, next_attempt_at=now + timedelta(seconds=settings.webhook_timeout_seconds))
+            .values(attempts=number, next_attempt_at=now + in_flight)
             .execution_options(synchronize_session=False)
         )
         session.commit()
@@ -266,6 +269,30 @@ def attempt_delivery(settings: Settings, delivery_id: str) -> float | None:
         error = f"the receiver answered HTTP {status_code}; 2xx means delivered"
     give_up = not delivered and number >= settings.webhook_max_attempts
     delay = None if delivered or give_up else retry_delay(settings, number)
+    try:
+        _record_attempt(
+            settings, delivery_id, number, started, duration_ms, status_code, error, delivered, give_up, delay
+        )
+    except IntegrityError:  # the job (and its deliveries) was deleted meanwhile
+        log.info("webhook delivery %s: gone (its job was deleted); attempt %s not recorded", delivery_id, number)
+        return None
+    if not delivered:
+        log.warning("webhook delivery %s attempt %s to %s failed: %s", delivery_id, number, delivery.url, error)
+    return delay
+
+
+def _record_attempt(
+    settings: Settings,
+    delivery_id: str,
+    number: int,
+    started: datetime,
+    duration_ms: float,
+    status_code: int | None,
+    error: str | None,
+    delivered: bool,
+    give_up: bool,
+    delay: float | None,
+) -> None:
     with session_scope(settings) as session:
         session.add(
             WebhookAttempt(
@@ -284,9 +311,6 @@ def attempt_delivery(settings: Settings, delivery_id: str) -> float | None:
         else:
             values = {"next_attempt_at": utcnow() + timedelta(seconds=delay or 0)}
         session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values))
-    if not delivered:
-        log.warning("webhook delivery %s attempt %s to %s failed: %s", delivery_id, number, delivery.url, error)
-    return delay
 
 
 def deliveries_of(session: Session, job_id: str) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
