@@ -9,16 +9,21 @@ time limit (MODEL_VALIDATION_SECONDS: the child is killed past it). The child se
 or the reason it was refused; every way it can fail (refused, out of memory, killed, too slow) becomes an
 `InvalidModelError` whose message says what to fix.
 
-As with any multiprocessing child, the program's main script is imported again in the child unless it is run
-with `python -m` (`onnx-compress`, `python -m onnx_compress`, uvicorn and gunicorn are): a script that builds the
-app itself must keep its start-up under `if __name__ == "__main__":`.
+A multiprocessing child normally imports the parent's main script again (as `__mp_main__`), which would run an
+unguarded script that embeds the app once per upload; the fork server is told the parent's main module
+(ONNX_COMPRESS_VALIDATION_MAIN, set before it starts) and marks it loaded, so validation children never run it.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import json
 import multiprocessing
+import multiprocessing.spawn
+import os
 import resource
 import signal
+import sys
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -33,6 +38,7 @@ from service.model_skeleton import read_skeleton
 
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 JOIN_SECONDS = 10.0
+MAIN_ENV = "ONNX_COMPRESS_VALIDATION_MAIN"
 
 
 class ModelRefused(InvalidModelError):
@@ -139,6 +145,22 @@ def _child(path: str, max_input_sample_bytes: int, memory_bytes: int, conn: Conn
         conn.close()
 
 
+def _adopt_parent_main() -> None:
+    """In the fork server (this module is preloaded there): make the parent's main module look loaded already,
+    so multiprocessing's preparation of each child (spawn.prepare) skips re-running it."""
+    raw = os.environ.get(MAIN_ENV)
+    main = sys.modules.get("__main__")
+    if not raw or main is None or "multiprocessing.forkserver" not in sys.modules or getattr(main, "__file__", None):
+        return
+    parent = json.loads(raw)
+    if parent.get("init_main_from_name"):
+        main.__spec__ = importlib.machinery.ModuleSpec(parent["init_main_from_name"], None)
+    elif parent.get("init_main_from_path"):
+        main.__file__ = parent["init_main_from_path"]
+
+
+_adopt_parent_main()
+
 _context_lock = threading.Lock()
 _context: multiprocessing.context.BaseContext | None = None
 
@@ -149,6 +171,9 @@ def _fork_context() -> multiprocessing.context.BaseContext:
     with _context_lock:
         if _context is None:
             context = multiprocessing.get_context("forkserver")
+            data = multiprocessing.spawn.get_preparation_data("model-validation")
+            keys = ("init_main_from_name", "init_main_from_path")
+            os.environ[MAIN_ENV] = json.dumps({key: data[key] for key in keys if key in data})
             context.set_forkserver_preload([__name__])
             _context = context
         return _context

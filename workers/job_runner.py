@@ -24,6 +24,7 @@ from service import job_store, webhooks
 from service.artifacts import ArtifactStore, get_store, job_artifact_key
 from service.db import session_scope
 from service.job_store import ClaimOutcome
+from service.messages import scrub_paths
 from service.orm import DatasetRecord, Job, ModelRecord
 from service.settings import Settings
 from service.status import EventKind, JobStatus
@@ -108,6 +109,9 @@ def _finish(
     error: tuple[str, str] | None = None,
 ) -> Outcome:
     steps = sink.steps if status == JobStatus.SUCCEEDED else sink.mark_unfinished(status)
+    if error is not None:  # engine and onnxruntime messages may name files in the job's directory
+        roots = (settings.work_dir, settings.data_dir, settings.resolved_artifacts_dir)
+        error = (error[0], scrub_paths(error[1], roots))
     with session_scope(settings) as session:
         owned = job_store.finish(session, job_id, attempt, status, metrics=metrics, error=error, steps=steps)
     webhooks.publish_for_job(settings, job_id)

@@ -1,7 +1,7 @@
 """A corpus of malformed models (>= 40) and datasets (>= 25), built here: each one gets a 4xx, or is accepted and
 its job ends with a reason (run in-process with the worker's own `run_job`) — never a 500, never a temp file left
 in incoming/ or work/ (no empty work/<job_id>/ either), nothing written outside the data directory (nor in the
-current directory).
+current directory), no server path in a failed job's message.
 
 The Loop bomb (a Loop with trip count 2^62, a few hundred bytes) is accepted at upload: its job fails saying the
 run exceeded EVAL_MAX_RUN_SECONDS (set small here), and canceling it while it runs stops it promptly."""
@@ -341,6 +341,10 @@ def _cwd_files() -> set[str]:
     return {p.name for p in Path.cwd().iterdir() if p.is_file()}
 
 
+def _assert_no_server_path(message: str, settings: Settings) -> None:
+    assert str(settings.data_dir.resolve()) not in message and "/tmp/" not in message, message
+
+
 def _check_work_clean(settings: Settings) -> None:
     """Every job's work directory is gone, work/<job_id>/ included."""
     left = sorted(str(p.relative_to(settings.work_dir)) for p in settings.work_dir.rglob("*"))
@@ -400,6 +404,7 @@ def test_malformed_models(client: TestClient, settings: Settings, tmp_path: Path
         if job["status"] == "failed":
             assert job["error"]["code"] and job["error"]["message"], (name, job)
             assert job["error"]["code"] != "internal_error", (name, job["error"])
+            _assert_no_server_path(job["error"]["message"], settings)
         outcomes[name] = f"job {job['status']} {job['error']['code'] if job['error'] else ''}"
     assert _tree(tmp_path, settings.data_dir) == before  # nothing written outside the data directory
     assert _cwd_files() == cwd_before
@@ -447,6 +452,7 @@ def test_malformed_datasets(client: TestClient, settings: Settings, tmp_path: Pa
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "failed" and job["error"]["message"], (name, job)
         assert job["error"]["code"] != "internal_error", (name, job["error"])
+        _assert_no_server_path(job["error"]["message"], settings)
         outcomes[name] = f"job failed {job['error']['code']}"
     print("\n".join(f"{name}: {outcome}" for name, outcome in outcomes.items()))
     assert _tree(tmp_path, settings.data_dir) == before

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +180,28 @@ def test_validator_limits_are_422_reasons(tmp_path: Path) -> None:
     with pytest.raises(Exception) as slow:
         validate_isolated(path, max_input_sample_bytes=1 << 30, memory_bytes=2048 * MiB, seconds=0.001)
     assert "MODEL_VALIDATION_SECONDS" in str(slow.value)
+
+
+def test_an_unguarded_main_script_is_not_run_again_by_validation(tmp_path: Path) -> None:
+    """A script without `if __name__ == "__main__":` that validates uploads: its children never re-run it."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(_tensor_model(numpy_helper.from_array(np.zeros(4, np.float32), "w")).SerializeToString())
+    script = tmp_path / "embed.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from service.model_validation import validate_isolated\n"
+        "print('script ran', flush=True)\n"
+        f"info = validate_isolated(Path({str(model)!r}), 1 << 30, 2048 * 1024 * 1024, 60)\n"
+        "print('inputs', [spec.name for spec in info.inputs], flush=True)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("script ran") == 1, result.stdout
+    assert "inputs ['x']" in result.stdout
