@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -9,23 +10,79 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
-
-from compression.cli import compress, steps
-from onnx_compress.remote_cli import jobs_cli, submit
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from service.settings import Settings
 
-cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-cli.command()(compress)
-cli.command()(steps)
-cli.command()(submit)
-cli.add_typer(jobs_cli, name="jobs")
+# Commands whose modules load the engine (onnx, onnxruntime, ...) or the HTTP client: imported only when run, so
+# `migrate`, `api`, `worker`, `tenants`, `keys` and `--help` start without them. name -> (module, attribute, help
+# line shown by `--help`; tests/test_cli_startup.py checks it against the command's own).
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "compress": (
+        "compression.cli",
+        "compress",
+        "Run a compression spec on a local model, showing progress; prints the headline metrics.",
+    ),
+    "steps": ("compression.cli", "steps", "Print the JSON schema of a step (every type and mode with its fields)."),
+    "submit": (
+        "onnx_compress.remote_cli",
+        "submit",
+        "Compress on a running service: upload the model and data, queue the spec; with --wait, show progress\n"
+        "and write --output/--metrics (same arguments as `compress`). Prints the job (or a summary) as JSON.",
+    ),
+    "jobs": ("onnx_compress.remote_cli", "jobs_cli", "Jobs on a running service: list, get, cancel, download."),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """The click command `name` of LAZY_COMMANDS, its module imported now."""
+    module, attribute, _ = LAZY_COMMANDS[name]
+    target: Any = getattr(importlib.import_module(module), attribute)
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_command(target)
+    else:
+        single = typer.Typer(add_completion=False)
+        single.command(name=name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyCommand(click.Command):
+    """Stands in the command list for a LAZY_COMMANDS entry (name and help line); loads the real one when run."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, help=LAZY_COMMANDS[name][2])
+        self._loaded: click.Command | None = None
+
+    def load(self) -> click.Command:
+        if self._loaded is None:
+            self._loaded = load_command(self.name or "")
+        return self._loaded
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any):
+        return self.load().make_context(info_name, args, parent=parent, **extra)  # its context runs the real one
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return self.load().invoke(ctx)
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: LAZY_COMMANDS first (as stand-ins), then the commands defined in this module."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = {**{name: LazyCommand(name) for name in LAZY_COMMANDS}, **self.commands}
+
+
+cli = typer.Typer(cls=LazyGroup, no_args_is_help=True, add_completion=False, help=__doc__)
 
 
 def _schema_ready_or_exit(settings: Settings) -> None:

@@ -260,6 +260,42 @@ def queued_jobs(session: Session, enqueued_before: datetime | None = None) -> li
     return list(session.scalars(query.order_by(Job.created_at, Job.id)))
 
 
+def mark_unpublished(session: Session, job_id: str, why: str | None = None) -> bool:
+    """The job's message could not be published (the broker did not answer): `enqueued_at` becomes NULL, which
+    the recovery sweeps read as "no message exists", so the next sweep that reaches the broker publishes it.
+    With `why`, an `info` event says so. Returns False when the job is no longer queued or running."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .values(enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1 and why:
+        add_event(session, job_id, EventKind.INFO, why)
+    session.commit()
+    return result.rowcount == 1
+
+
+def take_unpublished(session: Session, reason: str) -> list[str]:
+    """Take the queued jobs that have no message at all (`mark_unpublished`), oldest first, for publishing; each
+    job is taken by one sweeper (compare-and-set on `enqueued_at IS NULL`), with a `requeued` event."""
+    now = utcnow()
+    query = select(Job.id).where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None))
+    taken = []
+    for job_id in session.scalars(query.order_by(Job.created_at, Job.id)).all():
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None))
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            add_event(session, job_id, EventKind.REQUEUED, reason)
+            taken.append(job_id)
+    session.commit()
+    return taken
+
+
 def count_queued(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)) or 0
 

@@ -9,6 +9,10 @@ the broker lost, are queued again.
   again when the broker's queue holds fewer messages than there are queued jobs, so at least one queued job has no
   message. A long backlog (as many messages as queued jobs, or more) is left alone: no duplicate piles up behind it.
 
+- Queued jobs never published (the broker did not answer at submission: the API keeps the job queued, answers 202
+  and leaves `enqueued_at` NULL, an outbox row): published by the first sweep that reaches the broker again.
+
+A message that cannot be published (the broker is down) leaves its job marked unpublished, for the next sweep.
 Each sweep takes a job by compare-and-set (one sweeper per job and period, with a `requeued` event), and the
 compare-and-set claim runs a job once however many messages name it.
 """
@@ -25,7 +29,7 @@ from kombu.exceptions import ChannelError
 from service import job_store, retention
 from service.db import forget_inherited_connections, session_scope
 from service.orm import utcnow
-from service.queue import broker_connection, enqueue_job
+from service.queue import BrokerUnavailableError, broker_connection, check_broker, enqueue_job
 from service.schema import prepare_schema
 from service.settings import Settings, get_settings
 
@@ -42,13 +46,38 @@ def sweep_interval(settings: Settings) -> float:
     return min(SWEEP_MAX_S, max(SWEEP_MIN_S, shortest / 4))
 
 
+def publish_taken(settings: Settings, taken: list[str]) -> None:
+    """Publish a message for each job taken by a sweep. When the broker does not answer, that job and the ones
+    after it are marked unpublished (for the next sweep) and BrokerUnavailableError is raised."""
+    for index, job_id in enumerate(taken):
+        try:
+            enqueue_job(settings, job_id)
+        except BrokerUnavailableError:
+            with session_scope(settings) as session:
+                for unpublished in taken[index:]:
+                    job_store.mark_unpublished(session, unpublished)
+            raise
+
+
 def requeue_stale_jobs(settings: Settings) -> list[str]:
     """Queue again the running jobs whose worker stopped renewing its lease."""
     with session_scope(settings) as session:
         taken = job_store.take_stale_running(session, timedelta(seconds=settings.job_lease_seconds))
     for job_id in taken:
         log.warning("job %s: its worker's lease expired; requeueing", job_id)
-        enqueue_job(settings, job_id)
+    publish_taken(settings, taken)
+    return taken
+
+
+def publish_unpublished(settings: Settings) -> list[str]:
+    """Publish the queued jobs the API could not publish at submission (the outbox)."""
+    with session_scope(settings) as session:
+        taken = job_store.take_unpublished(
+            session, "published by the workers' recovery sweep: the broker did not answer when it was submitted"
+        )
+    for job_id in taken:
+        log.warning("job %s: never published (the broker was down at submission); publishing it", job_id)
+    publish_taken(settings, taken)
     return taken
 
 
@@ -85,12 +114,23 @@ def redeliver_lost_jobs(settings: Settings) -> list[str]:
         taken = job_store.take_undelivered(session, overdue, cutoff, reason)
     for job_id in taken:
         log.warning("job %s: queued but its message is missing; queueing it again", job_id)
-        enqueue_job(settings, job_id)
+    publish_taken(settings, taken)
     return taken
 
 
+def broker_answers(settings: Settings) -> bool:
+    """Sweeps that publish are skipped while the broker is down (they would take jobs they cannot queue)."""
+    try:
+        check_broker(settings, timeout=BROKER_TIMEOUT_S)
+    except Exception as exc:
+        log.warning("recovery sweep: the broker does not answer (%s: %s); nothing requeued", type(exc).__name__, exc)
+        return False
+    return True
+
+
 def sweep(settings: Settings) -> None:
-    for check in (requeue_stale_jobs, redeliver_lost_jobs):
+    publishing = (requeue_stale_jobs, publish_unpublished, redeliver_lost_jobs) if broker_answers(settings) else ()
+    for check in publishing:
         try:
             check(settings)
         except Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from tests.service.stack import (
     ServiceProcess,
     drop_postgres_schema,
     free_port,
+    kill_group,
+    leftover_groups,
     postgres_schema,
     production_env,
 )
@@ -56,6 +59,18 @@ class Stack:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """After each module (its stacks stopped, or its test failed before stopping them): no service process it
+    started is left running; any that is gets killed, with a warning naming it."""
+    yield
+    left = leftover_groups()
+    for pgid in left:
+        kill_group(pgid)
+    if left:
+        warnings.warn(f"service process groups left running after the module (killed now): {left}", stacklevel=1)
 
 
 @pytest.fixture(scope="module")

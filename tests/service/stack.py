@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -49,6 +50,42 @@ def drop_postgres_schema(schema: str) -> None:
         connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes (zombies left out) of a process group, read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it exited meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def kill_group(pgid: int, timeout: float = 10) -> None:
+    """SIGKILL every process left in the group until none is alive."""
+    deadline = time.monotonic() + timeout
+    while group_members(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process group {pgid} survives SIGKILL: {group_members(pgid)}")
+        time.sleep(0.05)
+
+
+STARTED: list[ServiceProcess] = []  # every service process tests started, for the leftover checks
+
+
+def leftover_groups() -> dict[int, list[int]]:
+    """Process groups of started services that still have live members: {group: pids}."""
+    groups = {process.process.pid for process in STARTED if process.process is not None and not process.group_gone}
+    return {pgid: members for pgid in sorted(groups) if (members := group_members(pgid))}
+
+
 def production_env(data_dir: Path, schema: str, **extra: str) -> dict[str, str]:
     user_host_db = POSTGRES_DSN.removeprefix("postgresql://")
     return {
@@ -67,6 +104,7 @@ class ServiceProcess:
     log_path: Path
     port: int | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
+    group_gone: bool = field(default=False, repr=False)
 
     def start(self) -> ServiceProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
@@ -75,8 +113,9 @@ class ServiceProcess:
             args += ["--port", str(self.port)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        # its own process group, so a kill takes the Celery pool children with it
+        # its own process group (and session), so a kill takes the Celery pool children and `serve`'s worker with it
         self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        STARTED.append(self)
         return self
 
     @property
@@ -116,17 +155,21 @@ class ServiceProcess:
             raise RuntimeError(f"{self.command} exited with {self.process.returncode}:\n{self.log()[-4000:]}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """Signal the whole process group, wait for its leader, then SIGKILL whatever is left in the group (pool
+        children, `serve`'s worker), even when the leader had already exited: no process outlives this call."""
+        if self.process is None or self.group_gone:
             return
-        try:
-            os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        kill_group(self.process.pid)
+        self.group_gone = True  # its id may be reused by a later group: never signalled again
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)

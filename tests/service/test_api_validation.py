@@ -200,14 +200,17 @@ def test_readyz_names_the_broken_dependency(tmp_path: Path) -> None:
     assert checks["database"] == "ok" and checks["broker"].startswith("down")
 
 
-def test_broker_down_answers_503_and_fails_the_job(tmp_path: Path, digits_cnn) -> None:
+def test_broker_down_keeps_the_job_queued(tmp_path: Path, digits_cnn) -> None:
+    """An outbox: the job is accepted and stays queued, unpublished, for the workers' sweep (test_recovery_stacks)."""
     settings = Settings(data_dir=tmp_path / "data", broker_url="redis://127.0.0.1:1/0")
     with TestClient(create_app(settings)) as client:
         model = post_file(client, "/v1/models", "digits.onnx", digits_cnn.path.read_bytes()).json()
         response = client.post("/v1/jobs", json=job_body(model["id"]))
-        assert response.status_code == 503 and "retry later" in response.json()["detail"]
+        assert response.status_code == 202 and response.json()["status"] == JobStatus.QUEUED, response.text
         (job,) = client.get("/v1/jobs").json()["items"]
-    assert job["status"] == JobStatus.FAILED and job["error"]["code"] == "broker_unavailable"
+        events = client.get(f"/v1/jobs/{job['id']}/events").json()
+    assert job["status"] == JobStatus.QUEUED and job["error"] is None
+    assert any(event["kind"] == "info" and "broker did not answer" in event["message"] for event in events)
 
 
 def test_openapi_documents_the_steps(client: TestClient) -> None:

@@ -17,7 +17,7 @@ from service import job_store
 from service.db import get_engine, session_scope
 from service.job_store import ClaimOutcome
 from service.orm import Job, JobEvent, ModelRecord, utcnow
-from service.queue import broker_connection, enqueue_job
+from service.queue import BrokerUnavailableError, broker_connection, enqueue_job
 from service.schema import migrate
 from service.settings import Settings
 from service.status import EventKind, JobStatus
@@ -152,6 +152,43 @@ def test_sweep_leaves_a_backlog_alone(settings: Settings) -> None:
     assert purge(settings) == 3  # the broker restarted without them
     assert sorted(recovery.redeliver_lost_jobs(settings)) == sorted(waiting)
     assert recovery.pending_messages(settings) == 3
+
+
+def enqueued_at(settings: Settings, job_id: str) -> datetime | None:
+    with session_scope(settings) as session:
+        return session.scalar(select(Job.enqueued_at).where(Job.id == job_id))
+
+
+def test_a_job_the_broker_refused_is_published_by_the_first_sweep_that_reaches_it(settings: Settings) -> None:
+    """The outbox: the API could not publish at submission (the job stays queued, `enqueued_at` NULL); a sweep
+    while the broker is still down keeps it unpublished; the first sweep that reaches it publishes it, once."""
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})  # same job store, no broker
+    job_id = add_job(settings)
+    with session_scope(settings) as session:
+        assert job_store.mark_unpublished(session, job_id, "the broker did not answer")
+    assert enqueued_at(settings, job_id) is None
+    recovery.sweep(down)
+    assert enqueued_at(settings, job_id) is None and not events(settings, job_id, EventKind.REQUEUED)
+    recovery.sweep(settings)
+    assert recovery.publish_unpublished(settings) == []
+    assert recovery.pending_messages(settings) == 1 and enqueued_at(settings, job_id) is not None
+    assert len(events(settings, job_id, EventKind.REQUEUED)) == 1
+    assert [event.message for event in events(settings, job_id, EventKind.INFO)] == ["the broker did not answer"]
+
+
+def test_a_job_taken_while_the_broker_went_down_is_published_by_the_next_sweep(settings: Settings) -> None:
+    """The broker stops between a sweep's check and its publish: the job is given back at once, not a lease later."""
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    job_id = add_job(settings)
+    with session_scope(settings) as session:
+        job_store.claim(session, job_id, "dead-worker", LEASE)
+    age(settings, job_id, heartbeat_at=timedelta(minutes=5), enqueued_at=timedelta(minutes=5))
+    age(settings, job_id, created_at=timedelta(minutes=5))
+    with pytest.raises(BrokerUnavailableError):
+        recovery.requeue_stale_jobs(down)
+    assert enqueued_at(settings, job_id) is None
+    assert recovery.requeue_stale_jobs(settings) == [job_id]
+    assert recovery.pending_messages(settings) == 1
 
 
 def test_sweep_interval_follows_the_shorter_wait() -> None:

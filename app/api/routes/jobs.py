@@ -44,7 +44,6 @@ class ArtifactName(StrEnum):
     METRICS = "metrics.json"
 
 
-BROKER_RETRY_AFTER_S = 10  # what a 503 for a down broker tells clients to wait
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)  # RFC 7240 `Prefer: wait=N`
 PREFER_POLL_S = 0.25  # how often a long-poll re-reads the job
 
@@ -180,15 +179,11 @@ def create_job(
     response.headers["Location"] = paths.job_path(job.id)
     try:
         enqueue_job(settings, job.id)
-    except Exception as exc:  # the broker is down: fail the job rather than leave it queued forever
-        job_store.fail_without_claim(session, job.id, "broker_unavailable", f"could not queue the job: {exc}")
+    except Exception as exc:  # an outbox row: the workers' recovery sweep publishes it once the broker answers
         cause = type(exc.__cause__ or exc).__name__
-        raise ApiError(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "broker_unavailable",
-            f"the job broker is not answering ({cause}); retry later",
-            headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
-        ) from exc
+        why = f"the job broker did not answer ({cause}); the job stays queued and is published when it answers again"
+        job_store.mark_unpublished(session, job.id, why)
+        session.refresh(job)
     return job_out(job)
 
 
