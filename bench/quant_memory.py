@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,7 @@ def child(
         outcome = "input returned" if details.get("input_model_returned") else "quantized"
     except Exception as exc:  # the table reports crashes instead of stopping
         outcome = f"{type(exc).__name__}: {str(exc)[:80]}"
+    shutil.rmtree(work, ignore_errors=True)  # the job folder (models, calibration cache) is not a result
     print(json.dumps({"wall_s": time.perf_counter() - start, "outcome": outcome}))
 
 
