@@ -236,19 +236,23 @@ def test_job_without_webhook_has_no_deliveries(stack: Stack, model_id: str) -> N
 def test_exactly_once_with_two_workers_on_postgres_and_redis(
     tmp_path: Any, receiver: Receiver, digits_cnn: Any
 ) -> None:
-    """Production layout: api + two workers on PostgreSQL and Redis; two duplicate task messages for each delivery
-    while it is in flight (the receiver takes 1 s), free workers to take them, and each job's `job.succeeded` is
-    still sent once, in one attempt."""
+    """Production layout: api + two workers on PostgreSQL and Redis. A job canceled while queued gets its
+    job.canceled (published by the API). Two duplicate task messages for each delivery while it is in flight (the
+    receiver takes 1 s), free workers to take them, and each job's `job.succeeded` is still sent once, in one
+    attempt."""
     schema = postgres_schema()
     production = Stack(production_env(tmp_path / "data", schema, **FAST, **WEBHOOK_ENV), tmp_path)
     try:
         production.migrate()
         production.start_api("api")
-        production.start_worker()
-        production.start_worker()
         settings = stack_settings(production)
         with production.client() as client:
             model = upload(client, "/v1/models", digits_cnn.path)["id"]
+            # no worker yet: this job is canceled while queued, by the API, which publishes its job.canceled
+            canceled = submit(client, job_body(model, {"url": receiver.url + "/ok", "events": ["job.canceled"]}))
+            assert client.post(f"/v1/jobs/{canceled['id']}/cancel").json()["status"] == JobStatus.CANCELED
+            production.start_worker()
+            production.start_worker()
             jobs = [submit(client, job_body(model, {"url": receiver.url + "/slow"})) for _ in range(3)]
             for job in jobs:
                 assert poll(client, job["id"], timeout=120)["status"] == JobStatus.SUCCEEDED
@@ -259,6 +263,11 @@ def test_exactly_once_with_two_workers_on_postgres_and_redis(
         for job in jobs:
             (delivery,) = wait_until(lambda job=job: settled(production, job["id"], 1), 30, "the delivery")
             assert delivery["status"] == "succeeded" and len(delivery["attempts"]) == 1
+        (canceled_delivery,) = wait_until(lambda: settled(production, canceled["id"], 1), 30, "job.canceled")
+        assert canceled_delivery["status"] == "succeeded" and canceled_delivery["event"] == "job.canceled"
+        (sent_cancel,) = [p for p in receiver.verified("/ok") if p["data"]["id"] == canceled["id"]]
+        assert sent_cancel["type"] == "job.canceled" and sent_cancel["data"]["status"] == "canceled"
+        assert sent_cancel["data"]["metrics"] is None and sent_cancel["data"]["started_at"] is None
         time.sleep(3)  # the duplicate messages have been consumed
         sent = [p for p in receiver.verified("/slow") if p["data"]["id"] in {job["id"] for job in jobs}]
         assert sorted(p["data"]["id"] for p in sent) == sorted(job["id"] for job in jobs)
