@@ -6,7 +6,7 @@ import logging
 
 from celery import Task
 
-from service.queue import RUN_JOB
+from service.queue import RUN_JOB, job_queue
 from service.settings import get_settings
 from workers.celery_app import app
 from workers.job_runner import Outcome
@@ -22,5 +22,6 @@ def run_job(self: Task, job_id: str) -> str:
     outcome = run_job_now(job_id, settings)
     if outcome == Outcome.BUSY:
         log.info("job %s is running elsewhere; checking again in %s s", job_id, settings.job_lease_seconds)
-        raise self.retry(countdown=settings.job_lease_seconds)
+        # the queue named explicitly: the embedded SQLite broker drops a retry routed by exchange name alone
+        raise self.retry(countdown=settings.job_lease_seconds, queue=job_queue(settings))
     return outcome
