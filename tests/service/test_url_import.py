@@ -273,6 +273,7 @@ def test_openapi_documents_both_request_bodies(client: TestClient) -> None:
         assert content["application/json"]["schema"]["required"] == ["url"]
 
 
+@pytest.mark.slow
 def test_python_client_imports_by_url(tmp_path: Path, served: tuple[str, Path]) -> None:
     """Against a real `onnx-compress api` process."""
     base, _ = served
