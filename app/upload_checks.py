@@ -6,7 +6,7 @@ naming it, rather than failing later in a worker with MemoryError).
 Datasets: numeric arrays only; the unpacked size, read from the .npy headers, within
 MAX_DATASET_UNCOMPRESSED_BYTES (a zip bomb is refused before anything is unpacked); every array's data streamed
 once in bounded chunks, so a truncated member, NaN or infinity is refused at upload; `labels` of rank 1 (or
-[n, 1]) holding class indices in [0, MAX_LABEL_VALUE] (or finite numbers).
+[n, 1]) holding integer class indices in [0, MAX_LABEL_VALUE] (float labels would give no accuracy: refused).
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ def check_dataset(path: Path, settings: Settings) -> tuple[dict[str, dict[str, o
     with zipfile.ZipFile(path) as archive:
         for name, info in arrays.items():
             _scan_member(archive, name, info, settings)
+    if LABELS in arrays and np.dtype(str(arrays[LABELS]["dtype"])).kind == "f":  # accuracy needs class indices
+        raise DatasetMismatchError(
+            f"'{LABELS}' has dtype {arrays[LABELS]['dtype']}: give integer class indices, one per sample "
+            f"(e.g. labels.astype(np.int64))"
+        )
     return arrays, n_samples
 
 

@@ -365,15 +365,40 @@ class DatasetBundle:
 
     @classmethod
     def load(
-        cls, paths: dict[str, Path | None], inputs: list[TensorSpec], scratch: Path | None = None
+        cls,
+        paths: dict[str, Path | None],
+        inputs: list[TensorSpec],
+        scratch: Path | None = None,
+        outputs: list[TensorSpec] | None = None,
     ) -> DatasetBundle:
-        """Each role's dataset, memory-mapped when a `scratch` directory is given (see the module's docstring)."""
+        """Each role's dataset, memory-mapped when a `scratch` directory is given (see the module's docstring);
+        with `outputs`, integer labels are checked against the classes the outputs score."""
         loaded: dict[str, Dataset | None] = {}
         for role in ("calibration", "train", "eval"):
             path = paths.get(role)
             try:
                 where = scratch / role if scratch is not None else None
                 loaded[role] = Dataset.from_npz(path, inputs, where) if path else None
+                if loaded[role] is not None and outputs is not None:
+                    check_labels_fit(loaded[role], outputs)
             except DatasetMismatchError as exc:
                 raise DatasetMismatchError(f"{role} dataset: {exc.message}") from exc
         return cls(**loaded)
+
+
+def check_labels_fit(dataset: Dataset, outputs: list[TensorSpec]) -> None:
+    """Integer labels index a class some output scores: when every output declares a fixed last dimension and the
+    largest label is past all of them, accuracy would silently be 0, so the dataset is refused saying so."""
+    labels = dataset.labels
+    if labels is None or labels.size == 0 or labels.dtype.kind not in "iu":
+        return
+    classes = [spec.shape[-1] for spec in outputs if spec.shape and isinstance(spec.shape[-1], int)]
+    if not classes or len(classes) < len(outputs) or any(c <= 0 for c in classes):
+        return  # a symbolic or unknown class count: nothing to check against
+    high = int(labels.max())
+    if high >= max(classes):
+        scored = ", ".join(f"'{spec.name}' {spec.shape}" for spec in outputs)
+        raise DatasetMismatchError(
+            f"'{LABELS}' hold class index {high}, but the model's outputs ({scored}) score at most {max(classes)} "
+            f"classes: labels must be class indices from 0 to {max(classes) - 1}"
+        )

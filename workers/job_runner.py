@@ -139,7 +139,8 @@ def _execute(job_id: str, settings: Settings, sink: JobProgressSink, work_dir: P
     model_path = store.fetch(model_storage_key, inputs_dir / "model.onnx")
     paths = {role: store.fetch(key, inputs_dir / f"{role}.npz") for role, key in dataset_keys.items()}
     # memory-mapped (compressed members unpacked to the job's directory): memory follows the engine's sample caps
-    datasets = DatasetBundle.load(paths, inspect_model(model_path).inputs, scratch=inputs_dir / "datasets")
+    info = inspect_model(model_path)
+    datasets = DatasetBundle.load(paths, info.inputs, scratch=inputs_dir / "datasets", outputs=info.outputs)
     sink.check_canceled()
     result = run_pipeline(
         model_path,

@@ -20,7 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from compression.datasets import Dataset, open_npz
+from compression.datasets import Dataset, DatasetBundle, open_npz
+from compression.errors import DatasetMismatchError
 from compression.model_info import TensorSpec
 from service.settings import Settings
 
@@ -119,3 +120,16 @@ def test_memory_mapped_arrays_equal_loaded_ones(tmp_path: Path, save) -> None:
     assert np.array_equal(dataset.arrays["input"], arrays["input"].astype(np.float32))
     assert isinstance(dataset.arrays["input"].base, np.memmap)  # cast on disk, not in memory
     dataset.arrays["input"][0] = 0  # copy-on-write: a pass may write into its data
+
+
+def test_labels_past_every_output_class_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, input=np.zeros((4, 1, 8, 8), np.float32), labels=np.array([0, 3, 12, 1]))
+    inputs = [TensorSpec(name="input", shape=["n", 1, 8, 8], dtype="float32")]
+    logits = [TensorSpec(name="logits", shape=["n", 10], dtype="float32")]
+    with pytest.raises(DatasetMismatchError, match="class index 12.*at most 10 classes"):
+        DatasetBundle.load({"eval": path}, inputs, tmp_path / "s", outputs=logits)
+    wide = [TensorSpec(name="logits", shape=["n", 16], dtype="float32")]
+    assert DatasetBundle.load({"eval": path}, inputs, tmp_path / "s2", outputs=wide).eval is not None
+    unknown = [TensorSpec(name="logits", shape=["n", "classes"], dtype="float32")]  # cannot tell: accepted
+    assert DatasetBundle.load({"eval": path}, inputs, tmp_path / "s3", outputs=unknown).eval is not None

@@ -284,6 +284,9 @@ def dataset_corpus() -> dict[str, bytes]:
         "labels_huge": _npz(input=good, labels=np.full(8, 2**40, np.int64)),
         "labels_nan": _npz(input=good, labels=np.full(8, np.nan, np.float32)),
         "labels_text": _npz(input=good, labels=np.array(["cat"] * 8)),
+        "labels_float": _npz(input=good, labels=np.zeros(8, np.float32)),
+        # accepted at upload and submission; the job fails saying so (the digits CNN scores 10 classes)
+        "labels_past_classes": _npz(input=good, labels=np.full(8, 57, np.int64)),
         "ragged": _npz(input=good, labels=np.zeros(5, np.int64)),
         "no_samples": _npz(input=np.zeros((0, 1, 8, 8), np.float32)),
         "over_limit": _zip({"input.npy": rng.bytes(MAX_DATASET_BYTES + 10)}),
@@ -458,6 +461,7 @@ def test_malformed_datasets(client: TestClient, settings: Settings, tmp_path: Pa
     assert _tree(tmp_path, settings.data_dir) == before
     assert _cwd_files() == cwd_before
     _check_work_clean(settings)
+    assert outcomes.pop("labels_past_classes") == "job failed dataset_mismatch"
     assert all(outcome[0] == "4" or outcome.startswith("job 4") for outcome in outcomes.values()), outcomes
 
 
