@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import typing
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import anyio
+import certifi
 import httpcore
 import httpx
 
@@ -199,10 +201,20 @@ class _AsyncGuardedBackend(httpcore.AnyIOBackend):
         raise last or httpcore.ConnectError(f"could not connect to {host}:{port}")
 
 
+def tls_verify(settings: Settings) -> bool | ssl.SSLContext:
+    """What outbound HTTPS trusts: the default CA bundle, plus `OUTBOUND_CA_BUNDLE` (a private CA) when set."""
+    if settings.outbound_ca_bundle is None:
+        return True
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.load_verify_locations(cafile=str(settings.outbound_ca_bundle))
+    return context
+
+
 class GuardedTransport(httpx.HTTPTransport):
     """httpx transport whose connections go only to addresses `checked_addresses` allowed."""
 
     def __init__(self, settings: Settings, **kwargs: typing.Any) -> None:
+        kwargs.setdefault("verify", tls_verify(settings))
         super().__init__(**kwargs)
         self._pool._network_backend = _GuardedBackend(settings)  # type: ignore[union-attr]
 
@@ -211,6 +223,7 @@ class AsyncGuardedTransport(httpx.AsyncHTTPTransport):
     """Async httpx transport whose connections go only to addresses `checked_addresses` allowed."""
 
     def __init__(self, settings: Settings, **kwargs: typing.Any) -> None:
+        kwargs.setdefault("verify", tls_verify(settings))
         super().__init__(**kwargs)
         self._pool._network_backend = _AsyncGuardedBackend(settings)  # type: ignore[union-attr]
 

@@ -92,6 +92,11 @@ class Settings(BaseSettings, EngineSettings):
         "to (webhooks, URL imports) although they are loopback, private, link-local or otherwise non-public",
     )
     outbound_allow_http: bool = Field(False, description="allow plain http:// outbound URLs (default: https only)")
+    outbound_ca_bundle: Path | None = Field(
+        None,
+        description="PEM file of extra CA certificates outbound HTTPS (webhooks, URL imports) trusts besides the "
+        "default bundle, e.g. an internal model registry's private CA",
+    )
     webhook_secret: str | None = Field(
         None,
         repr=False,

@@ -5,6 +5,8 @@ checks; every failure a 4xx problem that says what to fix, and no temp file left
 from __future__ import annotations
 
 import hashlib
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -74,6 +76,29 @@ def served(tmp_path_factory: pytest.TempPathFactory, digits_cnn) -> Iterator[tup
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def tls_served(tmp_path_factory: pytest.TempPathFactory, served: tuple[str, Path]) -> Iterator[tuple[str, Path]]:
+    """The same files over HTTPS, with a self-signed certificate for 127.0.0.1 (returned as the CA to trust)."""
+    _, root = served
+    certs = tmp_path_factory.mktemp("tls")
+    cert, key = certs / "cert.pem", certs / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
+        + ["-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), lambda *args: Files(*args, directory=str(root)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert
     server.shutdown()
     server.server_close()
 
@@ -156,6 +181,21 @@ def test_model_and_dataset_from_http(client: TestClient, served: tuple[str, Path
         },
     )
     assert job.status_code == 202, job.text
+    assert_no_temp_files(settings)
+
+
+def test_model_from_https_with_a_private_ca(tmp_path: Path, tls_served: tuple[str, Path]) -> None:
+    base, ca = tls_served
+    settings = make_settings(tmp_path, outbound_allow_http=False, outbound_ca_bundle=ca)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        response = client.post("/v1/models", json={"url": f"{base}/digits.onnx"})
+        assert response.status_code == 201, response.text
+        assert response.json()["filename"] == "digits.onnx"
+    # without the CA the certificate is not trusted: unreachable, saying why
+    settings = make_settings(tmp_path, outbound_allow_http=False)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        body = assert_problem(client.post("/v1/models", json={"url": f"{base}/digits.onnx"}), 422, "url_unreachable")
+        assert "certificate" in body["detail"].lower()
     assert_no_temp_files(settings)
 
 
