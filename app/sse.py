@@ -5,13 +5,16 @@ Each event is sent as `id: <event id>` (the cursor: `after` and `Last-Event-ID` 
 EventSource reconnecting) or else `after`, sends what is new every SSE_POLL_SECONDS, a comment line when idle for
 SSE_HEARTBEAT_SECONDS (keeps proxies from closing it), and ends once the job's terminal event was sent, when the
 job is deleted, or after SSE_MAX_STREAM_SECONDS (clients reconnect with Last-Event-ID). A request for a job that
-has ended with nothing after the cursor gets 204, which tells an EventSource to stop reconnecting.
+has ended with nothing after the cursor gets 204, which tells an EventSource to stop reconnecting. One api process
+serves at most SSE_MAX_STREAMS streams at once; one more is a 503 with Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +22,7 @@ from fastapi import status
 from fastapi.sse import format_sse_event
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
 
 from app.errors import ApiError
 from app.job_views import event_out
@@ -32,6 +36,7 @@ RECONNECT_MS = 2000  # `retry:` sent first: how long an EventSource waits before
 MAX_EVENT_ID = 2**62
 BATCH = 500  # events read per poll at most (a long backlog is sent over several polls)
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
+BUSY_RETRY_AFTER_S = 5
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -74,6 +79,44 @@ def start_after(after: int, last_event_id: str | None) -> int:
     return int(text)
 
 
+class Slot:
+    """One stream's place among the process's SSE_MAX_STREAMS; released once, by the stream's end or, for a stream
+    that never started (the client left first), when its generator is collected."""
+
+    def __init__(self, slots: StreamSlots) -> None:
+        self._slots, self._held = slots, True
+
+    def release(self) -> None:
+        with self._slots.lock:
+            if self._held:
+                self._held = False
+                self._slots.open -= 1
+
+
+class StreamSlots:
+    """How many streams this process serves now, bounded by SSE_MAX_STREAMS."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open = 0
+
+    def take(self, limit: int) -> Slot:
+        with self.lock:
+            if self.open >= limit:
+                raise ApiError(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    "too_many_streams",
+                    f"this server already serves {limit} event streams (setting SSE_MAX_STREAMS); retry later, "
+                    "or read the events as JSON (without Accept: text/event-stream)",
+                    headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+                )
+            self.open += 1
+        return Slot(self)
+
+
+SLOTS = StreamSlots()
+
+
 def _read(settings: Settings, job_id: str, after: int) -> tuple[JobStatus | None, list[bytes], int]:
     """(the job's status, new events encoded, the last event id): the status is read first, so when it is terminal
     the events read after it include the terminal one (committed together)."""
@@ -93,8 +136,25 @@ def has_more(settings: Settings, job_id: str, after: int) -> bool:
     return bool(events) or (job_status is not None and not job_status.terminal)
 
 
-async def job_event_stream(settings: Settings, job_id: str, after: int) -> AsyncIterator[bytes]:
-    """The stream's bytes: events as they are recorded, heartbeats while idle, until the job has ended."""
+def event_stream_response(settings: Settings, job_id: str, after: int) -> StreamingResponse:
+    """The streaming answer; takes one of the process's stream slots for as long as it lasts (503 when none is
+    free)."""
+    slot = SLOTS.take(settings.sse_max_streams)
+    stream = _stream(settings, job_id, after, slot)
+    weakref.finalize(stream, slot.release)
+    return StreamingResponse(stream, media_type=MEDIA_TYPE, headers=HEADERS)
+
+
+async def _stream(settings: Settings, job_id: str, after: int, slot: Slot) -> AsyncIterator[bytes]:
+    """Events as they are recorded, heartbeats while idle, until the job has ended (or the stream's time is up)."""
+    try:
+        async for chunk in _events(settings, job_id, after):
+            yield chunk
+    finally:
+        slot.release()
+
+
+async def _events(settings: Settings, job_id: str, after: int) -> AsyncIterator[bytes]:
     started = last_sent = time.monotonic()
     yield format_sse_event(retry=RECONNECT_MS, comment=f"events of job {job_id}")
     while True:

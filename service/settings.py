@@ -145,6 +145,9 @@ class Settings(BaseSettings, EngineSettings):
     )
     sse_heartbeat_seconds: float = Field(15, gt=0, description="idle event streams send a comment this often")
     sse_poll_seconds: float = Field(0.5, gt=0, description="how often an event stream reads new events")
+    sse_max_streams: int = Field(
+        200, ge=1, description="event streams one api process serves at once; more are answered 503 with Retry-After"
+    )
 
     worker_concurrency: int = Field(1, ge=1, description="jobs one worker runs at once (they are CPU-bound)")
     job_soft_time_limit: int = Field(3600, ge=1, description="seconds before a job is asked to stop (fails)")

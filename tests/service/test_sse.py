@@ -78,8 +78,8 @@ def submit(http: httpx.Client, model_path: Any) -> dict[str, Any]:
 
 def test_stream_length_is_bounded_and_idle_streams_beat(stack: Stack, digits_cnn) -> None:
     """A job that stays queued (no worker yet): its stream sends the queued event, heartbeats, and ends after
-    SSE_MAX_STREAM_SECONDS (an api of its own with 2 s)."""
-    env = {**stack.env, "SSE_MAX_STREAM_SECONDS": "2"}
+    SSE_MAX_STREAM_SECONDS (an api of its own with 2 s and SSE_MAX_STREAMS=1: a second stream meanwhile is a 503)."""
+    env = {**stack.env, "SSE_MAX_STREAM_SECONDS": "2", "SSE_MAX_STREAMS": "1"}
     short = ServiceProcess("api", env, stack.root / "api-short.log", port=free_port())
     stack.processes.append(short.start())
     short.wait_http_ready()
@@ -89,8 +89,14 @@ def test_stream_length_is_bounded_and_idle_streams_beat(stack: Stack, digits_cnn
         with http.stream("GET", f"/v1/jobs/{job['id']}/events", headers=SSE) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
-            got = list(messages(response))
+            stream = messages(response)
+            got = [next(stream)]
+            busy = http.get(f"/v1/jobs/{job['id']}/events", headers=SSE)
+            got += list(stream)
         elapsed = time.monotonic() - started
+        assert busy.status_code == 503 and busy.json()["code"] == "too_many_streams" and "Retry-After" in busy.headers
+        with http.stream("GET", f"/v1/jobs/{job['id']}/events", headers=SSE) as again:  # the slot was given back
+            assert again.status_code == 200 and next(messages(again)).comment is not None
         assert http.delete(f"/v1/jobs/{job['id']}").status_code == 204  # no queued job left for the worker
     events = [m for m in got if m.comment is None and m.data]
     assert [m.event for m in events] == ["queued"]

@@ -261,7 +261,7 @@ def get_job(
     "/{job_id}/events",
     response_model=list[JobEventOut],
     operation_id="list_job_events",
-    responses={**sse.RESPONSES, **problem_responses(404, 422)},
+    responses={**sse.RESPONSES, **problem_responses(404, 422, 503)},
 )
 def get_events(
     job_id: JobIdPath,
@@ -282,8 +282,7 @@ def get_events(
         session.close()  # the stream reads with sessions of its own; this one is not held while it lasts
         if not sse.has_more(settings, job_id, start):
             return Response(status_code=status.HTTP_204_NO_CONTENT)
-        stream = sse.job_event_stream(settings, job_id, start)
-        return StreamingResponse(stream, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+        return sse.event_stream_response(settings, job_id, start)
     query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id)
     return [event_out(event) for event in session.scalars(query)]
 
