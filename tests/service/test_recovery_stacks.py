@@ -106,13 +106,17 @@ def start_worker_nowait(stack: Stack, **env: str) -> ServiceProcess:
     return worker
 
 
-def kill_workers_mid_job(stack: Stack, model_id: str, kills: int) -> list[float]:
+def start_rescuer(stack: Stack) -> ServiceProcess:
+    """A worker with a short lease and redelivery time, on a queue of its own: its sweep requeues dead workers'
+    jobs and lost messages there, so fresh submissions on the stack's queue reach only the victims."""
+    return start_worker_nowait(stack, **RESCUER, QUEUE_NAME=f"{stack.env['QUEUE_NAME']}-rescue")
+
+
+def kill_workers_mid_job(stack: Stack, model_id: str, kills: int, rescuer: ServiceProcess) -> list[float]:
     """SIGKILL a worker (its whole process group) mid-job, `kills` times; each job must end succeeded once.
 
-    The rescuer runs all along on a queue of its own: its sweep requeues a dead worker's job there, so fresh
-    submissions reach only the victim, and the next victim boots while the rescuer finishes the job.
+    The rescuer (`start_rescuer`) runs all along, and the next victim boots while the rescuer finishes the job.
     Returns the seconds from each kill to the job's success."""
-    rescuer = start_worker_nowait(stack, **RESCUER, QUEUE_NAME=f"{stack.env['QUEUE_NAME']}-rescue")
     victim = start_worker_nowait(stack, **VICTIM)
     rescuer.wait_worker_ready(timeout=READY_TIMEOUT_S)
     recoveries = []
@@ -126,7 +130,7 @@ def kill_workers_mid_job(stack: Stack, model_id: str, kills: int) -> list[float]
                 victim.kill()
                 killed_at = time.monotonic()
                 assert client.get(f"/v1/jobs/{job_id}").json()["status"] == JobStatus.RUNNING  # killed mid-job
-                if kill + 1 < kills:  # the next victim boots while the rescuer finishes the job
+                if kill + 1 < kills:
                     victim = start_worker_nowait(stack, **VICTIM)
                 kinds = assert_succeeded_once(client, job_id)
                 recoveries.append(round(time.monotonic() - killed_at, 1))
@@ -134,7 +138,6 @@ def kill_workers_mid_job(stack: Stack, model_id: str, kills: int) -> list[float]
                 assert job["attempt"] == 2 and kinds.count(EventKind.STARTED) == 2 and EventKind.REQUEUED in kinds
     finally:
         victim.stop()
-        rescuer.stop()
     return recoveries
 
 
@@ -149,14 +152,24 @@ def embedded_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack
 
 
 @pytest.fixture(scope="module")
+def embedded_rescuer(embedded_backend: Stack) -> Iterator[ServiceProcess]:
+    """One rescuer for the module's embedded tests (they never run a job on its queue at the same time)."""
+    rescuer = start_rescuer(embedded_backend)
+    yield rescuer
+    rescuer.stop()
+
+
+@pytest.fixture(scope="module")
 def embedded_model(embedded_backend: Stack, digits_cnn) -> str:
     with embedded_backend.client() as client:
         return upload(client, "/v1/models", digits_cnn.path)["id"]
 
 
-def test_sigkill_mid_job_embedded(embedded_backend: Stack, embedded_model: str) -> None:
+def test_sigkill_mid_job_embedded(
+    embedded_backend: Stack, embedded_model: str, embedded_rescuer: ServiceProcess
+) -> None:
     """Finding 1: on SQLite a killed worker's job stayed `running` forever."""
-    recoveries = kill_workers_mid_job(embedded_backend, embedded_model, KILLS)
+    recoveries = kill_workers_mid_job(embedded_backend, embedded_model, KILLS, embedded_rescuer)
     print(f"embedded: {len(recoveries)}/{KILLS} SIGKILLs recovered, seconds to success {recoveries}")
 
 
@@ -164,24 +177,28 @@ def test_sigkill_mid_job_embedded(embedded_backend: Stack, embedded_model: str) 
 def test_sigkill_mid_job_production(production_backend: Stack, digits_cnn) -> None:
     with production_backend.client() as client:
         model_id = upload(client, "/v1/models", digits_cnn.path)["id"]
-    recoveries = kill_workers_mid_job(production_backend, model_id, KILLS)
+    rescuer = start_rescuer(production_backend)
+    try:
+        recoveries = kill_workers_mid_job(production_backend, model_id, KILLS, rescuer)
+    finally:
+        rescuer.stop()
     print(f"production: {len(recoveries)}/{KILLS} SIGKILLs recovered, seconds to success {recoveries}")
 
 
-def test_job_committed_but_never_queued_runs(embedded_backend: Stack, embedded_model: str) -> None:
+def test_job_committed_but_never_queued_runs(
+    embedded_backend: Stack, embedded_model: str, embedded_rescuer: ServiceProcess
+) -> None:
     """Finding 2: the API stopped between committing a job and publishing its message (here: the messages are
-    purged from the broker after the commit); the workers' sweep queues them again."""
-    settings = Settings(data_dir=Path(embedded_backend.env["DATA_DIR"]))
+    purged from the broker after the commit; no worker consumes the API's queue); the rescuer's sweep queues
+    them again (on its own queue) and they run."""
+    settings = Settings(data_dir=Path(embedded_backend.env["DATA_DIR"]), queue_name=embedded_backend.env["QUEUE_NAME"])
     with embedded_backend.client() as client:
         job_ids = [submit_job(client, embedded_model) for _ in range(2)]
         with broker_connection(settings) as connection:
             assert connection.default_channel.queue_purge(settings.queue_name) == 2
-        worker = embedded_backend.start_worker(**RESCUER)
-        try:
-            for kinds in assert_all_succeeded_once(client, job_ids).values():
-                assert EventKind.REQUEUED in kinds
-        finally:
-            worker.stop()
+        embedded_rescuer.wait_worker_ready(timeout=READY_TIMEOUT_S)
+        for kinds in assert_all_succeeded_once(client, job_ids).values():
+            assert EventKind.REQUEUED in kinds
 
 
 class PrivateRedis:
