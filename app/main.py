@@ -14,6 +14,7 @@ from app.api.routes import datasets, health, jobs, models, report, webhooks
 from app.body_limit import BodyLimitMiddleware
 from app.console import router as console_router
 from app.errors import install_error_handlers, problem_responses
+from app.observability.setup import install_observability
 from app.public_urls import PublicBaseUrlMiddleware
 from service.schema import prepare_schema
 from service.settings import Settings, get_settings
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     uploads = frozenset({paths.MODELS, paths.DATASETS})  # multipart: their own limits while streaming to disk
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_json_body_bytes, exempt_posts=uploads)
     app.add_middleware(PublicBaseUrlMiddleware, public_base_url=settings.public_base_url)  # absolute `urls`
+    install_observability(app, settings)  # outermost: request ids, access log, HTTP metrics; GET /metrics
     app.include_router(health.router)
     app.include_router(console_router)  # the web console at / (static; its API calls carry the key)
     authed = [Depends(require_api_key)]

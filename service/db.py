@@ -7,9 +7,11 @@ on the job's side never delays a lease renewal, and a renewal that hangs gives u
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -45,6 +47,9 @@ def _postgres_timeouts(timeout_s: float) -> Any:
 
 
 _engines: dict[tuple[str, float | None], Engine] = {}
+# per settings (database_url, data_dir, quick timeout, and the working directory a relative data_dir is read
+# from): the engine, so a request does not resolve the SQLite path and create its folder again
+_settings_engines: dict[tuple[str | None, Path, float | None, str | None], Engine] = {}
 
 
 def engine_for(url: str, quick_timeout_s: float | None = None) -> Engine:
@@ -76,22 +81,26 @@ def forget_inherited_connections() -> None:
 
 
 def get_engine(settings: Settings, quick_timeout_s: float | None = None) -> Engine:
-    if settings.resolved_database_url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return engine_for(settings.resolved_database_url, quick_timeout_s)
+    relative_to = None if settings.data_dir.is_absolute() else os.getcwd()
+    key = (settings.database_url, settings.data_dir, quick_timeout_s, relative_to)
+    engine = _settings_engines.get(key)
+    if engine is None:
+        if settings.resolved_database_url.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = _settings_engines[key] = engine_for(settings.resolved_database_url, quick_timeout_s)
+    return engine
 
 
 @lru_cache
-def _session_factory(url: str, quick_timeout_s: float | None) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine_for(url, quick_timeout_s), expire_on_commit=False)
+def _session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
 
 
 @contextmanager
 def session_scope(settings: Settings, quick_timeout_s: float | None = None) -> Iterator[Session]:
     """A session that commits on success and rolls back on error (workers use it); `quick_timeout_s` as in
     `engine_for`."""
-    get_engine(settings, quick_timeout_s)
-    session = _session_factory(settings.resolved_database_url, quick_timeout_s)()
+    session = _session_factory(get_engine(settings, quick_timeout_s))()
     try:
         yield session
         session.commit()

@@ -170,6 +170,27 @@ class Settings(BaseSettings, EngineSettings):
 
     host: str = Field("127.0.0.1", description="address `onnx-compress api|serve` binds")
     port: int = Field(8000, description="port `onnx-compress api|serve` listens on")
+    job_read_cache_mb: int = Field(
+        16,
+        ge=0,
+        description="GET /v1/jobs/{id} keeps each job's rendered answer (per api process, at most this many MB) and "
+        "reuses it while the job's change markers are unchanged; 0 renders every read",
+    )
+
+    log_format: Literal["json", "text"] = Field(
+        "json", description="api and worker logs: one JSON object per line, or plain text lines"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="the lowest level logged")
+    metrics_enabled: bool = Field(True, description="serve Prometheus metrics at GET /metrics (counts only)")
+    metrics_token: str | None = Field(
+        None, repr=False, description="when set, GET /metrics needs `Authorization: Bearer <this token>`"
+    )
+    metrics_db_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="/metrics reads job counts, step durations and heartbeats from the database (and the queue "
+        "length from the broker) at most this often; scrapes in between get the last figures",
+    )
     public_base_url: str | None = Field(
         None,
         description="the API's public URL (e.g. `https://compress.example.com`, with the proxy's path prefix if any) "

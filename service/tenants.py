@@ -19,7 +19,7 @@ import secrets
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, exists, select, true
+from sqlalchemy import ColumnElement, Connection, bindparam, exists, select, true
 from sqlalchemy.orm import Session
 
 from service.orm import DEFAULT_TENANT, ApiKey, DatasetRecord, Job, ModelRecord, Tenant, utcnow
@@ -78,13 +78,20 @@ def _match(given_hash: str, keys: list[str]) -> str | None:
     return found
 
 
-def auth_enabled(session: Session, settings: Settings) -> bool:
+# built once: every request runs them (SQLAlchemy's compiled cache is keyed on the statement object)
+_ANY_KEY = select(exists().select_from(ApiKey))
+_LIVE_KEY = select(ApiKey.key_hash, ApiKey.tenant_id).where(
+    ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)
+)
+
+
+def auth_enabled(session: Session | Connection, settings: Settings) -> bool:
     """Auth is on once any key exists: in the settings, or ever created in the database (a revoked last key
     does not turn auth off)."""
-    return bool(settings.api_keys or settings.admin_api_keys or session.scalar(select(exists().select_from(ApiKey))))
+    return bool(settings.api_keys or settings.admin_api_keys or session.scalar(_ANY_KEY))
 
 
-def resolve(session: Session, settings: Settings, token: bytes | None) -> Principal | None:
+def resolve(session: Session | Connection, settings: Settings, token: bytes | None) -> Principal | None:
     """The principal a token stands for; None for a missing, wrong or revoked key. With no key configured
     anywhere, everyone is `AUTH_OFF`."""
     if not auth_enabled(session, settings):
@@ -96,7 +103,7 @@ def resolve(session: Session, settings: Settings, token: bytes | None) -> Princi
         return Principal(tenant_id=settings_tenant_id(admin), is_admin=True)
     if (listed := _match(given, settings.api_keys)) is not None:
         return Principal(tenant_id=settings_tenant_id(listed))
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == given, ApiKey.revoked_at.is_(None)))
+    row = session.execute(_LIVE_KEY, {"key_hash": given}).first()
     if row is None or not secrets.compare_digest(row.key_hash, given):
         return None
     return Principal(tenant_id=row.tenant_id)

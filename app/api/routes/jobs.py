@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 import time
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 
-from app import sse
+from app import job_read_cache, sse
 from app.api import paths
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from app.deletes import service_unavailable
 from app.errors import ApiError, problem_responses
+from app.job_read_cache import Rendered, RenderedJobs
 from app.job_views import event_out, job_out
 from app.pagination import fetch_page
 from app.public_urls import absolute_url
@@ -26,12 +29,14 @@ from app.schemas import RESOURCE_ID, JobCreate, JobEventOut, JobOut, JobPage
 from compression.datasets import check_compatible
 from compression.errors import DatasetMismatchError
 from compression.model_info import ModelInfo
-from service import job_store, lifecycle
+from service import job_reads, job_store, lifecycle
 from service.artifacts import job_artifact_key
+from service.db import get_engine
 from service.job_store import CancelOutcome
 from service.orm import DatasetRecord, Job, JobEvent, ModelRecord, new_id
 from service.outbound import OutboundURLRefusedError
 from service.queue import enqueue_job
+from service.settings import Settings
 from service.status import EventKind, JobStatus, StepState
 from service.tenants import Principal, get_owned
 from service.webhooks import WebhooksDisabledError, job_webhook, publish_for_job
@@ -231,30 +236,56 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, operation_id="get_job", responses=problem_responses(404, 422))
-def get_job(
+async def get_job(
     job_id: JobIdPath,
-    session: SessionDep,
+    request: Request,
     settings: SettingsDep,
     principal: PrincipalDep,
-    response: Response,
     prefer: Annotated[
         str | None, Header(max_length=255, description="`wait=N`: answer once the job ended or N seconds passed")
     ] = None,
-) -> JobOut:
+) -> Response:
     """The job. With `Prefer: wait=N` the answer comes when the job is terminal or after N seconds (at most
-    the MAX_PREFER_WAIT_SECONDS setting), and `Preference-Applied: wait=N` says the wait that was applied."""
-    job = _get_job(session, job_id, principal)
+    the MAX_PREFER_WAIT_SECONDS setting), and `Preference-Applied: wait=N` says the wait that was applied.
+
+    Status reads are polled by every waiting client, so they are kept cheap: one thread hop reads the job's change
+    markers with a prebuilt statement (service/job_reads.py) and answers with the rendering made at the same markers
+    (app/job_read_cache.py), or reads and renders it (no second validation by FastAPI); a long-poll waits on the
+    event loop, holding no thread."""
+    rendered = job_read_cache.for_app(request.app, settings)
+    terminal, body = await run_in_threadpool(_job_json, settings, job_id, principal, rendered)
     match = PREFER_WAIT.search(prefer or "")
     if match is None or settings.max_prefer_wait_seconds == 0:
-        return job_out(job)
+        return Response(body, media_type="application/json")
     wait_s = min(int(match.group(1)[:6]), settings.max_prefer_wait_seconds)
-    response.headers["Preference-Applied"] = f"wait={wait_s}"
     deadline = time.monotonic() + wait_s
-    while not JobStatus(job.status).terminal and time.monotonic() < deadline:
-        time.sleep(min(PREFER_POLL_S, max(deadline - time.monotonic(), 0)))
-        session.rollback()  # end the read transaction (returns the connection) so the next read sees new commits
-        job = _get_job(session, job_id, principal)
-    return job_out(job)
+    while not terminal and time.monotonic() < deadline:
+        await asyncio.sleep(min(PREFER_POLL_S, max(deadline - time.monotonic(), 0)))
+        terminal, body = await run_in_threadpool(_job_json, settings, job_id, principal, rendered)
+    return Response(body, media_type="application/json", headers={"Preference-Applied": f"wait={wait_s}"})
+
+
+def _job_json(
+    settings: Settings, job_id: str, principal: Principal, rendered: RenderedJobs | None
+) -> tuple[bool, bytes]:
+    """(whether the job has ended, its JobOut as JSON); another tenant's job is not found."""
+    key = (job_id, absolute_url(""))
+    with get_engine(settings).connect() as connection:
+        if rendered is not None:
+            head = job_reads.read_version(connection, job_id)
+            if head is None or not principal.can_see(head[0]):
+                raise _not_found(job_id)
+            hit = rendered.get(key, head[1])
+            if hit is not None:
+                return hit.terminal, hit.body
+        row = job_reads.read_job(connection, job_id)
+    if row is None or not principal.can_see(row.owner_id):
+        raise _not_found(job_id)
+    job = job_out(cast(Job, row))  # a row of the jobs table has the attributes job_out reads
+    entry = Rendered(job_reads.version_of(row), job.status.terminal, job.model_dump_json().encode())
+    if rendered is not None:
+        rendered.put(key, entry)
+    return entry.terminal, entry.body
 
 
 @router.get(
