@@ -85,6 +85,9 @@ def run_job(job_id: str, settings: Settings) -> Outcome:
         return _finish(settings, job_id, attempt, sink, JobStatus.FAILED, error=(exc.code, exc.message))
     except SoftTimeLimitExceeded:
         return _finish(settings, job_id, attempt, sink, JobStatus.FAILED, error=_time_limit(settings))
+    except MemoryError as exc:  # numpy names the allocation: its shape and size say what is too large
+        log.warning("job %s ran out of memory: %s", job_id, exc)
+        return _finish(settings, job_id, attempt, sink, JobStatus.FAILED, error=_out_of_memory(exc))
     except Exception as exc:
         log.exception("job %s failed with an internal error", job_id)
         error = ("internal_error", f"{type(exc).__name__}: {exc}"[:2000])
@@ -93,6 +96,16 @@ def run_job(job_id: str, settings: Settings) -> Outcome:
         shutil.rmtree(work_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # work/<job_id>/ too, unless another attempt is using it
             work_dir.parent.rmdir()
+
+
+def _out_of_memory(exc: MemoryError) -> tuple[str, str]:
+    what = str(exc).strip() or "an allocation failed"
+    return (
+        "out_of_memory",
+        f"the job ran out of memory: {what}. The model's tensors are too large for this worker at the sample "
+        "counts the settings ask for (SYNTHETIC_SAMPLES, EVAL_BATCH_SIZE, a step's calibration_samples): declare "
+        "smaller inputs, give a dataset, or lower those settings",
+    )
 
 
 def _time_limit(settings: Settings) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from onnx import TensorProto, helper
 
 from app.main import create_app
 from compression.datasets import Dataset, DatasetBundle, open_npz
@@ -39,10 +40,12 @@ def _write_npz(path: Path, n: int, seed: int) -> Path:
     return path
 
 
-def _run_job_peak_mib(job_id: str, env: dict[str, str]) -> tuple[str, float]:
-    """run_job in a fresh process: (its outcome, its peak RSS in MiB: VmHWM, which, unlike ru_maxrss, does not
-    include the parent's peak from before exec)."""
-    code = "import sys; from service.settings import Settings; from workers.job_runner import run_job; "
+def _run_job_peak_mib(job_id: str, env: dict[str, str], limit_bytes: int | None = None) -> tuple[str, float]:
+    """run_job in a fresh process (under an address-space limit if given): (its outcome, its peak RSS in MiB:
+    VmHWM, which, unlike ru_maxrss, does not include the parent's peak from before exec)."""
+    code = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({limit_bytes}, {limit_bytes})); "
+    code = code if limit_bytes else ""
+    code += "import sys; from service.settings import Settings; from workers.job_runner import run_job; "
     code += "outcome = run_job(sys.argv[1], Settings()).value; "
     code += "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]; "
     code += "print(outcome, hwm)"
@@ -133,3 +136,23 @@ def test_labels_past_every_output_class_are_refused(tmp_path: Path) -> None:
     assert DatasetBundle.load({"eval": path}, inputs, tmp_path / "s2", outputs=wide).eval is not None
     unknown = [TensorSpec(name="logits", shape=["n", "classes"], dtype="float32")]  # cannot tell: accepted
     assert DatasetBundle.load({"eval": path}, inputs, tmp_path / "s3", outputs=unknown).eval is not None
+
+
+@pytest.mark.slow
+def test_inputs_too_large_for_the_worker_fail_saying_what(tmp_path: Path) -> None:
+    """An input declared ['n', 6000, 6000] fits MAX_INPUT_SAMPLE_BYTES per sample, but not SYNTHETIC_SAMPLES of
+    them: the job fails `out_of_memory` naming the allocation, not `internal_error MemoryError`. The worker runs
+    under an 8 GiB address-space limit, so the allocation fails the same way on any machine."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6000, 6000])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6000, 6000])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data"))) as client:
+        response = client.post("/v1/models", files={"file": ("big.onnx", model.SerializeToString())})
+        assert response.status_code == 201, response.text
+        body = {"model_id": response.json()["id"], "steps": [{"type": "quantize", "mode": "dynamic"}]}
+        job_id = client.post("/v1/jobs", json=body).json()["id"]
+        outcome, _ = _run_job_peak_mib(job_id, {"DATA_DIR": str(tmp_path / "data"), **FAST}, limit_bytes=8 << 30)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+    assert outcome == "failed" and job["error"]["code"] == "out_of_memory", job["error"]
+    assert "6000" in job["error"]["message"] and "SYNTHETIC_SAMPLES" in job["error"]["message"]
