@@ -20,6 +20,7 @@ from tests.service.stack import (
     leftover_groups,
     postgres_schema,
     production_env,
+    services_die_with_pytest,
 )
 
 FAST = {"LATENCY_RUNS": "10", "LATENCY_WARMUP": "2"}
@@ -59,6 +60,13 @@ class Stack:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def services_stop_with_the_session() -> Iterator[None]:
+    """No service process outlives the test session, even one stopped by SIGTERM (e.g. `timeout`)."""
+    with services_die_with_pytest():
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +84,34 @@ def leftover_groups() -> dict[int, list[int]]:
     """Process groups of started services that still have live members: {group: pids}."""
     groups = {process.process.pid for process in STARTED if process.process is not None and not process.group_gone}
     return {pgid: members for pgid in sorted(groups) if (members := group_members(pgid))}
+
+
+def kill_all_started() -> None:
+    """SIGKILL every started service's group that may still have members (end of session, or pytest stopped)."""
+    for process in STARTED:
+        if process.process is not None and not process.group_gone:
+            with contextlib.suppress(RuntimeError):
+                kill_group(process.process.pid)
+            process.group_gone = True
+
+
+@contextlib.contextmanager
+def services_die_with_pytest() -> Iterator[None]:
+    """While active, a SIGTERM to pytest (`timeout`, CI cancel) first kills every started service group (they run
+    in sessions of their own, so the signal never reaches them), then ends pytest as SIGTERM would; at the end,
+    any group still alive is killed too."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        kill_all_started()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        kill_all_started()
 
 
 def production_env(data_dir: Path, schema: str, **extra: str) -> dict[str, str]:
