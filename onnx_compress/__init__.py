@@ -11,9 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from onnx_compress.client import ApiError, Client, JobFailedError
+    from onnx_compress.client import ApiError, AuthError, Client, JobFailedError
 
-__all__ = ["ApiError", "Client", "JobFailedError"]
+__all__ = ["ApiError", "AuthError", "Client", "JobFailedError"]
 
 
 def __getattr__(name: str) -> Any:

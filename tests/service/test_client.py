@@ -14,8 +14,8 @@ import httpx
 import onnxruntime as ort
 import pytest
 
-from onnx_compress import ApiError, Client
-from onnx_compress.client import AuthError, Job
+from onnx_compress import ApiError, AuthError, Client
+from onnx_compress.client import Job
 from service.status import JobStatus
 from tests.service.conftest import FAST, Stack
 
