@@ -199,7 +199,7 @@ class PruneSettings(SettingsGroup):
         [8, 16], description="channel multiples tried when structured pruning with round_to 1 comes out slower"
     )
     speed_check_seconds: float = Field(
-        30.0,
+        20.0,
         gt=0,
         description="time budget of the structured prune speed check: its latency measurements are capped by what "
         "remains of it, and channel-multiple retries are skipped when too little remains",
