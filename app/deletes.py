@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import ApiError
 from service.artifacts import ArtifactStore
-from service.lifecycle import Upload, delete_upload, jobs_using, upload_kind
+from service.lifecycle import Upload, delete_upload, jobs_using, lock_for_delete, upload_kind
 from service.tenants import Principal
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def delete_unused_upload(session: Session, store: ArtifactStore, principal: Prin
     """Delete the upload unless a queued or running job needs it (409 naming the job: the caller's own by id,
     another tenant's only as such)."""
     kind = upload_kind(record)
+    lock_for_delete(session, record)  # a job being created that names it commits first, or waits for this delete
     users = jobs_using(session, kind, record.id)
     if users:
         first = users[0]

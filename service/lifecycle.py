@@ -69,6 +69,22 @@ def uploads_in_use(jobs: Iterable[Job]) -> set[str]:
     return used
 
 
+def hold_uploads(session: Session, model_ids: Iterable[str], dataset_ids: Iterable[str]) -> None:
+    """Share-lock the uploads a job being created names, until it commits: a delete of one of them either committed
+    first (the new job then finds it gone: 422) or waits and then sees the job (409). Never a job whose model was
+    deleted under it. (SQLite has no row locks; its writers take turns.)"""
+    for kind, wanted in ((ModelRecord, model_ids), (DatasetRecord, dataset_ids)):
+        ids = sorted({upload_id for upload_id in wanted if upload_id})
+        if ids:
+            session.execute(select(kind.id).where(kind.id.in_(ids)).with_for_update(read=True))
+
+
+def lock_for_delete(session: Session, record: Upload) -> None:
+    """Lock the upload's row before checking which jobs use it (see `hold_uploads`)."""
+    kind = type(record)
+    session.execute(select(kind.id).where(kind.id == record.id).with_for_update())
+
+
 def _delete_with_dependents(session: Session, table: Table, where: ColumnElement[bool]) -> None:
     """Delete the rows of `table` that `where` keeps, after every row naming them by a foreign key (events,
     webhook deliveries and their attempts, whatever records per-job rows), however deep."""

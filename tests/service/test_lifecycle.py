@@ -9,6 +9,7 @@ The module runs in order: first with no worker (submitted jobs stay queued), the
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -22,11 +23,12 @@ import pytest
 from moto.server import ThreadedMotoServer
 from sqlalchemy import func, select, update
 
-from service import retention
+from service import lifecycle, retention
 from service.db import session_scope
-from service.orm import DatasetRecord, Job, JobEvent, ModelRecord, utcnow
+from service.orm import DatasetRecord, Job, JobEvent, ModelRecord, new_id, utcnow
 from service.settings import Settings
 from service.status import JobStatus
+from service.tenants import hash_token, settings_tenant_id
 from tests.service.client import poll
 from tests.service.conftest import FAST, Stack
 from tests.service.stack import drop_postgres_schema, free_port, postgres_schema, production_env, wait_until
@@ -152,6 +154,29 @@ def test_uploads_in_use_are_409_until_the_job_is_deleted(stack: Stack, s3_endpoi
         problem(a.delete(f"/v1/models/{model_id}"), 404, "model_not_found")
     keys = bucket_keys(s3_endpoint)
     assert f"models/{model_id}.onnx" not in keys and f"datasets/{dataset_id}.npz" not in keys
+
+
+def test_delete_waits_for_a_job_being_created_with_the_upload(stack: Stack, settings: Settings, digits_cnn) -> None:
+    """A job being created holds its uploads (as POST /v1/jobs does between its checks and its commit): a delete
+    that comes meanwhile waits, then sees the job and answers 409 instead of deleting the model under it."""
+    with client(stack, KEY_A) as a:
+        model_id = upload_model(a, digits_cnn.path)
+        owner = settings_tenant_id(hash_token(KEY_A.encode()))
+        job = Job(id=new_id(), model_id=model_id, spec={"steps": QUANTIZE}, datasets={}, steps=[], owner_id=owner)
+        answers: list[httpx.Response] = []
+        with session_scope(settings) as creating:
+            lifecycle.hold_uploads(creating, [model_id], [])
+            creating.add(job)
+            creating.flush()
+            deleting = threading.Thread(target=lambda: answers.append(a.delete(f"/v1/models/{model_id}")))
+            deleting.start()
+            deleting.join(timeout=2)
+            blocked = deleting.is_alive()
+            creating.commit()
+        deleting.join(timeout=60)
+        assert blocked and answers, "the delete did not wait for the job being created"
+        assert job.id in problem(answers[0], 409, "model_in_use")["detail"]
+        assert a.delete(f"/v1/jobs/{job.id}").status_code == 204
 
 
 def test_lists_page_with_a_cursor_per_tenant(stack: Stack, digits_cnn) -> None:

@@ -104,6 +104,9 @@ def _check_steps(session: SessionDep, settings: SettingsDep, body: JobCreate, pr
 
 def _check_references(session: SessionDep, body: JobCreate, principal: Principal) -> None:
     """Unknown ids and datasets that cannot feed the model are refused before anything is queued."""
+    students = [getattr(step, "student", "current") for step in body.steps]
+    models = [body.model_id, *(student for student in students if student != "current")]
+    lifecycle.hold_uploads(session, models, body.datasets.model_dump().values())  # no delete under the new job
     model = get_owned(
         session, ModelRecord, body.model_id, principal
     )  # ids were checked against RESOURCE_ID by JobCreate
