@@ -1,9 +1,7 @@
 """Imports point down only: onnx_compress -> app | workers -> service -> compression (contracts in pyproject.toml).
 
 Also: every module of the repository imports on its own, so no module works only because another one was
-imported first (the import-cycle bug class). A package is not probed by itself when a module inside it is:
-`import a.b.c` in a fresh interpreter first imports `a`, then `a.b`, each to completion, in exactly the state a
-fresh `import a` or `import a.b` would start from, so that probe proves them too.
+imported first (the import-cycle bug class).
 """
 
 from __future__ import annotations
@@ -52,11 +50,6 @@ def all_modules() -> list[str]:
     return modules
 
 
-def implied_packages(modules: list[str]) -> set[str]:
-    """Packages imported on their own, first, by the probe of a module inside them."""
-    return {package for package in modules if any(module.startswith(f"{package}.") for module in modules)}
-
-
 def import_each(modules: list[str]) -> dict[str, str | None]:
     """One fresh interpreter (tests/import_probe.py) forks a child per module, two at a time."""
     command = [sys.executable, "-m", "tests.import_probe", f"--jobs={JOBS}", *modules]
@@ -70,11 +63,8 @@ def import_each(modules: list[str]) -> dict[str, str | None]:
 def test_every_module_imports_on_its_own() -> None:
     modules = all_modules()
     assert len(modules) > 50 and "service.queue" in modules and "compression.pipeline" in modules
-    implied = implied_packages(modules)
-    assert {"compression", "app.api.routes"} <= implied and "compression.pipeline" not in implied
-    probed = [module for module in modules if module not in implied]
-    results = import_each(probed)
-    assert set(results) == set(probed), f"no report for {sorted(set(probed) - set(results))}"
+    results = import_each(modules)
+    assert set(results) == set(modules), f"no report for {sorted(set(modules) - set(results))}"
     failures = {module: error for module, error in results.items() if error}
     detail = "\n\n".join(f"--- {module}\n{error.strip().splitlines()[-1]}" for module, error in failures.items())
     assert not failures, f"{len(failures)} modules fail to import on their own:\n{detail}"
