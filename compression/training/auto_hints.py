@@ -104,7 +104,12 @@ def pick_hints(
     candidates = [n for n in _downstream(student.graph, changed) if n in t_produced and n not in outputs]
     if not candidates:
         return []
-    feed = train.first_feed(1)
+    batched = train.layout == "batched"
+    if batched and train.n_samples < 2:
+        return []
+    # batched data: two samples, so a tensor without a leading sample axis (anchor grids and other values
+    # computed from shapes) is told apart from one that has it; stacked entries are whole feeds of their own
+    feed = train.first_feed(2 if batched else 1)
     try:
         s_values = _run_exposed(student, candidates, feed)
         t_values = _run_exposed(teacher, candidates, feed)
@@ -118,9 +123,11 @@ def pick_hints(
         and s_values[name].shape == t_values[name].shape
         and s_values[name].ndim >= 1
         and s_values[name].size > 1
+        and (not batched or s_values[name].shape[0] == 2)
     ]
     budget = max_mb * (1 << 20)
-    per_set = {name: t_values[name].nbytes * max(train.n_samples, 1) for name in same}
+    per_sample = 2 if batched else 1
+    per_set = {name: t_values[name].nbytes // per_sample * max(train.n_samples, 1) for name in same}
     same = [name for name in same if per_set[name] <= budget]
     if not same:
         return []
