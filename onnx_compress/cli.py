@@ -117,26 +117,39 @@ def api(
     import uvicorn
 
     from app.main import create_app
+    from service.logging import configure_logging
     from service.settings import get_settings
 
     settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level, "api")
     _schema_ready_or_exit(settings)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's records go through service.logging's handler (LOG_FORMAT)
+        access_log=False,  # the app logs each request itself, with its request id (app/observability)
+    )
 
 
 @cli.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="default: WORKER_CONCURRENCY setting")] = None,
-    loglevel: str = "INFO",
+    loglevel: Annotated[str | None, typer.Option(help="default: LOG_LEVEL setting")] = None,
 ) -> None:
     """Start a Celery worker that runs compression jobs."""
+    from service.logging import configure_logging
     from service.settings import get_settings
     from workers.celery_app import app as celery_app
 
     settings = get_settings()
+    configure_logging(settings.log_format, loglevel or settings.log_level, "worker")  # before Celery's warnings
     _schema_ready_or_exit(settings)
     queues = f"{settings.queue_name},{settings.resolved_webhook_queue_name}"  # jobs, and webhook deliveries
-    args = ["worker", f"--loglevel={loglevel}", f"--queues={queues}", "--pool=prefork"]
+    args = ["worker", f"--loglevel={loglevel or settings.log_level}", f"--queues={queues}", "--pool=prefork"]
+    if settings.log_format == "json":
+        args.insert(0, "--quiet")  # `celery --quiet worker`: no banner, every line the worker writes is JSON
     args.append(f"--concurrency={concurrency or settings.worker_concurrency}")
     celery_app.worker_main(args)
 

@@ -112,14 +112,18 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s [%(service)s req=%(request_id)s job=%(job_id)s] %(message)s")
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s [%(service)s req=%(request_id)s job=%(job_id)s] %(message)s"
+        )
 
 
 # loggers that come with their own handlers (uvicorn's); they are emptied so their records reach ours once
 _FRAMEWORK_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task", "celery.redirected")
 
 
-def configure_logging(log_format: LogFormat | str, level: str, service: str, stream: Any = None) -> logging.Handler:
+def configure_logging(
+    log_format: LogFormat | str, level: str | int, service: str, stream: Any = None
+) -> logging.Handler:
     """Send every record, from any logger, through one handler on the root logger (stderr by default) in the
     chosen format, stamped with the current ids. Safe to call again (the previous handler is replaced)."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -130,7 +134,7 @@ def configure_logging(log_format: LogFormat | str, level: str, service: str, str
     for existing in list(root.handlers):
         root.removeHandler(existing)
     root.addHandler(handler)
-    root.setLevel(level.upper())
+    root.setLevel(level.upper() if isinstance(level, str) else level)
     for name in _FRAMEWORK_LOGGERS:
         framework = logging.getLogger(name)
         framework.handlers.clear()

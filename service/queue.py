@@ -20,9 +20,11 @@ from kombu import Connection, Exchange, Queue
 from kombu.exceptions import LimitExceeded, OperationalError
 from kombu.pools import ProducerPool
 
+from service.logging import current_request_id
 from service.settings import Settings
 
 RUN_JOB = "workers.tasks.run_job"
+REQUEST_ID_HEADER_KEY = "request_id"  # message header: the id of the request that queued the task (logs)
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 CONNECT_TIMEOUT_S = 2.0
 POOL_LIMIT = 8
@@ -61,6 +63,7 @@ def task_message(task: str, args: list[Any], kwargs: dict[str, Any] | None = Non
         "argsrepr": repr(args),
         "kwargsrepr": repr(kwargs),
         "origin": f"{os.getpid()}@{socket.gethostname()}",
+        REQUEST_ID_HEADER_KEY: current_request_id(),  # workers log the job's lines with it (workers/observability.py)
         "ignore_result": False,
         "replaced_task_nesting": 0,
         "stamped_headers": None,

@@ -30,6 +30,23 @@ def test_compose_has_the_production_stack() -> None:
         assert {"postgres", "redis"} <= services[name]["depends_on"].keys()
 
 
+def test_compose_has_flower_on_the_workers_broker() -> None:
+    services = compose()["services"]
+    flower = services["flower"]
+    assert flower["build"]["target"] == "flower"
+    assert "redis" in flower["depends_on"]
+    assert flower["environment"]["BROKER_URL"] == services["worker"]["environment"]["BROKER_URL"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"]  # not open by default
+    assert any(port.endswith(":5555") for port in flower["ports"])
+
+
+def test_workers_send_task_events_for_flower() -> None:
+    from workers.celery_app import make_celery
+
+    conf = make_celery(Settings()).conf
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+
+
 def test_service_environment_names_real_settings() -> None:
     fields = {name.upper() for name in Settings.model_fields}
     for name in ("api", "worker"):
@@ -45,9 +62,11 @@ def test_dockerfile_targets_run_cli_commands() -> None:
     text = (ROOT / "docker" / "Dockerfile").read_text()
     targets = re.findall(r"^FROM \S+ AS (\w+)", text, flags=re.MULTILINE)
     assert {"api", "worker"} <= set(targets)
-    commands = [cmd.split('"')[3] for cmd in re.findall(r"^CMD \[.*\]", text, flags=re.MULTILINE)]
+    cmds = re.findall(r"^CMD \[.*\]", text, flags=re.MULTILINE)
+    commands = [cmd.split('"')[3] for cmd in cmds if cmd.startswith('CMD ["onnx-compress"')]
     assert commands == ["api", "worker"]
     assert set(commands) <= cli_commands()
+    assert "flower" in targets and 'CMD ["celery", "--app", "workers.celery_app", "flower"' in text
     for package in ("compression", "service", "app", "workers", "onnx_compress"):
         assert f"COPY {package} ./{package}" in text
 

@@ -8,6 +8,7 @@ from celery import Celery
 
 from service.queue import broker_transport_options, job_queue, webhook_queue
 from service.settings import Settings, get_settings
+from workers import observability  # noqa: F401  (connects the logging and task-context signals)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -28,7 +29,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        worker_send_task_events=True,  # task events for Flower (Celery skips them on the embedded SQL broker)
+        task_send_sent_event=True,
         task_serializer="json",
         accept_content=["json"],
     )
