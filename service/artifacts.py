@@ -8,7 +8,8 @@ same contract (tests/service/test_artifact_store.py runs one conformance test ag
 - `fetch(key, dst)` makes `dst` hold the artifact and returns `dst`. The local store hard-links when it can
   (same filesystem; no copy) and copies otherwise, so treat `dst` as read-only: write results to new files.
 - `stream(key)` yields the bytes in chunks; `size(key)`, `exists(key)`; `delete(key)` removes it (a missing
-  key is not an error); `delete_prefix(prefix)` removes every key under `prefix/` (a job's artifacts).
+  key is not an error); `delete_prefix(prefix)` removes every key under `prefix/` (a job's artifacts);
+  `list_folders(prefix)` yields the names of the folders right under `prefix/` (the job ids under `jobs`).
 - `fetch`, `stream` and `size` of a missing key raise `ArtifactNotFoundError`.
 """
 
@@ -49,6 +50,8 @@ class ArtifactStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def delete_prefix(self, prefix: str) -> None: ...
+
+    def list_folders(self, prefix: str) -> Iterator[str]: ...
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
@@ -135,6 +138,11 @@ class LocalArtifactStore:
             raise ValueError("delete_prefix needs a folder inside the store, not its root")
         shutil.rmtree(folder, ignore_errors=True)
 
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        folder = self._path(prefix.strip("/"))
+        if folder.is_dir():
+            yield from sorted(path.name for path in folder.iterdir() if path.is_dir())
+
 
 class S3ArtifactStore:
     """An S3-compatible bucket (AWS, MinIO): lets api and workers run on different machines."""
@@ -215,6 +223,13 @@ class S3ArtifactStore:
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        start = self._key(prefix.strip("/")) + "/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=start, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                yield common["Prefix"][len(start) :].rstrip("/")
 
 
 @lru_cache

@@ -4,7 +4,9 @@
   events and work files.
 - An uploaded model or dataset created more than UPLOAD_RETENTION_DAYS ago is deleted, unless a queued or running
   job needs it (then a later sweep deletes it). Finished jobs may keep naming it.
-- Work folders of jobs that no longer exist or have ended (a worker killed before cleaning up) are removed.
+- Work folders of jobs that no longer exist or have ended (a worker killed before cleaning up) are removed, and
+  so are stored artifacts of jobs that no longer exist (a worker that stored its results just as its job was
+  deleted).
 
 0 keeps forever. The workers' recovery watcher calls `sweep_if_due` on every pass (workers/recovery.py); it runs
 at most every RETENTION_SWEEP_SECONDS per process and deletes at most RETENTION_BATCH jobs and uploads a sweep.
@@ -13,6 +15,7 @@ Any number of workers may sweep at once: a delete of something already gone is a
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import shutil
@@ -23,7 +26,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from service.artifacts import get_store
+from service.artifacts import get_store, job_artifact_prefix
 from service.db import session_scope
 from service.lifecycle import active_jobs, delete_upload, purge_job, uploads_in_use
 from service.orm import DatasetRecord, Job, ModelRecord, utcnow
@@ -33,6 +36,8 @@ from service.status import TERMINAL
 log = logging.getLogger(__name__)
 
 JOB_FOLDER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+JOBS_FOLDER = job_artifact_prefix("").rstrip("/")  # "jobs"
+LOOKUP_CHUNK = 500  # artifact folders looked up in the database at once
 
 
 class RetentionReport(BaseModel):
@@ -42,6 +47,7 @@ class RetentionReport(BaseModel):
     models: list[str] = []
     datasets: list[str] = []
     work_folders: list[str] = []
+    orphan_artifacts: list[str] = []
 
 
 def _cutoff(now: datetime, days: float) -> datetime | None:
@@ -102,6 +108,24 @@ def _sweep_work_folders(settings: Settings) -> list[str]:
     return removed
 
 
+def _sweep_orphan_artifacts(settings: Settings) -> list[str]:
+    """Artifact folders (`jobs/<id>/`) whose job row is gone: a job is stored only after its row exists, so these
+    are leftovers of deleted jobs. At most RETENTION_BATCH per sweep."""
+    store, removed = get_store(settings), []
+    folders = store.list_folders(JOBS_FOLDER)
+    while len(removed) < settings.retention_batch:
+        chunk = [name for name in itertools.islice(folders, LOOKUP_CHUNK) if JOB_FOLDER.fullmatch(name)]
+        if not chunk:
+            break
+        with session_scope(settings) as session:
+            known = set(session.scalars(select(Job.id).where(Job.id.in_(chunk))))
+        for name in chunk:
+            if name not in known and len(removed) < settings.retention_batch:
+                store.delete_prefix(job_artifact_prefix(name))
+                removed.append(name)
+    return removed
+
+
 def sweep(settings: Settings, now: datetime | None = None) -> RetentionReport:
     """One retention sweep (jobs first, so uploads only they named become free in the same pass)."""
     now = now or utcnow()
@@ -109,12 +133,14 @@ def sweep(settings: Settings, now: datetime | None = None) -> RetentionReport:
     report.models = _sweep_uploads(settings, now, ModelRecord)
     report.datasets = _sweep_uploads(settings, now, DatasetRecord)
     report.work_folders = _sweep_work_folders(settings)
-    if report.jobs or report.models or report.datasets:
+    report.orphan_artifacts = _sweep_orphan_artifacts(settings)
+    if report.jobs or report.models or report.datasets or report.orphan_artifacts:
         log.info(
-            "retention: deleted %d jobs, %d models, %d datasets",
+            "retention: deleted %d jobs, %d models, %d datasets, artifacts of %d deleted jobs",
             len(report.jobs),
             len(report.models),
             len(report.datasets),
+            len(report.orphan_artifacts),
         )
     return report
 

@@ -24,6 +24,7 @@ from moto.server import ThreadedMotoServer
 from sqlalchemy import func, select, update
 
 from service import lifecycle, retention
+from service.artifacts import ArtifactStore, LocalArtifactStore, S3ArtifactStore
 from service.db import session_scope
 from service.orm import DatasetRecord, Job, JobEvent, ModelRecord, new_id, utcnow
 from service.settings import Settings
@@ -124,6 +125,28 @@ def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     body = response.json()
     assert body["code"] == code, body
     return body
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_stores_list_and_delete_folders(kind: str, s3_endpoint: str, tmp_path: Path) -> None:
+    """The two store operations deletes and the retention sweep build on, on both stores."""
+    store: ArtifactStore
+    if kind == "local":
+        store = LocalArtifactStore(tmp_path / "root")
+    else:
+        store = S3ArtifactStore(BUCKET, prefix=f"unit-{tmp_path.name}", endpoint_url=s3_endpoint)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 1000)
+    for key in ("jobs/j1/model.onnx", "jobs/j1/metrics.json", "jobs/j2/model.onnx", "models/j1.onnx"):
+        store.put_file(key, src)
+    assert list(store.list_folders("jobs")) == ["j1", "j2"] and list(store.list_folders("nothing")) == []
+    store.delete_prefix("jobs/j1")
+    assert not store.exists("jobs/j1/model.onnx") and not store.exists("jobs/j1/metrics.json")
+    assert store.exists("jobs/j2/model.onnx") and store.exists("models/j1.onnx")  # only that folder
+    assert list(store.list_folders("jobs")) == ["j2"]
+    store.delete_prefix("jobs/j1")  # a missing folder is not an error
+    with pytest.raises(ValueError, match="root"):
+        store.delete_prefix("/")
 
 
 def test_uploads_in_use_are_409_until_the_job_is_deleted(stack: Stack, s3_endpoint: str, digits_cnn) -> None:
@@ -279,6 +302,8 @@ def test_worker_sweep_deletes_aged_jobs_and_uploads(
         assert old_job["status"] == new_job["status"] == "succeeded"
         dataset_old = upload_dataset(a)
         age(settings, jobs=[old_job["id"]], models=[model_old], datasets=[dataset_old])
+        orphan = f"{PREFIX}/jobs/{new_id()}/model.onnx"  # stored by a worker just as its job was deleted
+        boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=BUCKET, Key=orphan, Body=b"x")
 
         def swept() -> bool:
             return a.get(f"/v1/jobs/{old_job['id']}").status_code == 404 and all(
@@ -286,6 +311,7 @@ def test_worker_sweep_deletes_aged_jobs_and_uploads(
             )
 
         wait_until(swept, 60, "the worker's retention sweep")
+        wait_until(lambda: orphan.removeprefix(f"{PREFIX}/") not in bucket_keys(s3_endpoint), 30, "orphan removed")
         assert a.get(f"/v1/jobs/{new_job['id']}").json()["status"] == JobStatus.SUCCEEDED
         assert a.get(f"/v1/models/{model_new}").status_code == 200
     keys = bucket_keys(s3_endpoint)
