@@ -1,14 +1,21 @@
-"""Multipart uploads streamed straight to disk: never held whole in memory, refused past the size limit."""
+"""Multipart uploads streamed straight to disk: never held whole in memory, refused past the size limit.
+
+The event loop receives and parses; the file's bytes are hashed (sha256) and written by a thread of the upload's
+own (hashlib and file writes release the GIL), so both overlap with receiving; at most WRITE_QUEUE_CHUNKS
+received chunks wait for it (a few MiB).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from fastapi import Request, status
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -20,6 +27,7 @@ from compression.errors import CompressionError
 T = TypeVar("T")
 
 MAX_FILENAME_CHARS = 255  # what a filename column and most filesystems hold
+WRITE_QUEUE_CHUNKS = 32  # received chunks (each at most the server's read size, 64-256 KiB) waiting to be written
 
 
 class UploadTooLarge(Exception):
@@ -34,6 +42,40 @@ class ReceivedFile:
     sha256: str
 
 
+class _Writer:
+    """Hashes and writes a file's chunks in order on a thread of its own."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.error: BaseException | None = None
+        self.dropped = False
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE_CHUNKS)
+        self.thread = threading.Thread(target=self._run, name="upload-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            if self.error is None and not self.dropped:
+                try:
+                    self.handle.write(chunk)
+                    self.digest.update(chunk)
+                except BaseException as exc:  # disk full, ...: raised by close()
+                    self.error = exc
+
+    def put(self, chunk: bytes) -> None:
+        self.chunks.put(chunk)  # waits only while WRITE_QUEUE_CHUNKS chunks are queued
+
+    def close(self, drop: bool = False) -> None:
+        """Write what is queued (or, with `drop`, skip it), stop the thread, close the file; blocks meanwhile."""
+        self.dropped = self.dropped or drop
+        self.chunks.put(None)
+        self.thread.join()
+        self.handle.close()
+        if self.error is not None and not self.dropped:
+            raise self.error
+
+
 class _FilePart:
     """Collects one multipart part's headers and writes the wanted field's bytes to a temp file."""
 
@@ -42,12 +84,12 @@ class _FilePart:
         self.header_field = b""
         self.header_value = b""
         self.headers: dict[bytes, bytes] = {}
-        self.handle = None
+        self.writer: _Writer | None = None
         self.path: Path | None = None
         self.filename = ""
         self.size = 0
-        self.digest = hashlib.sha256()
         self.found = False
+        self.ended = False
 
     def on_part_begin(self) -> None:
         self.headers = {}
@@ -68,26 +110,30 @@ class _FilePart:
             self.found = True
             self.filename = clean_filename(params.get(b"filename", b"upload").decode(errors="replace"))
             fd, name = tempfile.mkstemp(dir=self.directory, prefix=".upload-")
-            self.handle, self.path = os.fdopen(fd, "wb"), Path(name)
+            self.writer, self.path = _Writer(os.fdopen(fd, "wb")), Path(name)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self.handle is None:
+        if self.writer is None or self.ended:
             return
         chunk = data[start:end]
         self.size += len(chunk)
         if self.size > self.limit:
             raise UploadTooLarge
-        self.handle.write(chunk)
-        self.digest.update(chunk)
+        self.writer.put(chunk)
 
     def on_part_end(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
+        if self.writer is not None:
+            self.ended = True  # the wanted part is complete; finish() writes what is queued
+
+    def finish(self) -> str:
+        """Wait until every byte is on disk (blocking: run it in a thread); the file's sha256."""
+        assert self.writer is not None
+        self.writer.close()
+        return self.writer.digest.hexdigest()
 
     def discard(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
+        if self.writer is not None:
+            self.writer.close(drop=True)
         if self.path is not None:
             self.path.unlink(missing_ok=True)
 
@@ -194,7 +240,6 @@ async def receive_file(request: Request, field: str, directory: Path, limit: int
     except BaseException:  # the client went away mid-upload, or the server is stopping
         part.discard()
         raise
-    part.on_part_end()
     if not part.found or part.path is None:
         raise ApiError(
             status.HTTP_422_UNPROCESSABLE_CONTENT, "missing_file_field", f"no file in the multipart field '{field}'"
@@ -202,4 +247,16 @@ async def receive_file(request: Request, field: str, directory: Path, limit: int
     if part.size == 0:
         part.discard()
         raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, f"empty_{what}", f"the uploaded {what} file is empty")
-    return ReceivedFile(path=part.path, filename=part.filename, size_bytes=part.size, sha256=part.digest.hexdigest())
+    try:
+        sha256 = await run_in_threadpool(part.finish)
+    except OSError as exc:  # the disk is full or failing
+        part.discard()
+        raise ApiError(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            f"the server could not store the uploaded {what} ({type(exc).__name__}: {_first_line(exc)}); try later",
+        ) from exc
+    except BaseException:  # the request was canceled while the last bytes were written
+        part.discard()
+        raise
+    return ReceivedFile(path=part.path, filename=part.filename, size_bytes=part.size, sha256=sha256)
