@@ -29,8 +29,8 @@ class DistillConfig(StepConfig):
         None,
         gt=0,
         le=1.0,
-        description="AdamW peak learning rate after a short linear warmup, cosine-decayed to 0; default (None): "
-        "1e-3 x sqrt(batch/64), clamped to [1e-4, 1e-3] (gentle for a pretrained, pruned student)",
+        description="AdamW peak learning rate after a short linear warmup, cosine-decayed to 0; default (None): 1e-3 "
+        "(a step whose training hurts returns its input: see the final check)",
     )
     warmup: float = Field(0.05, ge=0, lt=1, description="fraction of the steps the learning rate ramps up over")
     weight_decay: float = Field(0.0, ge=0)
