@@ -127,3 +127,16 @@ def test_predicted_ids_are_judged_per_sample_as_well_as_pooled():
     assert fidelity.outputs["ids"].agreement > 0.99
     verdict = judge(fidelity, Budget.from_settings(0.01, EngineSettings()))
     assert not verdict.ok and any("worst per-sample agreement" in reason for reason in verdict.reasons)
+
+
+def test_channels_first_anchors_are_judged_per_anchor():
+    """A YOLO head [N, 4 + classes, 8400]: a few anchors' boxes moved, every row (channel) barely changed."""
+    rng = np.random.default_rng(5)
+    reference = np.concatenate([rng.uniform(0, 640, (4, 4, 2000)), rng.uniform(0, 1, (4, 18, 2000))], axis=1).astype(
+        np.float32
+    )
+    moved = reference.copy()
+    moved[1, :4, 300] = moved[1, [2, 3, 0, 1], 300]  # one anchor's box coordinates swapped around
+    out = compare({"boxes": reference}, {"boxes": moved}, 4, None, False).outputs["boxes"]
+    assert out.kind == "sequence" and out.worst_sample_cosine > 0.98
+    assert out.worst_slice_cosine < 0.98 and "anchor" in out.slice
