@@ -21,7 +21,7 @@ from compression.cli import (
     SPEC_OPTION,
     TRAIN_OPTION,
 )
-from onnx_compress.client import API_KEY_ENV, ApiError, Client, Job, JobFailedError
+from onnx_compress.client import API_KEY_ENV, ApiError, Client, Job, JobFailedError, Page
 from service.status import JobStatus
 
 console = Console(stderr=True)
@@ -34,7 +34,9 @@ ApiKeyOption = Annotated[
 ]
 JobIdArgument = Annotated[str, typer.Argument(help="a job id (from `submit` or `jobs list`)")]
 
-jobs_cli = typer.Typer(no_args_is_help=True, help="Jobs on a running service: list, get, cancel, download.")
+jobs_cli = typer.Typer(no_args_is_help=True, help="Jobs on a running service: list, get, cancel, delete, download.")
+models_cli = typer.Typer(no_args_is_help=True, help="Uploaded models on a running service: list, delete.")
+datasets_cli = typer.Typer(no_args_is_help=True, help="Uploaded datasets on a running service: list, delete.")
 
 
 @contextmanager
@@ -181,3 +183,48 @@ def jobs_download(
     with _client(server, api_key) as client:
         client.download(job_id, dest, artifact=artifact)
     console.print(f"{artifact} of job {job_id} written to {dest}")
+
+
+def _upload_commands(app: typer.Typer, kind: str) -> None:
+    """`list` and `delete` for one kind of upload (model, dataset). Annotations are evaluated in the module's
+    namespace (typer reads them), so they name no local variable."""
+    plural = f"{kind}s"
+
+    @app.command("list")
+    def list_uploads(
+        server: ServerOption,
+        api_key: ApiKeyOption = None,
+        limit: Annotated[int, typer.Option(min=1, help="uploads per page")] = 20,
+        cursor: Annotated[str | None, typer.Option(help="the page after this one (the `next page` printed)")] = None,
+        all_pages: Annotated[bool, typer.Option("--all", help="every page, not only the first")] = False,
+    ) -> None:
+        """The newest uploads: id, file name, bytes, created; a command for the next page goes to stderr."""
+        with _client(server, api_key) as client:
+            fetch = client.list_models if kind == "model" else client.list_datasets
+            typer.echo("id\tfilename\tsize_bytes\tcreated_at")
+            while True:
+                page: Page[Any] = fetch(limit=limit, cursor=cursor)
+                for item in page.items:
+                    row = item.model_dump()  # the API's fields, those the client does not name included
+                    columns = [row.get(name, "-") for name in ("id", "filename", "size_bytes", "created_at")]
+                    typer.echo("\t".join(str(value) for value in columns))
+                cursor = page.next_cursor
+                if cursor is None or not all_pages:
+                    break
+        if cursor is not None:
+            typer.echo(f"next page: onnx-compress {plural} list --cursor {cursor}", err=True)
+
+    @app.command("delete")
+    def delete_upload(
+        upload_id: Annotated[str, typer.Argument(help="an id (from `list`)")],
+        server: ServerOption,
+        api_key: ApiKeyOption = None,
+    ) -> None:
+        """Delete the upload and its stored file (refused while a queued or running job needs it)."""
+        with _client(server, api_key) as client:
+            (client.delete_model if kind == "model" else client.delete_dataset)(upload_id)
+        console.print(f"{kind} {upload_id} deleted")
+
+
+_upload_commands(models_cli, "model")
+_upload_commands(datasets_cli, "dataset")

@@ -151,6 +151,15 @@ def test_lists_iterate_pages_and_deletes(keyed_stack: Stack, digits_cnn, tmp_pat
     assert models[0] not in after_delete and models[1] in after_delete
     assert gone.value.status == 404 and gone.value.code == "dataset_not_found"
 
+    # the same from the shell: `models list` pages like `jobs list`, `datasets delete`
+    cli = [sys.executable, "-m", "onnx_compress"]
+    server = ["--server", keyed_stack.api.url, "--api-key", KEY]
+    listed = subprocess.run([*cli, "models", "list", "--limit", "1", *server], capture_output=True, text=True)
+    assert listed.returncode == 0 and models[2] in listed.stdout and "digits" in listed.stdout
+    assert "onnx-compress models list --cursor" in listed.stderr
+    deleted = subprocess.run([*cli, "datasets", "delete", datasets[1], *server], capture_output=True, text=True)
+    assert deleted.returncode == 0 and f"dataset {datasets[1]} deleted" in deleted.stderr
+
 
 @pytest.mark.slow
 def test_wrong_or_missing_key_is_a_clear_auth_error(keyed_stack: Stack) -> None:
