@@ -59,4 +59,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     authed = [Depends(require_api_key)]
     for router in (models.router, datasets.router, jobs.router, webhooks.router, report.router):
         app.include_router(router, dependencies=authed, responses=problem_responses(401))
+    app.include_router(jobs.status_router)  # GET /v1/jobs/{id}: authenticates within its own read (one thread hop)
     return app

@@ -18,7 +18,16 @@ from sqlalchemy.exc import IntegrityError
 
 from app import job_read_cache, sse
 from app.api import paths
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import (
+    ApiKeyDep,
+    BearerDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    api_key_token,
+    principal_on,
+)
 from app.deletes import service_unavailable
 from app.errors import ApiError, problem_responses
 from app.job_read_cache import Rendered, RenderedJobs
@@ -42,6 +51,9 @@ from service.tenants import Principal, get_owned
 from service.webhooks import WebhooksDisabledError, job_webhook, publish_for_job
 
 router = APIRouter(prefix=paths.JOBS, tags=["jobs"])
+# GET /v1/jobs/{id}, included without the router-level auth dependency: it authenticates in the same thread hop
+# and on the same connection as its read (status polls are the most frequent request)
+status_router = APIRouter(prefix=paths.JOBS, tags=["jobs"])
 
 
 class ArtifactName(StrEnum):
@@ -238,12 +250,15 @@ def list_jobs(
     return JobPage(items=[job_out(job) for job in rows], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut, operation_id="get_job", responses=problem_responses(404, 422))
+@status_router.get(
+    "/{job_id}", response_model=JobOut, operation_id="get_job", responses=problem_responses(401, 404, 422)
+)
 async def get_job(
     job_id: JobIdPath,
     request: Request,
     settings: SettingsDep,
-    principal: PrincipalDep,
+    bearer: BearerDep,
+    api_key: ApiKeyDep,
     prefer: Annotated[
         str | None, Header(max_length=255, description="`wait=N`: answer once the job ended or N seconds passed")
     ] = None,
@@ -256,7 +271,8 @@ async def get_job(
     (app/job_read_cache.py), or reads and renders it (no second validation by FastAPI); a long-poll waits on the
     event loop, holding no thread."""
     rendered = job_read_cache.for_app(request.app, settings)
-    terminal, body = await run_in_threadpool(_job_json, settings, job_id, principal, rendered)
+    token = api_key_token(bearer, api_key)
+    terminal, body = await run_in_threadpool(_job_json, settings, job_id, token, rendered)
     match = PREFER_WAIT.search(prefer or "")
     if match is None or settings.max_prefer_wait_seconds == 0:
         return Response(body, media_type="application/json")
@@ -264,16 +280,16 @@ async def get_job(
     deadline = time.monotonic() + wait_s
     while not terminal and time.monotonic() < deadline:
         await asyncio.sleep(min(PREFER_POLL_S, max(deadline - time.monotonic(), 0)))
-        terminal, body = await run_in_threadpool(_job_json, settings, job_id, principal, rendered)
+        terminal, body = await run_in_threadpool(_job_json, settings, job_id, token, rendered)
     return Response(body, media_type="application/json", headers={"Preference-Applied": f"wait={wait_s}"})
 
 
-def _job_json(
-    settings: Settings, job_id: str, principal: Principal, rendered: RenderedJobs | None
-) -> tuple[bool, bytes]:
-    """(whether the job has ended, its JobOut as JSON); another tenant's job is not found."""
+def _job_json(settings: Settings, job_id: str, token: bytes, rendered: RenderedJobs | None) -> tuple[bool, bytes]:
+    """(whether the job has ended, its JobOut as JSON) for the key's tenant (401 for a wrong key); another tenant's
+    job is not found."""
     key = (job_id, absolute_url(""))
     with get_engine(settings).connect() as connection:
+        principal = principal_on(connection, settings, token)
         if rendered is not None:
             head = job_reads.read_version(connection, job_id)
             if head is None or not principal.can_see(head[0]):
