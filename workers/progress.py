@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -95,7 +96,9 @@ class Heartbeat:
     def __init__(self, settings: Settings, job_id: str, attempt: int, sink: JobProgressSink) -> None:
         self.settings, self.job_id, self.attempt, self.sink = settings, job_id, attempt, sink
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        # run in a copy of the caller's context: its log lines carry the job's job_id and request_id
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name=f"heartbeat-{job_id}", daemon=True)
         self.beats = 0
         self.longest_gap_s = 0.0  # between renewals, for logs and tests
 
