@@ -30,7 +30,7 @@ UPLOAD_DOC = {
         # one of the two bodies is required (422 without), but openapi-python-client (0.29) generates code that
         # does not import for a *required* body with two media types (its issue #1451): declared optional
         "required": False,
-        "description": "the file as multipart/form-data (field `file`), or JSON `{\"url\": ...}` to import it",
+        "description": 'the file as multipart/form-data (field `file`), or JSON `{"url": ...}` to import it',
         "content": {
             "multipart/form-data": {
                 "schema": {
