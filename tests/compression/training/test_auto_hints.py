@@ -42,3 +42,37 @@ def test_hints_are_same_shape_tensors_downstream_of_pruned_weights(transformer_b
     assert pick_hints(student, teacher, train, 0, 64) == []
     assert pick_hints(teacher, teacher, train, 3, 64) == []  # nothing changed: nothing to match
     assert pick_hints(student, teacher, train, 3, 1e-6) == []  # no hint fits the memory cap
+
+
+def _with_shape_tensor() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """x [N, 2] -> MatMul(w) -> y [N, 2]; Cast(Shape(y)) is a float [2] that does not grow with N."""
+    from onnx import TensorProto, helper
+
+    def model(w: np.ndarray) -> onnx.ModelProto:
+        nodes = [
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+            helper.make_node("Relu", ["y"], ["r"]),
+            helper.make_node("Shape", ["r"], ["s"]),
+            helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["sf", "two"], ["grid"]),
+            helper.make_node("Identity", ["r"], ["out"]),
+            helper.make_node("Identity", ["grid"], ["grid_out"]),
+        ]
+        inits = [helper.make_tensor("w", TensorProto.FLOAT, [2, 2], w.ravel().tolist()),
+                 helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])]  # fmt: skip
+        outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 2]),
+                   helper.make_tensor_value_info("grid_out", TensorProto.FLOAT, [2])]  # fmt: skip
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+                                  outputs, inits)  # fmt: skip
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    return model(np.eye(2, dtype=np.float32) * 0.5), model(np.eye(2, dtype=np.float32))
+
+
+def test_tensors_without_a_sample_axis_are_never_hints() -> None:
+    student, teacher = _with_shape_tensor()
+    x = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
+    train = Dataset(arrays={"x": x}, labels=None, layout="batched")
+    hints = pick_hints(student, teacher, train, 8, 64)
+    assert "r" in hints or "y" in hints
+    assert not {"sf", "grid"} & set(hints)  # [2] on a 2-sample probe, but still [2] with 3 samples
