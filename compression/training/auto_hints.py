@@ -10,8 +10,9 @@ than matching the final outputs alone.
 
 Candidates: float tensors produced by main-graph nodes of the student that the teacher produces under the
 same name, downstream of an initializer whose value or shape differs, not graph outputs, and of the same
-shape in both graphs on one sample (one onnxruntime run each). Up to `count` of them, evenly spread over
-the graph order (the last one included), within `max_mb` of teacher targets over the train set.
+shape in both graphs (onnxruntime runs on two samples, and three for batched data: the leading axis must
+hold the samples). Up to `count` of them, evenly spread over the graph order (the last one included),
+within `max_mb` of teacher targets over the train set.
 """
 
 from __future__ import annotations
