@@ -13,6 +13,7 @@ from celery import Celery
 from celery.worker.request import Request
 
 from service.queue import (
+    REQUEST_ID_HEADER_KEY,
     RUN_JOB,
     BrokerUnavailableError,
     _publisher,
@@ -40,7 +41,8 @@ def celery_reference() -> Celery:
 def test_message_matches_what_celery_sends() -> None:
     ours = task_message(RUN_JOB, ["job-1"])
     theirs = celery_reference().amqp.as_task_v2(ours.headers["id"], RUN_JOB, args=["job-1"])
-    assert ours.headers.keys() == theirs.headers.keys()
+    # Celery's own headers, plus ours: the submitting request's id (Celery hands custom headers to task.request)
+    assert ours.headers.keys() == theirs.headers.keys() | {REQUEST_ID_HEADER_KEY}
     same = (
         "lang",
         "task",
