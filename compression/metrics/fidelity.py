@@ -15,7 +15,7 @@ slice are depends on the output's kind, read from its shape (`output_kind`):
   per-sample cosine and per-step cosine over C; `top1_per_step` when C >= 2, and `step_scores` says whether
   the steps are probability (or log-probability) distributions, i.e. step-wise class scores. With C = 1 (one
   probability per character) the largest change of one value (`worst_value_fidelity`). When the last axis is
-  at least 8x the first and the steps are not distributions ([4 + classes, 8400] of a YOLO head: channels
+  at least 8x the first (and at least 256 columns) and the steps are not distributions ([4 + classes, 8400] of a YOLO head: channels
   first, one anchor per column), the columns are slices too.
 - `dense_map`: `p` of rank >= 3, [C, H, W] (leading axes count as channels): per-sample cosine, per-channel
   cosine over H x W and per-tile cosine over C x TILE x TILE positions.
@@ -39,6 +39,7 @@ SMALL_LAST_AXIS = 64
 MAX_CLASSES = 100_000
 SLICE_FLOOR = 0.01
 ANCHOR_RATIO = 8  # a [A, B] sequence with B >= 8 A (not distributions) is also judged per column: anchors
+MIN_ANCHOR_COLUMNS = 256  # ... when B is a detector's anchor count (hundreds at least), not a feature width
 TILE = 32
 MAX_SNR_DB = 300.0  # identical outputs: a finite figure keeps the metrics plain JSON
 SCORE_TOLERANCE = 1e-3  # rows summing to 1 (or log-summing to 0) within this are probability distributions
@@ -244,7 +245,7 @@ def compare_output(ref: np.ndarray, out: np.ndarray, n_samples: int, layout: str
             fidelity.worst_slice_cosine = _worst(row_cosines(ref_steps, out_steps))
             fidelity.top1_per_step = float(np.mean(ref_steps.argmax(-1) == out_steps.argmax(-1)))
             fidelity.step_scores = _step_scores(ref_steps)
-            if width >= ANCHOR_RATIO * steps and not fidelity.step_scores:
+            if width >= max(ANCHOR_RATIO * steps, MIN_ANCHOR_COLUMNS) and not fidelity.step_scores:
                 # channels-first anchors ([4 + classes, 8400] of a YOLO head): one anchor is a column
                 by_column = _worst(row_cosines(ref_steps.transpose(0, 2, 1), out_steps.transpose(0, 2, 1)))
                 worst = [v for v in (fidelity.worst_slice_cosine, by_column) if v is not None]
