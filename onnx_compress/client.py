@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from service.status import TERMINAL, JobStatus
+from service.status import TERMINAL, DeliveryStatus, JobStatus, WebhookEvent
 
 API_KEY_ENV = "ONNX_COMPRESS_API_KEY"
 RETRY_STATUSES = frozenset({429, 503})
@@ -106,6 +106,23 @@ class JobEvent(_Resource):
     message: str
     progress: float | None = None
     stage: str | None = None
+
+
+class WebhookAttempt(_Resource):
+    number: int
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float = 0.0
+
+
+class WebhookDelivery(_Resource):
+    """One event sent to the job's webhook (`id` is every attempt's `webhook-id` header), with its attempts."""
+
+    id: str
+    event: WebhookEvent
+    url: str
+    status: DeliveryStatus
+    attempts: list[WebhookAttempt] = []
 
 
 Item = TypeVar("Item", bound=_Resource)
@@ -208,11 +225,14 @@ class Client:
         steps: Sequence[Mapping[str, Any]] | Mapping[str, Any],
         datasets: Mapping[str, str | None] | None = None,
         idempotency_key: str | None = None,
+        webhook: Mapping[str, Any] | None = None,
     ) -> Job:
         """Queue a job: `steps` is a list of steps or a spec `{"steps": [...]}`; `datasets` maps a role
-        (calibration, train, eval) to a dataset id."""
+        (calibration, train, eval) to a dataset id; `webhook` `{"url": ..., "events": [...]}` to be told."""
         step_list = list(steps["steps"]) if isinstance(steps, Mapping) else list(steps)
-        body = {"model_id": model_id, "steps": step_list, "datasets": dict(datasets or {})}
+        body: dict[str, Any] = {"model_id": model_id, "steps": step_list, "datasets": dict(datasets or {})}
+        if webhook is not None:
+            body["webhook"] = dict(webhook)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return Job.model_validate(self._request("POST", "/v1/jobs", json=body, headers=headers).json())
 
@@ -289,6 +309,11 @@ class Client:
         return [
             JobEvent.model_validate(e) for e in self._request("GET", f"/v1/jobs/{job_id}/events", params=params).json()
         ]
+
+    def webhook_deliveries(self, job_id: str) -> list[WebhookDelivery]:
+        """The job's webhook deliveries, oldest first, each with its attempts."""
+        answer = self._request("GET", f"/v1/jobs/{job_id}/webhook-deliveries").json()
+        return [WebhookDelivery.model_validate(d) for d in answer]
 
     def list_jobs(self, status: JobStatus | str | None = None, limit: int = 20, cursor: str | None = None) -> JobPage:
         """One page of jobs, newest first; pass `next_cursor` back as `cursor` for the next."""

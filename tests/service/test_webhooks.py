@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
+from onnx_compress import Client
 from service import webhooks
 from service.db import session_scope
 from service.queue import publish_task, webhook_queue
 from service.settings import Settings
-from service.status import JobStatus
+from service.status import DeliveryStatus, JobStatus, WebhookEvent
 from tests.service.client import poll, submit, upload
 from tests.service.conftest import FAST, Stack
 from tests.service.stack import drop_postgres_schema, postgres_schema, production_env, wait_until
@@ -191,6 +192,20 @@ def test_failed_attempts_are_retried_with_the_same_id_and_recorded(
     started = [a["started_at"] for a in given_up["attempts"]]
     assert started == sorted(started)
     assert len({p["id"] for p in receiver.verified("/down")}) == 1
+
+
+def test_python_client_submits_a_webhook_and_reads_its_deliveries(
+    stack: Stack, receiver: Receiver, model_id: str
+) -> None:
+    assert stack.api is not None
+    with Client(stack.api.url) as client:
+        job = client.submit(model_id, [{"type": "quantize", "mode": "dynamic"}], webhook={"url": receiver.url + "/ok"})
+        assert client.wait(job.id, timeout=120).status == JobStatus.SUCCEEDED
+        wait_until(lambda: settled(stack, job.id, 1), 30, "the client job's delivery")
+        (delivery,) = client.webhook_deliveries(job.id)
+    assert delivery.event == WebhookEvent.SUCCEEDED and delivery.status == DeliveryStatus.SUCCEEDED
+    assert [a.status_code for a in delivery.attempts] == [204]
+    assert delivery.id in {p["id"] for p in receiver.verified("/ok")}
 
 
 @pytest.mark.parametrize(
