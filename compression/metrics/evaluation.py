@@ -58,7 +58,7 @@ class Evaluator:
 
     def outputs(self, model_path: Path) -> dict[str, np.ndarray]:
         session = make_session(model_path, self.settings.latency.threads, arena=not self.memory_bound)
-        return run_dataset(session, self.dataset, self.batch_size)
+        return run_dataset(session, self.dataset, self.batch_size, ragged=True)
 
     def fidelity(self, model_path: Path) -> Fidelity:
         return self.compare_outputs(self.outputs(model_path))

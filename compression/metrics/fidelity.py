@@ -19,7 +19,12 @@ slice are depends on the output's kind, read from its shape (`output_kind`):
   first, one anchor per column), the columns are slices too.
 - `dense_map`: `p` of rank >= 3, [C, H, W] (leading axes count as channels): per-sample cosine, per-channel
   cosine over H x W and per-tile cosine over C x TILE x TILE positions.
-- `unaligned`: outputs whose per-batch shapes vary, compared flattened.
+- outputs whose shapes vary across inputs (a `Loop` or a data-dependent Slice that stops at a different step
+  per input: `run_dataset(ragged=True)` keeps one array per sample) are judged input by input with the rules
+  above, the kind read from the largest sample, and `varying_shape` set. Worst cases are over all inputs, rates
+  are pooled over all positions, and an input whose output shape differs from the reference's (a decoder that
+  stops at a different step) fails: cosine 0, no agreeing steps, `length_mismatches` counts it.
+- `unaligned`: the kind of such an array itself (`output_kind` of a 1-d object array).
 
 Slices whose reference and output norms are both below `SLICE_FLOOR` x the sample's largest slice norm are
 not judged: a background anchor scoring 0.001 vs 0.002 is not a broken model. Whole-tensor cosine also hides
@@ -30,6 +35,7 @@ channel by channel along their last axis (`min_channel_cosine`, pooled over samp
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from enum import StrEnum
 
 import numpy as np
@@ -83,6 +89,12 @@ class OutputFidelity(BaseModel):
     )
     agreement: float | None = Field(None, description="integer outputs: share of unchanged values")
     worst_sample_agreement: float | None = None
+    varying_shape: bool | None = Field(
+        None, description="the output's shape varies across inputs: every input was judged as one sample"
+    )
+    length_mismatches: int | None = Field(
+        None, description="varying-shape outputs: inputs whose output shape differs from the reference's (failed)"
+    )
 
 
 class Accuracy(BaseModel):
@@ -123,6 +135,8 @@ def sample_shape(shape: tuple[int, ...], n_samples: int, layout: str) -> tuple[i
 
 def output_kind(values: np.ndarray, n_samples: int, layout: str = "batched") -> OutputKind:
     """The output's kind from its dtype and the shape of one sample (see the module docstring)."""
+    if values.dtype == object:
+        return OutputKind.UNALIGNED
     if values.dtype.kind not in "fc":
         return OutputKind.IDS
     per_sample = sample_shape(values.shape, n_samples, layout)
@@ -208,8 +222,13 @@ def _channel_cosines(ref: np.ndarray, out: np.ndarray) -> float | None:
     return min(cosine(ref2[:, c], out2[:, c]) for c in range(ref2.shape[1]))
 
 
-def compare_output(ref: np.ndarray, out: np.ndarray, n_samples: int, layout: str = "batched") -> OutputFidelity:
-    kind = output_kind(ref, n_samples, layout)
+def compare_output(
+    ref: np.ndarray, out: np.ndarray, n_samples: int, layout: str = "batched", kind: OutputKind | None = None
+) -> OutputFidelity:
+    """`kind`: judge as this kind instead of the one read from the shape (same rank only)."""
+    if ref.dtype == object or out.dtype == object:
+        return _compare_varying(_samples(ref, n_samples), _samples(out, n_samples), layout)
+    kind = kind or output_kind(ref, n_samples, layout)
     if ref.shape != out.shape:
         return OutputFidelity(kind=kind, cosine=0.0, max_abs_diff=float("inf"), mean_abs_diff=float("inf"))
     if kind == OutputKind.IDS:
@@ -262,6 +281,83 @@ def compare_output(ref: np.ndarray, out: np.ndarray, n_samples: int, layout: str
         worst = [v for v in (_worst(by_channel), _worst(by_tile)) if v is not None]
         fidelity.worst_slice_cosine = min(worst) if worst else None
         fidelity.slice = SLICE_NAMES[kind]
+    return fidelity
+
+
+def _samples(values: np.ndarray, n_samples: int) -> list[np.ndarray]:
+    """One array per sample: the items of an object array, or the rows of an aligned output."""
+    if values.dtype == object:
+        return [np.asarray(v) for v in values]
+    if values.ndim and values.shape[0] == n_samples:
+        return [values[i] for i in range(n_samples)]
+    return [values]
+
+
+def _compare_varying(refs: list[np.ndarray], outs: list[np.ndarray], layout: str) -> OutputFidelity:
+    """Each input judged as one sample (see the module docstring); a changed shape fails that input."""
+    if len(refs) != len(outs):  # not even the same inputs: nothing comparable
+        return OutputFidelity(
+            cosine=0.0,
+            max_abs_diff=float("inf"),
+            mean_abs_diff=float("inf"),
+            varying_shape=True,
+            length_mismatches=max(len(refs), len(outs)),
+        )
+    largest = max(refs, key=lambda a: a.size) if refs else np.zeros(0, np.float32)
+    kind = output_kind(largest[None], 1, layout)
+    judged: list[tuple[np.ndarray, OutputFidelity | None]] = []
+    for ref, out in zip(refs, outs, strict=True):
+        if ref.shape != out.shape or ref.dtype.kind != out.dtype.kind:
+            judged.append((ref, None))
+            continue
+        same_rank = ref.ndim == largest.ndim
+        judged.append((ref, compare_output(ref[None], out[None], 1, layout, kind if same_rank else None)))
+    matched = [(r, f) for r, f in judged if f is not None]
+    mismatches = len(judged) - len(matched)
+
+    def lowest(field: str, failed: float | None) -> float | None:
+        values = [getattr(f, field) for _, f in matched if getattr(f, field) is not None]
+        if mismatches and failed is not None and (values or field == "worst_sample_cosine"):
+            values.append(failed)
+        return min(values) if values else None
+
+    def pooled(field: str, weight: Callable[[np.ndarray, OutputFidelity], int]) -> float | None:
+        pairs = [(getattr(f, field), weight(r, f)) for r, f in matched if getattr(f, field) is not None]
+        if not pairs:
+            return None
+        failed = sum(weight(r, matched[0][1]) for r, f in judged if f is None)  # an input that failed: 0
+        total = sum(w for _, w in pairs) + failed
+        return float(sum(v * w for v, w in pairs) / total) if total else 1.0
+
+    ref_flat = [r.astype(np.float64).ravel() for r, _ in matched]
+    out_flat = [o.astype(np.float64).ravel() for (r, f), o in zip(judged, outs, strict=True) if f is not None]
+    pooled_cosine = cosine(np.concatenate(ref_flat), np.concatenate(out_flat)) if ref_flat else 0.0
+    sizes = sum(r.size for r, _ in matched)
+    mean_abs = sum(f.mean_abs_diff * r.size for r, f in matched) / sizes if sizes else 0.0
+    width = largest.shape[-1] if largest.ndim else 1
+    fidelity = OutputFidelity(
+        kind=kind,
+        cosine=pooled_cosine,  # over the inputs whose shapes agree
+        max_abs_diff=float("inf") if mismatches else max((f.max_abs_diff for _, f in matched), default=0.0),
+        mean_abs_diff=float(mean_abs),
+        min_channel_cosine=lowest("min_channel_cosine", None),
+        top1_agreement=pooled("top1_agreement", lambda r, f: 1),
+        worst_sample_cosine=lowest("worst_sample_cosine", 0.0),
+        worst_slice_cosine=lowest("worst_slice_cosine", 0.0),
+        slice=next((f.slice for _, f in matched if f.slice), None),
+        top1_per_step=pooled("top1_per_step", lambda r, f: max(1, r.size // max(1, width))),
+        step_scores=all(f.step_scores for _, f in matched)
+        if any(f.step_scores is not None for _, f in matched)
+        else None,
+        worst_sample_snr_db=lowest("worst_sample_snr_db", -MAX_SNR_DB),
+        worst_value_fidelity=lowest("worst_value_fidelity", 0.0),
+        agreement=pooled("agreement", lambda r, f: r.size),
+        worst_sample_agreement=lowest("worst_sample_agreement", 0.0),
+        varying_shape=True,
+        length_mismatches=mismatches,
+    )
+    if kind == OutputKind.IDS and fidelity.agreement is not None:
+        fidelity.cosine = fidelity.agreement
     return fidelity
 
 

@@ -21,6 +21,8 @@ unchanged values >= the same floor) and worst per-slice cosine (a step, a channe
 channel of a small last axis >= `quant_min_channel_cosine` (a score column next to pixel boxes). Rates
 (`accuracy`, `top1`, `top1_per_step`, `agreement`) are pooled over samples and positions: they are shares,
 and the budget is one. A `snr_db` output is held to its floor whether or not a budget is set.
+An output whose length varies per input is judged input by input as its per-input kind (`varying_shape`), and
+an input whose output length differs from the input model's fails the budget whatever the metric.
 """
 
 from __future__ import annotations
@@ -200,6 +202,11 @@ def _floor_failures(name: str, out: OutputFidelity, budget: Budget) -> list[str]
     Without a budget (`max_accuracy_drop` None: "floors only") the pooled floors catch collapse; with one,
     the floors are judged worst case: per sample and per slice.
     """
+    if out.length_mismatches:
+        return [
+            f"output '{name}' has another shape than the input model's on {out.length_mismatches} input(s) "
+            "(its length varies per input: a sequence that stops at a different step)"
+        ]
     if out.max_abs_diff == float("inf"):
         return [f"output '{name}' changed shape or became non-finite"]
     reasons = []
