@@ -305,53 +305,55 @@ def _compare_varying(refs: list[np.ndarray], outs: list[np.ndarray], layout: str
         )
     largest = max(refs, key=lambda a: a.size) if refs else np.zeros(0, np.float32)
     kind = output_kind(largest[None], 1, layout)
-    judged: list[tuple[np.ndarray, OutputFidelity | None]] = []
+    rank = len(sample_shape(largest[None].shape, 1, layout) or ())
+    judged: list[tuple[np.ndarray, np.ndarray, OutputFidelity | None]] = []
     for ref, out in zip(refs, outs, strict=True):
         if ref.shape != out.shape or ref.dtype.kind != out.dtype.kind:
-            judged.append((ref, None))
+            judged.append((ref, out, None))  # another length: this input failed
             continue
-        same_rank = ref.ndim == largest.ndim
-        judged.append((ref, compare_output(ref[None], out[None], 1, layout, kind if same_rank else None)))
-    matched = [(r, f) for r, f in judged if f is not None]
+        same_rank = len(sample_shape(ref[None].shape, 1, layout) or ()) == rank
+        judged.append((ref, out, compare_output(ref[None], out[None], 1, layout, kind if same_rank else None)))
+    matched = [(r, o, f) for r, o, f in judged if f is not None]
     mismatches = len(judged) - len(matched)
+    width = largest.shape[-1] if largest.ndim else 1
 
     def lowest(field: str, failed: float | None) -> float | None:
-        values = [getattr(f, field) for _, f in matched if getattr(f, field) is not None]
+        values = [getattr(f, field) for _, _, f in matched if getattr(f, field) is not None]
         if mismatches and failed is not None and (values or field == "worst_sample_cosine"):
             values.append(failed)
         return min(values) if values else None
 
-    def pooled(field: str, weight: Callable[[np.ndarray, OutputFidelity], int]) -> float | None:
-        pairs = [(getattr(f, field), weight(r, f)) for r, f in matched if getattr(f, field) is not None]
+    def pooled(field: str, weight: Callable[[np.ndarray], int]) -> float | None:
+        """A share pooled over inputs (weighted by `weight`); an input that changed length counts as 0."""
+        pairs = [(getattr(f, field), weight(r)) for r, _, f in matched if getattr(f, field) is not None]
         if not pairs:
             return None
-        failed = sum(weight(r, matched[0][1]) for r, f in judged if f is None)  # an input that failed: 0
-        total = sum(w for _, w in pairs) + failed
+        total = sum(w for _, w in pairs) + sum(weight(r) for r, _, f in judged if f is None)
         return float(sum(v * w for v, w in pairs) / total) if total else 1.0
 
-    ref_flat = [r.astype(np.float64).ravel() for r, _ in matched]
-    out_flat = [o.astype(np.float64).ravel() for (r, f), o in zip(judged, outs, strict=True) if f is not None]
-    pooled_cosine = cosine(np.concatenate(ref_flat), np.concatenate(out_flat)) if ref_flat else 0.0
-    sizes = sum(r.size for r, _ in matched)
-    mean_abs = sum(f.mean_abs_diff * r.size for r, f in matched) / sizes if sizes else 0.0
-    width = largest.shape[-1] if largest.ndim else 1
+    refs_ok, outs_ok = [r for r, _, _ in matched], [o for _, o, _ in matched]
+    pooled_cosine = (
+        cosine(np.concatenate([r.ravel() for r in refs_ok]), np.concatenate([o.ravel() for o in outs_ok]))
+        if matched
+        else 0.0
+    )
+    sizes = sum(r.size for r in refs_ok)
+    step_scores = [f.step_scores for _, _, f in matched if f.step_scores is not None]
     fidelity = OutputFidelity(
         kind=kind,
         cosine=pooled_cosine,  # over the inputs whose shapes agree
-        max_abs_diff=float("inf") if mismatches else max((f.max_abs_diff for _, f in matched), default=0.0),
-        mean_abs_diff=float(mean_abs),
-        min_channel_cosine=lowest("min_channel_cosine", None),
-        top1_agreement=pooled("top1_agreement", lambda r, f: 1),
+        max_abs_diff=float("inf") if mismatches else max((f.max_abs_diff for _, _, f in matched), default=0.0),
+        mean_abs_diff=float(sum(f.mean_abs_diff * r.size for r, _, f in matched) / sizes) if sizes else 0.0,
+        min_channel_cosine=_pooled_channel_cosines(refs_ok, outs_ok),
+        top1_agreement=pooled("top1_agreement", lambda r: 1),
         worst_sample_cosine=lowest("worst_sample_cosine", 0.0),
         worst_slice_cosine=lowest("worst_slice_cosine", 0.0),
-        slice=next((f.slice for _, f in matched if f.slice), None),
-        top1_per_step=pooled("top1_per_step", lambda r, f: max(1, r.size // max(1, width))),
-        step_scores=all(f.step_scores for _, f in matched)
-        if any(f.step_scores is not None for _, f in matched)
-        else None,
+        slice=next((f.slice for _, _, f in matched if f.slice), None),
+        top1_per_step=pooled("top1_per_step", lambda r: max(1, r.size // max(1, width))),
+        step_scores=all(step_scores) if step_scores else None,
         worst_sample_snr_db=lowest("worst_sample_snr_db", -MAX_SNR_DB),
         worst_value_fidelity=lowest("worst_value_fidelity", 0.0),
-        agreement=pooled("agreement", lambda r, f: r.size),
+        agreement=pooled("agreement", lambda r: r.size),
         worst_sample_agreement=lowest("worst_sample_agreement", 0.0),
         varying_shape=True,
         length_mismatches=mismatches,
@@ -359,6 +361,16 @@ def _compare_varying(refs: list[np.ndarray], outs: list[np.ndarray], layout: str
     if kind == OutputKind.IDS and fidelity.agreement is not None:
         fidelity.cosine = fidelity.agreement
     return fidelity
+
+
+def _pooled_channel_cosines(refs: list[np.ndarray], outs: list[np.ndarray]) -> float | None:
+    """`min_channel_cosine` over every input's rows together, as for aligned outputs (one input's few steps
+    would make a channel of a handful of values)."""
+    if not refs or any(r.ndim < 2 or r.shape[-1] != refs[0].shape[-1] for r in refs):
+        return None
+    rows = [r.astype(np.float64).reshape(-1, r.shape[-1]) for r in refs]
+    got = [o.astype(np.float64).reshape(-1, o.shape[-1]) for o in outs]
+    return _channel_cosines(np.concatenate(rows), np.concatenate(got))
 
 
 def _compare_ids(ref: np.ndarray, out: np.ndarray, n_samples: int) -> OutputFidelity:
