@@ -46,6 +46,7 @@ def _postgres_timeouts(timeout_s: float) -> Any:
     return set_timeouts
 
 
+SQLITE_POOL_SIZE = 16  # SQLite connections kept open per process (the API's thread pool is 40)
 _engines: dict[tuple[str, float | None], Engine] = {}
 # per settings (database_url, data_dir, quick timeout, and the working directory a relative data_dir is read
 # from): the engine, so a request does not resolve the SQLite path and create its folder again
@@ -60,7 +61,14 @@ def engine_for(url: str, quick_timeout_s: float | None = None) -> Engine:
     if engine is None:
         timeout_s = quick_timeout_s or DB_TIMEOUT_S
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout_s})
+            # pool as large as the API's concurrent readers: an overflow connection is closed on return and
+            # opened again (with its pragmas) on the next request, a third of a status read's database time
+            engine = create_engine(
+                url,
+                connect_args={"check_same_thread": False, "timeout": timeout_s},
+                pool_size=SQLITE_POOL_SIZE,
+                max_overflow=SQLITE_POOL_SIZE,
+            )
             event.listen(engine, "connect", _sqlite_pragmas(timeout_s))
         elif quick_timeout_s is None:
             engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
