@@ -27,14 +27,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from kombu.exceptions import ChannelError
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import bindparam, func, select
 
 from service.db import get_engine
 from service.orm import Job, JobEvent, utcnow
-from service.queue import broker_connection
+from service.queue import waiting_messages
 from service.settings import Settings
 from service.status import EventKind, JobStatus
 
@@ -108,19 +107,6 @@ class Snapshot:
     database_up: bool
 
 
-def queue_length(settings: Settings) -> int:
-    """Messages waiting in the job queue (Redis: the list's length; embedded: the SQLite broker's rows)."""
-    with broker_connection(settings) as connection:
-        connection.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
-        channel = connection.channel()
-        try:
-            return channel.queue_declare(queue=settings.queue_name, passive=True).message_count
-        except ChannelError:  # Redis: an empty queue does not exist
-            return 0
-        finally:
-            channel.close()
-
-
 class JobStoreCollector(Collector):
     """A prometheus_client collector reading the job store and the broker at scrape time (see the module doc)."""
 
@@ -153,7 +139,7 @@ class JobStoreCollector(Collector):
             log.warning("metrics: the job store did not answer (%s: %s)", type(exc).__name__, exc)
             database_up = False
         try:
-            queue_messages: int | None = queue_length(settings)
+            queue_messages: int | None = waiting_messages(settings, timeout=BROKER_TIMEOUT_S)
         except Exception as exc:
             log.warning("metrics: the broker did not answer (%s: %s)", type(exc).__name__, exc)
             queue_messages = None

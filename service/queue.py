@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kombu import Connection, Exchange, Queue
-from kombu.exceptions import LimitExceeded, OperationalError
+from kombu.exceptions import ChannelError, LimitExceeded, OperationalError
 from kombu.pools import ProducerPool
 
 from service.logging import current_request_id
@@ -168,3 +168,17 @@ def check_broker(settings: Settings, timeout: float = CONNECT_TIMEOUT_S) -> None
     """Raise when the broker does not accept a connection (readiness probes)."""
     with broker_connection(settings) as connection:
         connection.ensure_connection(max_retries=1, timeout=timeout)
+
+
+def waiting_messages(settings: Settings, timeout: float = CONNECT_TIMEOUT_S) -> int:
+    """Messages waiting in the job queue, delivered ones not counted (Redis: the list's length; embedded: the
+    SQLite broker's rows). Raises what kombu raises when the broker does not answer within `timeout`."""
+    with broker_connection(settings) as connection:
+        connection.ensure_connection(max_retries=1, timeout=timeout)
+        channel = connection.channel()
+        try:
+            return channel.queue_declare(queue=settings.queue_name, passive=True).message_count
+        except ChannelError:  # Redis: an empty queue does not exist
+            return 0
+        finally:
+            channel.close()

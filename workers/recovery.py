@@ -24,12 +24,11 @@ import threading
 from datetime import timedelta
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
-from kombu.exceptions import ChannelError
 
 from service import job_store, retention
 from service.db import forget_inherited_connections, session_scope
 from service.orm import utcnow
-from service.queue import BrokerUnavailableError, broker_connection, check_broker, enqueue_job
+from service.queue import BrokerUnavailableError, check_broker, enqueue_job, waiting_messages
 from service.schema import prepare_schema
 from service.settings import Settings, get_settings
 
@@ -83,15 +82,7 @@ def publish_unpublished(settings: Settings) -> list[str]:
 
 def pending_messages(settings: Settings) -> int:
     """Messages waiting in the job queue (delivered ones not counted)."""
-    with broker_connection(settings) as connection:
-        connection.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
-        channel = connection.channel()
-        try:
-            return channel.queue_declare(queue=settings.queue_name, passive=True).message_count
-        except ChannelError:  # Redis: an empty queue does not exist
-            return 0
-        finally:
-            channel.close()
+    return waiting_messages(settings, timeout=BROKER_TIMEOUT_S)
 
 
 def redeliver_lost_jobs(settings: Settings) -> list[str]:
