@@ -41,8 +41,13 @@ pytestmark = pytest.mark.slow  # real api and worker processes
 KILLS = int(os.environ.get("RECOVERY_KILLS", "1"))
 LEASE = {"JOB_LEASE_SECONDS": "4", "JOB_HEARTBEAT_SECONDS": "1"}
 # the victim's job times latency for minutes (never narrow enough to stop early), so it is killed mid-run
+# Victims sweep with a lease and redelivery time far beyond the test, so the job of a killed victim is requeued
+# by the rescuer's sweep onto the rescuer's queue, never by the next victim's sweep onto the queue the next victim
+# itself consumes (where it would time latency for minutes). Their heartbeat is as frequent as the rescuer expects.
 VICTIM = {
-    **LEASE,
+    "JOB_LEASE_SECONDS": "3600",
+    "JOB_HEARTBEAT_SECONDS": "1",
+    "QUEUED_REDELIVER_SECONDS": "3600",
     "LATENCY_RUNS": "1000000",
     "LATENCY_TARGET_HALF_WIDTH": "0.000001",
     "LATENCY_MIN_SECONDS": "300",
