@@ -156,6 +156,10 @@ def worker(
     celery_app.worker_main(args)
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="default: HOST setting")] = None,
@@ -170,6 +174,9 @@ def serve(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     apply_migrations(settings)
     worker_process = subprocess.Popen([sys.executable, "-m", "onnx_compress", "worker"], env=os.environ.copy())
+    # uvicorn re-raises the SIGTERM it shut down on once it has stopped: with the default action that would end
+    # this process before `finally` and leave the worker running (docker stop, systemd, kill)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         api(host=host, port=port)
     finally:
