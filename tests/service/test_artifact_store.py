@@ -8,30 +8,20 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from service.artifacts import ArtifactNotFoundError, ArtifactStore, LocalArtifactStore, S3ArtifactStore
 from service.status import JobStatus
 from tests.service.client import poll, submit, upload
 from tests.service.conftest import Stack
-from tests.service.stack import free_port
+from tests.service.s3 import S3_ENV, moto_s3
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 SIZE = 3_000_000  # several 1 MiB stream chunks
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in S3_ENV.items():
-            patch.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="artifacts")
+    with moto_s3("artifacts") as endpoint:
         yield endpoint
-    server.stop()
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -20,7 +20,6 @@ import boto3
 import httpx
 import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
 from sqlalchemy import func, select, update
 
 from service import lifecycle, retention
@@ -32,12 +31,12 @@ from service.status import JobStatus
 from service.tenants import hash_token, settings_tenant_id
 from tests.service.client import poll
 from tests.service.conftest import FAST, Stack
-from tests.service.stack import drop_postgres_schema, free_port, postgres_schema, production_env, wait_until
+from tests.service.s3 import S3_ENV, moto_s3
+from tests.service.stack import drop_postgres_schema, postgres_schema, production_env, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 KEY_A, KEY_B = "lifecycle-key-a", "lifecycle-key-b"
-S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET, PREFIX = "lifecycle", "t"
 QUANTIZE = [{"type": "quantize", "mode": "dynamic"}]
 OLD = timedelta(days=40)  # past the default 30-day retentions
@@ -45,16 +44,8 @@ OLD = timedelta(days=40)  # past the default 30-day retentions
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in S3_ENV.items():
-            patch.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+    with moto_s3(BUCKET) as endpoint:
         yield endpoint
-    server.stop()
 
 
 @pytest.fixture(scope="module")

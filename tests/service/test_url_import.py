@@ -16,16 +16,15 @@ from pathlib import Path
 import boto3
 import pytest
 from fastapi.testclient import TestClient
-from moto.server import ThreadedMotoServer
 
 from app.main import create_app
 from onnx_compress import ApiError, Client
 from service.settings import Settings
 from tests.service.conftest import Stack
+from tests.service.s3 import moto_s3
 from tests.service.stack import free_port
 
 PROBLEM = "application/problem+json"
-S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "team-models"
 
 
@@ -105,19 +104,11 @@ def tls_served(tmp_path_factory: pytest.TempPathFactory, served: tuple[str, Path
 
 @pytest.fixture(scope="module")
 def s3_endpoint(digits_cnn) -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    endpoint = f"http://127.0.0.1:{server._port}"
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in S3_ENV.items():
-            patch.setenv(key, value)
+    with moto_s3(BUCKET, "artifacts") as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key="zoo/digits.onnx", Body=digits_cnn.path.read_bytes())
-        s3.create_bucket(Bucket="artifacts")
         s3.put_object(Bucket="artifacts", Key="store/models/other-tenant.onnx", Body=digits_cnn.path.read_bytes())
         yield endpoint
-    server.stop()
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
