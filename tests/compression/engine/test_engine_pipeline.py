@@ -61,7 +61,11 @@ def test_two_steps_record_metrics_after_each(mlp, tmp_path: Path) -> None:
     assert sink.started == sink.finished == [0, 1]
     assert sink.progress_values == sorted(sink.progress_values) and sink.progress_values[-1] == 1.0
     assert [step.index for step in metrics.steps] == [0, 1]
-    assert all(step.fidelity is not None and step.wall_time_s > 0 for step in metrics.steps)
+    assert all(step.wall_time_s > 0 for step in metrics.steps)
+    # a step that changed the model measures its fidelity; the second dynamic quantize of an int8 model may hand
+    # its input back (nothing left that is clearly worth it), and an unchanged step keeps the previous fidelity
+    assert metrics.steps[0].changed and metrics.steps[0].fidelity is not None
+    assert all((step.fidelity is not None) == step.changed for step in metrics.steps)
     assert metrics.fidelity.synthetic is False and metrics.fidelity.n_samples == len(mlp.y_test)
     assert metrics.fidelity.accuracy.input == pytest.approx(mlp.accuracy)
     assert metrics.fidelity.accuracy.drop <= 0.02
