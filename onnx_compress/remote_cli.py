@@ -12,15 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from compression.cli import (
-    CALIBRATION_OPTION,
-    EVAL_OPTION,
-    METRICS_OPTION,
-    MODEL_ARGUMENT,
-    OUTPUT_OPTION,
-    SPEC_OPTION,
-    TRAIN_OPTION,
-)
+from compression.cli import METRICS_OPTION, OUTPUT_OPTION, SPEC_OPTION
 from onnx_compress.client import API_KEY_ENV, ApiError, Client, Job, JobFailedError, Page
 from service.status import JobStatus
 
@@ -80,30 +72,44 @@ def _wait_with_bar(client: Client, job: Job) -> Job:
         return client.wait(job.id, progress=show, raise_on_failure=True)
 
 
+URL_SCHEMES = ("s3://", "https://", "http://")
+SOURCE_HELP = "a local file, or a URL the service imports itself (s3://bucket/key, https://...)"
+
+
+def _source(value: str, what: str) -> tuple[Path | None, str | None]:
+    """(path, None) for a local file, (None, url) for a URL the server fetches; a missing file is a usage error."""
+    if value.lower().startswith(URL_SCHEMES):
+        return None, value
+    path = Path(value)
+    if not path.is_file():
+        raise typer.BadParameter(f"{what} {value!r} is neither an existing file nor an s3:// or https:// URL")
+    return path, None
+
+
 def submit(
-    model: Annotated[Path, MODEL_ARGUMENT],
+    model: Annotated[str, typer.Argument(help=f"input .onnx: {SOURCE_HELP}")],
     spec: Annotated[Path, SPEC_OPTION],
     server: ServerOption,
     api_key: ApiKeyOption = None,
     output: Annotated[Path | None, OUTPUT_OPTION] = None,
-    calibration_data: Annotated[Path | None, CALIBRATION_OPTION] = None,
-    train_data: Annotated[Path | None, TRAIN_OPTION] = None,
-    eval_data: Annotated[Path | None, EVAL_OPTION] = None,
+    calibration_data: Annotated[str | None, typer.Option(help=f".npz calibration data: {SOURCE_HELP}")] = None,
+    train_data: Annotated[str | None, typer.Option(help=f".npz training data: {SOURCE_HELP}")] = None,
+    eval_data: Annotated[str | None, typer.Option(help=f".npz evaluation data: {SOURCE_HELP}")] = None,
     metrics: Annotated[Path | None, METRICS_OPTION] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait for the job, showing its progress")] = False,
 ) -> None:
-    """Compress on a running service: upload the model and data, queue the spec; with --wait, show progress
-    and write --output/--metrics (same arguments as `compress`). Prints the job (or a summary) as JSON."""
+    """Compress on a running service: upload the model and data (or have the service import them from URLs),
+    queue the spec; with --wait, show progress and write --output/--metrics (same arguments as `compress`).
+    Prints the job (or a summary) as JSON."""
     if (output or metrics) and not wait:
         raise typer.BadParameter("--output and --metrics need --wait (or use `jobs download` later)")
     body = _read_spec(spec)
+    sources = {"calibration": calibration_data, "train": train_data, "eval": eval_data}
+    data = {role: _source(value, f"--{role}-data") for role, value in sources.items() if value is not None}
+    model_path, model_url = _source(model, "model")
     with _client(server, api_key) as client:
-        model_id = client.upload_model(model).id
-        datasets = {
-            role: client.upload_dataset(path).id
-            for role, path in {"calibration": calibration_data, "train": train_data, "eval": eval_data}.items()
-            if path is not None
-        }
+        model_id = client.upload_model(model_path, url=model_url).id
+        datasets = {role: client.upload_dataset(path, url=url).id for role, (path, url) in data.items()}
         job = client.submit(model_id, body, datasets=datasets)
         console.print(f"job {job.id} queued")
         if not wait:

@@ -3,11 +3,14 @@ live `serve` that has an API key set (so every call below proves the key is sent
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -27,7 +30,9 @@ KEY = "client-test-key"
 def keyed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`onnx-compress serve` (api + worker, SQLite) with API_KEYS set: a request without the key is a 401."""
     root = tmp_path_factory.mktemp("keyed")
-    stack = Stack({"DATA_DIR": str(root / "data"), "API_KEYS": KEY, **FAST}, root)
+    env = {"DATA_DIR": str(root / "data"), "API_KEYS": KEY, **FAST}
+    env |= {"OUTBOUND_ALLOW_HTTP": "true", "OUTBOUND_ALLOWLIST": "127.0.0.1"}  # `submit <url>` from a local server
+    stack = Stack(env, root)
     stack.start_api("serve")
     yield stack
     stack.stop()
@@ -224,6 +229,42 @@ def test_cli_submit_wait_output(keyed_stack: Stack, digits_cnn, tmp_path: Path) 
     with Client(keyed_stack.api.url, api_key=KEY) as client, pytest.raises(ApiError) as missing:
         client.get(newer)
     assert missing.value.code == "job_not_found"
+
+
+def test_cli_submit_from_urls(keyed_stack: Stack, digits_cnn, tmp_path: Path) -> None:
+    """`submit <url> --calibration-data <url>`: the service imports both; a bad local path fails before any call."""
+    assert keyed_stack.api is not None
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "digits.onnx").write_bytes(digits_cnn.path.read_bytes())
+    digits_cnn.write_npz(served / "calib.npz", split="train", limit=32)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    handler = functools.partial(QuietFiles, directory=str(served))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as files:
+        threading.Thread(target=files.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{files.server_address[1]}"
+        args = [sys.executable, "-m", "onnx_compress", "submit", f"{base}/digits.onnx", "--spec", str(spec)]
+        args += ["--calibration-data", f"{base}/calib.npz", "--server", keyed_stack.api.url]
+        result = subprocess.run(
+            args, capture_output=True, text=True, timeout=120, env=cli_env(ONNX_COMPRESS_API_KEY=KEY)
+        )
+        files.shutdown()
+    assert result.returncode == 0, result.stderr[-4000:]
+    job = json.loads(result.stdout)
+    assert job["datasets"]["calibration"]
+    with Client(keyed_stack.api.url, api_key=KEY) as client:
+        assert client.wait(job["id"], timeout=300).status == JobStatus.SUCCEEDED
+        model = next(m for m in client.iter_models() if m.id == job["model_id"])
+    assert model.size_bytes == digits_cnn.path.stat().st_size
+    missing = [sys.executable, "-m", "onnx_compress", "submit", str(tmp_path / "nope.onnx"), "--spec", str(spec)]
+    refused = subprocess.run([*missing, "--server", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "neither an existing file nor" in refused.stderr
+
+
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 @pytest.mark.slow
