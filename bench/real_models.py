@@ -17,8 +17,17 @@ ratio measured interleaved with its bootstrap 95% interval. Status per model:
 "gained" counts clean models with size ratio <= 0.9 or latency ratio <= 0.95; "slower" counts changed
 models whose latency interval lies entirely above 1.0.
 
+Reference (unless --no-reference): in the same run, after the job and in a subprocess of its own like it,
+onnxruntime's plain `quantize_static` (QDQ, its defaults, the same calibration .npz through a
+CalibrationDataReader) on the input, then one latency comparison of its output against the input with the
+engine's own measurement (the one `auto` runs, `compression.quantization.speed.measure_candidates`).
+ref_s = quantize_static's time + that comparison's time (loading the .npz and the eval reference outputs the
+comparison's Evaluator needs are not counted); wall/ref = the job's wall time / ref_s; "within 3x ref"
+counts the models with wall/ref <= 3. --competitor starts one CPU-bound process (a busy loop) for the whole
+run, for the "another CPU-bound process shares the machine" case.
+
     .venv/bin/python bench/real_models.py [--models a,b] [--timeout 300] [--mode auto] [--spec JSON|@file]
-                                          [--json out.json]
+                                          [--json out.json] [--competitor] [--no-reference]
     .venv/bin/python bench/real_models.py --merge a.json,b.json   # one table over shards run side by side
 
 --json is rewritten after every model (with the load when the model started), so a run cut short keeps what
@@ -28,6 +37,7 @@ it measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -36,6 +46,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
@@ -52,6 +63,8 @@ RESULT_FILE = "result.json"
 READY_MARKER = "== job started =="
 STARTUP_LIMIT_S = 180.0  # interpreter start and imports, not counted in the job's wall time
 POLL_S = 0.2
+REF_FILE = "reference.json"
+REF_FACTOR = 3.0  # issue #9: auto within 3x the reference's wall time
 
 
 class Status(StrEnum):
@@ -81,6 +94,22 @@ class ModelResult:
     top1: float | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     engine: dict[str, Any] = field(default_factory=dict)  # the engine's own figures, for comparison only
+    # the reference: onnxruntime's plain quantize_static + one latency comparison (None: not run / failed)
+    ref_s: float | None = None
+    ref_quantize_s: float | None = None
+    ref_latency_s: float | None = None
+    ref_latency_ratio: float | None = None
+    ref_peak_rss_mb: float = 0.0
+    ref_note: str = ""
+
+    @property
+    def wall_per_ref(self) -> float | None:
+        return self.wall_s / self.ref_s if self.ref_s else None
+
+    @property
+    def within_3x_ref(self) -> bool:
+        ratio = self.wall_per_ref
+        return ratio is not None and ratio <= REF_FACTOR
 
     @property
     def gained(self) -> bool:
@@ -164,6 +193,46 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
     (work / RESULT_FILE).write_text(json.dumps(record, indent=1, default=str))
 
 
+def ref_child_main(model: Path, work: Path) -> None:
+    """The reference: plain quantize_static of `model` + one engine latency comparison; write reference.json."""
+    record: dict[str, Any]
+    try:
+        from onnxruntime.quantization import QuantFormat, quantize_static
+
+        from compression.datasets import DatasetBundle
+        from compression.metrics.evaluation import Evaluator
+        from compression.model_info import inspect_model
+        from compression.quantization.calibration import DatasetReader
+        from compression.quantization.config import AutoQuantizeConfig
+        from compression.quantization.speed import measure_candidates
+        from compression.settings import EngineSettings
+
+        print(READY_MARKER, flush=True)
+        settings = EngineSettings()
+        inputs = inspect_model(model).inputs
+        bundle = DatasetBundle.load({"calibration": work / "calibration.npz", "eval": work / "eval.npz"}, inputs)
+        assert bundle.calibration is not None and bundle.eval is not None
+        output = work / "reference_static.onnx"
+        reader = DatasetReader(bundle.calibration, bundle.calibration.n_samples)  # a CalibrationDataReader
+        started = time.perf_counter()
+        quantize_static(model, output, reader, quant_format=QuantFormat.QDQ)  # otherwise onnxruntime's defaults
+        quantize_s = time.perf_counter() - started
+        evaluator = Evaluator(model, bundle.eval, settings)  # the feed and batch auto's comparison uses
+        objective = AutoQuantizeConfig(mode="auto").objective
+        started = time.perf_counter()
+        comparison = measure_candidates(model, [output], evaluator, objective, settings)
+        latency_s = time.perf_counter() - started
+        record = {
+            "ok": True,
+            "quantize_s": quantize_s,
+            "latency_s": latency_s,
+            "latency_ratio": comparison.ratios[0].ratio,
+        }
+    except BaseException as exc:  # noqa: BLE001  (a failing reference is recorded, not fatal)
+        record = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+    (work / REF_FILE).write_text(json.dumps(record, indent=1, default=str))
+
+
 # --- the parent: start, watch, judge ---------------------------------------------------------------------
 
 
@@ -239,11 +308,38 @@ def _short(text: str, limit: int = 150) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def run_reference(source: Path, work: Path, result: ModelResult, args: argparse.Namespace) -> None:
+    """Time the reference on `source` in a subprocess and put its figures into `result`."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--ref-child", str(source.resolve())]
+    command += ["--work", str(work.resolve())]
+    (work / REF_FILE).unlink(missing_ok=True)
+    job = run_job(command, work / "reference.log", args.timeout, args.max_rss_mb)
+    result.ref_peak_rss_mb = job.peak_rss_mb
+    record_path = work / REF_FILE
+    if job.killed_for or not record_path.is_file():
+        result.ref_note = job.killed_for or f"process exited {job.exit_code}"
+        return
+    record = json.loads(record_path.read_text())
+    if not record["ok"]:
+        result.ref_note = _short(record["error"], 90)
+        return
+    result.ref_quantize_s, result.ref_latency_s = record["quantize_s"], record["latency_s"]
+    result.ref_s = record["quantize_s"] + record["latency_s"]
+    result.ref_latency_ratio = record["latency_ratio"]
+
+
 def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespace) -> ModelResult:
     try:
         source = third_party.fetch(name)
     except third_party.ThirdPartyUnavailable as exc:
         return ModelResult(name, Status.CRASHED, f"unavailable: {_short(str(exc))}")
+    result = judge_job(name, source, spec_json, folder, args)
+    if not args.no_reference:
+        run_reference(source, folder / name, result, args)
+    return result
+
+
+def judge_job(name: str, source: Path, spec_json: str, folder: Path, args: argparse.Namespace) -> ModelResult:
     work = folder / name
     work.mkdir(parents=True, exist_ok=True)
     third_party_inputs.write_npz(third_party_inputs.calibration_set(name), work / "calibration.npz")
@@ -299,8 +395,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def table(results: list[ModelResult]) -> list[str]:
     lines = [
         "| model | MB | status | size ratio | latency ratio [95% CI] | worst sample | worst slice | top-1 "
-        "| wall s | peak RSS MB | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| wall s | ref s | wall/ref | peak RSS MB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         latency = "-"
@@ -309,9 +405,13 @@ def table(results: list[ModelResult]) -> list[str]:
         lines.append(
             f"| {r.name} | {r.input_mb:.1f} | {r.status} | {_fmt(r.size_ratio)} | {latency} | "
             f"{_fmt(r.worst_sample, 4)} | {_fmt(r.worst_slice, 4)} | {_fmt(r.top1)} | {r.wall_s:.1f} | "
-            f"{r.peak_rss_mb:.0f} | {r.note.replace('|', '/')} |"
+            f"{_fmt(r.ref_s, 1)} | {_fmt(r.wall_per_ref, 2)} | {r.peak_rss_mb:.0f} | {_note(r).replace('|', '/')} |"
         )
     return lines
+
+
+def _note(r: ModelResult) -> str:
+    return f"{r.note}; reference: {r.ref_note}" if r.ref_note else r.note
 
 
 def counts(results: list[ModelResult]) -> str:
@@ -322,7 +422,9 @@ def counts(results: list[ModelResult]) -> str:
         f"models {len(results)}: crashed {by[Status.CRASHED]} (timeouts {timeouts}, memory kills {memory}), "
         f"returned unchanged {by[Status.UNCHANGED]}, "
         f"changed and clean {by[Status.CLEAN]}, changed and BROKEN {by[Status.BROKEN]}, "
-        f"gained {sum(r.gained for r in results)}, slower beyond the interval {sum(r.slower for r in results)}"
+        f"gained {sum(r.gained for r in results)}, slower beyond the interval {sum(r.slower for r in results)}, "
+        f"within {REF_FACTOR:.0f}x ref {sum(r.within_3x_ref for r in results)} "
+        f"(of {sum(r.ref_s is not None for r in results)} with a reference)"
     )
 
 
@@ -332,7 +434,11 @@ def merge(paths: list[Path]) -> None:
     by_name: dict[str, ModelResult] = {}  # a model run again in a later file: the later run counts
     for path in paths:
         payload = json.loads(path.read_text())
-        print(f"{path.name}: load at start {payload['load_start']}; at end {payload.get('load_end') or 'cut short'}")
+        competitor = "; with a CPU-bound competitor" if payload.get("competitor") else ""
+        print(
+            f"{path.name}: load at start {payload['load_start']}; at end {payload.get('load_end') or 'cut short'}"
+            f"{competitor}"
+        )
         for row in payload["results"]:
             values = {key: value for key, value in row.items() if key in known}
             values["status"] = Status(values["status"])
@@ -349,6 +455,21 @@ def uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         return Path("/proc/loadavg").read_text().strip()
+
+
+def start_competitor() -> subprocess.Popen[bytes]:
+    """One CPU-bound process (a pure-Python busy loop) in a session of its own."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+
+
+@contextlib.contextmanager
+def stop_at_exit(process: subprocess.Popen[bytes] | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if process is not None:
+            os.killpg(process.pid, signal.SIGKILL)  # the group this process leads, nothing else
+            process.wait()
 
 
 def default_spec(mode: str) -> str:
@@ -372,13 +493,21 @@ def main() -> None:
         default="",
         help="comma-separated --json files of earlier runs (shards): one table of them; a model in several: the last",
     )
+    parser.add_argument(
+        "--competitor", action="store_true", help="run one CPU-bound process (a busy loop) for the whole run"
+    )
+    parser.add_argument("--no-reference", action="store_true", help="skip the quantize_static reference per model")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ref-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.merge:
         merge([Path(p) for p in args.merge.split(",") if p])
         return
     if args.child is not None:
         child_main(args.child, args.spec, args.work)
+        return
+    if args.ref_child is not None:
+        ref_child_main(args.ref_child, args.work)
         return
     spec_json = args.spec or default_spec(args.mode)
     if spec_json.startswith("@"):
@@ -406,12 +535,25 @@ def main() -> None:
             "load_end": load_end,
             "load_per_model": loads,
             "spec": json.loads(spec_json),
+            "competitor": args.competitor,
             "args": {k: str(v) for k, v in vars(args).items()},
-            "results": [{**asdict(r), "gained": r.gained, "slower": r.slower} for r in results],
+            "results": [
+                {
+                    **asdict(r),
+                    "gained": r.gained,
+                    "slower": r.slower,
+                    "wall_per_ref": r.wall_per_ref,
+                    "within_3x_ref": r.within_3x_ref,
+                }
+                for r in results
+            ],
         }
         args.json.write_text(json.dumps(payload, indent=1, default=str))
 
-    with tempfile.TemporaryDirectory(prefix="real_models_") as tmp:
+    competitor = start_competitor() if args.competitor else None
+    if competitor is not None:
+        print(f"competitor: one CPU-bound busy loop, pid {competitor.pid}")
+    with tempfile.TemporaryDirectory(prefix="real_models_") as tmp, stop_at_exit(competitor):
         folder = args.work or Path(tmp)
         for name in names:
             loads[name] = uptime()
@@ -419,7 +561,7 @@ def main() -> None:
             results.append(result)
             print(
                 f"  {name}: {result.status} in {result.wall_s:.1f} s, {result.peak_rss_mb:.0f} MB {result.note} "
-                f"(load at start: {loads[name]})"
+                f"(reference {_fmt(result.ref_s, 1)} s {result.ref_note}; load at start: {loads[name]})"
             )
             sys.stdout.flush()
             write_json(None)
