@@ -57,6 +57,11 @@ class DistillResult:
     guard: str = ""
     auto_hints: int | None = None
     s_per_epoch: float | None = None
+    best_step: int | None = None
+    steps: int | None = None
+    checks: int | None = None  # selection checks run (epoch ends and inside epochs)
+    fresh_copies: bool | None = None
+    loss_curve: list[float] | None = None  # eval loss at each check
 
     @property
     def reached(self) -> bool:
@@ -75,6 +80,10 @@ def _distill_step(args: argparse.Namespace) -> dict[str, Any]:
         "max_seconds": args.max_seconds,
         "temperature": 1.0,
         **({"lr": args.lr} if args.lr else {}),
+        **({"anchor": args.anchor} if args.anchor else {}),
+        **({"check_seconds": args.check_seconds} if args.check_seconds else {}),
+        **({"augment": args.augment} if args.augment is not None else {}),
+        **({"fresh_copies": False} if args.no_fresh_copies else {}),
         **({"auto_hints": args.auto_hints} if args.auto_hints is not None else {}),
     }
 
@@ -125,6 +134,11 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
                 guard=(distill["details"].get("guard") or {}).get("reason", distill["details"].get("reason", "")),
                 auto_hints=len(distill["details"].get("auto_hints") or []),
                 s_per_epoch=distill["details"].get("seconds_per_epoch"),
+                best_step=distill["details"].get("best_step"),
+                steps=distill["details"].get("steps"),
+                checks=len(distill["details"].get("checks") or []) or None,
+                fresh_copies=distill["details"].get("fresh_copies"),
+                loss_curve=[round(c["eval_loss"], 5) for c in distill["details"].get("checks") or []] or None,
             )
     except BaseException as exc:  # noqa: BLE001  (every failure is this job's result)
         record = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
@@ -173,6 +187,11 @@ def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespac
         "guard",
         "auto_hints",
         "s_per_epoch",
+        "best_step",
+        "steps",
+        "checks",
+        "fresh_copies",
+        "loss_curve",
     ):
         setattr(result, key, record.get(key))
     if record["pruned"] is None:
@@ -204,14 +223,16 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def table(results: list[DistillResult]) -> list[str]:
     lines = [
         "| model | params ratio | worst sample pruned → distilled | worst slice pruned → distilled | top-1 "
-        "| best / run epochs | s/epoch | hints | lr | prune s | distill s | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| best / run epochs | best / run steps | checks | s/epoch | hints | lr | prune s | distill s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         epochs = "-" if r.best_epoch is None else f"{r.best_epoch} / {r.epochs_run}"
+        steps = "-" if r.best_step is None else f"{r.best_step} / {r.steps}"
         lines.append(
             f"| {r.name} | {_fmt(r.parameters_ratio, 3)} | {_fmt(r.before_sample)} → {_fmt(r.after_sample)} "
-            f"| {_fmt(r.before_slice)} → {_fmt(r.after_slice)} | {_fmt(r.after_top1, 3)} | {epochs} "
+            f"| {_fmt(r.before_slice)} → {_fmt(r.after_slice)} | {_fmt(r.after_top1, 3)} | {epochs} | {steps} "
+            f"| {'-' if r.checks is None else r.checks} "
             f"| {_fmt(r.s_per_epoch, 1)} | {'-' if r.auto_hints is None else r.auto_hints} | {_fmt(r.lr, 5)} | {_fmt(r.prune_s, 0)} | {_fmt(r.distill_s, 0)} | {r.note.replace('|', '/')} |"
         )
     return lines
@@ -225,6 +246,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="samples (stacked: entries) per optimizer step")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the engine's)")
     parser.add_argument("--auto-hints", type=int, default=None, help="intermediate tensors matched (engine default)")
+    parser.add_argument("--anchor", type=float, default=None, help="L2-SP pull toward the pruned weights (off)")
+    parser.add_argument("--check-seconds", type=float, default=None, help="seconds between selection checks")
+    parser.add_argument("--augment", type=int, default=None, help="mixed copies per train sample (engine default)")
+    parser.add_argument("--no-fresh-copies", action="store_true", help="the same mixed copies every epoch")
     parser.add_argument("--max-seconds", type=float, default=90.0, help="training time budget per model")
     parser.add_argument("--timeout", type=float, default=420.0, help="wall-time limit per job (prune + distill)")
     parser.add_argument("--max-rss-mb", type=float, default=6000.0)

@@ -78,6 +78,13 @@ def _metrics(ctx: PassContext, student: str, student_path: Path, out: Path, outc
             "latency": student_latency.median_ms / teacher_latency.median_ms if teacher_latency.median_ms else None,
         },
         "best_epoch": outcome.best_epoch,
+        "best_step": outcome.best_step,
+        "steps": outcome.steps,
+        "checks": [
+            {"epoch": c.epoch, "step": c.step, "eval_loss": c.eval_loss, "seconds": round(c.seconds, 2)}
+            for c in outcome.checks
+        ],
+        "fresh_copies": outcome.fresh_copies,
         "selected_by": outcome.selected_by,
         "eval_metric": outcome.metric_name,
         "selected_on": outcome.eval_on,

@@ -69,6 +69,24 @@ class DistillConfig(StepConfig):
         description="training time budget: the learning rate decays over it and training stops when it is spent "
         "(the best epoch so far is kept); None: only epochs bound it",
     )
+    check_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="selection checks inside an epoch: the student is scored on the selection data (and its best "
+        "state kept) every this many seconds of training, besides each epoch's end (checks stay at least 4x their "
+        "own cost apart); None: a tenth of max_seconds when that is set, else epoch ends only",
+    )
+    anchor: float = Field(
+        0.0,
+        ge=0,
+        description="L2-SP: after each step every trained weight moves lr*anchor of the way back to its starting "
+        "value (decoupled like AdamW's weight_decay, which pulls toward 0); 0: off",
+    )
+    fresh_copies: bool = Field(
+        True,
+        description="new mixed copies of the train inputs every epoch, labelled by the teacher (onnxruntime) at "
+        "the epoch's start; the given samples keep their cached targets. Only when copies are made (see augment)",
+    )
     qat: Literal["auto", "off"] = Field(
         "auto",
         description="quantization-aware training of a QDQ student: int8 weights feeding DequantizeLinear train as "

@@ -34,6 +34,8 @@ HOLD_OUT_MIN = 8  # train samples needed before a part of them is held out for s
 GUARD_SAMPLES = 64  # a smaller unlabeled selection set is widened by mixed copies for the final check
 GUARD_MAX_COPIES = 15
 BN_MIN_BATCH = 16  # below this many samples per step, batch statistics are too noisy: BatchNorm stays frozen
+AUTO_CHECKS = 10  # with a time budget and no check_seconds: a selection check every tenth of it
+CHECK_COST_RATIO = 4.0  # checks inside an epoch are at least this many times their own cost apart
 
 
 class TrainingHooks(Protocol):
@@ -82,10 +84,38 @@ class EpochRecord:
 
 
 @dataclass
+class CheckRecord:
+    """One selection check: the student scored on the selection data after `step` optimizer steps."""
+
+    epoch: int  # the epoch it ran in (0: before training)
+    step: int
+    eval_loss: float
+    eval_metric: float
+    seconds: float  # since training started
+
+
+@dataclass
+class _Best:
+    """The best check so far and the module state it saw."""
+
+    key: tuple[float, ...]
+    epoch: int
+    step: int
+    state: dict[str, Any]
+
+    def update(self, key: tuple[float, ...], epoch: int, step: int, state: dict[str, Any]) -> None:
+        self.key, self.epoch, self.step, self.state = key, epoch, step, copy.deepcopy(state)
+
+
+@dataclass
 class DistillOutcome:
     model: onnx.ModelProto
-    best_epoch: int
+    best_epoch: int  # the epoch of the best check (0: the input's weights)
     metric_name: str
+    best_step: int = 0  # optimizer steps behind the kept weights (0: the input's)
+    steps: int = 0
+    checks: list[CheckRecord] = field(default_factory=list)
+    fresh_copies: bool = False  # new mixed copies every epoch
     history: list[EpochRecord] = field(default_factory=list)
     losses: list[dict[str, Any]] = field(default_factory=list)
     trainable_parameters: int = 0
@@ -194,7 +224,10 @@ class Distiller:
         eval_data = eval_data.take(settings.evaluation.max_samples)
         copies = config.augment if config.augment is not None else auto_copies(train)
         self.given_samples = train.n_samples
+        self.given, self.copies = train, copies
         train = augment(train, copies, config.seed).take(settings.distill.max_train_samples)
+        # new copies every epoch only when there are copies (augment applied) and room for them
+        self.fresh_copies = config.fresh_copies and train.n_samples > self.given_samples
         _check_inputs(self.module, eval_data, self.eval_on)
         self.auto_hints: list[str] = []
         if config.auto_hints and not self.qat.active:
@@ -204,6 +237,7 @@ class Distiller:
             self.auto_hints = [name for name in auto if name not in named]
             del full_teacher
         hint_names = [h.teacher for h in config.hints] + self.auto_hints
+        self.hint_names = hint_names
         max_bytes = settings.distill.max_target_mb << 20
         batch = settings.evaluation.batch_size
         self.batch_axes: dict[str, int] = {}  # outputs whose samples are not on axis 0 (time-major sequences)
@@ -322,14 +356,42 @@ class Distiller:
         }
         return finish_qat(values, self.qat, constants)
 
-    def _selection_key(self, metric: float, loss: float, epoch: int) -> tuple[float, ...]:
-        """Larger is better: the eval metric (ties: lower loss), the eval loss alone, or simply the last epoch."""
+    def _selection_key(self, metric: float, loss: float, step: int) -> tuple[float, ...]:
+        """Larger is better: the eval metric (ties: lower loss), the eval loss alone, or simply the last check."""
         select = self.config.select
         if select == "metric":
             return (metric, -loss)
         if select == "loss":
             return (-loss,)
-        return (float(epoch),)
+        return (float(step),)
+
+    def _check_interval(self) -> float | None:
+        """Seconds of training between selection checks inside an epoch (None: at epoch ends only)."""
+        if self.config.check_seconds is not None:
+            return self.config.check_seconds
+        if self.config.max_seconds is not None:
+            return self.config.max_seconds / AUTO_CHECKS
+        return None
+
+    def _refresh_copies(self, epoch: int) -> None:
+        """New mixed copies of the given samples for this epoch, labelled by the teacher; the given samples
+        keep their cached targets."""
+        if not self.fresh_copies or epoch <= 1:
+            return
+        n = self.given.n_samples
+        mixed = augment(self.given, self.copies, self.config.seed + epoch)
+        mixed = mixed.take(self.settings.distill.max_train_samples)
+        copies = mixed.window(n, mixed.n_samples)
+        settings = self.settings
+        targets = teacher_targets(self.teacher_path, copies, self.hint_names, settings.distill.threads,
+                                  settings.evaluation.batch_size, settings.distill.max_target_mb << 20,
+                                  self.batch_axes)  # fmt: skip
+        arrays = {name: np.concatenate([a[:n], copies.arrays[name]]) for name, a in self.train.dataset.arrays.items()}
+        data = Dataset(arrays=arrays, labels=None, layout=mixed.layout, synthetic=mixed.synthetic,
+                       scalars=mixed.scalars)  # fmt: skip
+        self.train = _Data(
+            data, {name: np.concatenate([t[:n], targets[name]]) for name, t in self.train.targets.items()}
+        )
 
     def run(self) -> DistillOutcome:
         config, hooks = self.config, self.hooks
@@ -338,19 +400,44 @@ class Distiller:
             rng = np.random.default_rng(config.seed)
             params = [p for p in self.module.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=config.weight_decay)
+            anchors = [p.detach().clone() for p in params] if config.anchor > 0 else []
             steps_per_epoch = math.ceil(self.train.n / config.batch_size)
             total_steps = max(1, config.epochs * steps_per_epoch)
             start = time.perf_counter()
             out_of_time = False
             first = self.evaluate()
-            metric_name, best_metric = first.metric()
-            best_key = self._selection_key(best_metric, first.loss, 0)
-            best_epoch, best_state = 0, copy.deepcopy(self.module.state_dict())
-            history = [EpochRecord(0, None, first.loss, best_metric, time.perf_counter() - start)]
-            hooks.event("distill: student before training", epoch=0, eval_loss=first.loss, **{metric_name: best_metric})
+            metric_name, first_metric = first.metric()
+            best = _Best(
+                self._selection_key(first_metric, first.loss, 0), 0, 0, copy.deepcopy(self.module.state_dict())
+            )
+            history = [EpochRecord(0, None, first.loss, first_metric, time.perf_counter() - start)]
+            checks = [CheckRecord(0, 0, first.loss, first_metric, time.perf_counter() - start)]
+            hooks.event(
+                "distill: student before training", epoch=0, eval_loss=first.loss, **{metric_name: first_metric}
+            )
+            interval = self._check_interval()
+            last_check, check_cost = time.perf_counter(), checks[0].seconds
+            last_result: EvalResult | None = None
+
+            def check(epoch: int) -> EvalResult:
+                nonlocal last_check, check_cost, last_result
+                if checks[-1].step == done and last_result is not None:  # checked after this very step
+                    return last_result
+                began = time.perf_counter()
+                result = self.evaluate()
+                _, metric = result.metric()
+                check_cost, last_check = time.perf_counter() - began, time.perf_counter()
+                checks.append(CheckRecord(epoch, done, result.loss, metric, last_check - start))
+                key = self._selection_key(metric, result.loss, done)
+                if key > best.key:
+                    best.update(key, epoch, done, self.module.state_dict())
+                last_result = result
+                return result
+
             done = 0
             for epoch in range(1, config.epochs + 1):
                 started = time.perf_counter()
+                self._refresh_copies(epoch)
                 self.module.train()
                 running, count = 0.0, 0
                 for forwards in self.train.chunks(rng.permutation(self.train.n), config.batch_size):
@@ -362,22 +449,26 @@ class Distiller:
                         (loss / len(forwards)).backward()
                         running += loss.item() * len(index)
                         count += len(index)
+                    lr = self.lr * lr_factor(self._progress(done, total_steps, start), config.warmup)
                     for group in optimizer.param_groups:
-                        group["lr"] = self.lr * lr_factor(self._progress(done, total_steps, start), config.warmup)
+                        group["lr"] = lr
                     optimizer.step()
+                    if anchors:
+                        _pull_toward(params, anchors, lr * config.anchor)
                     done += 1
                     if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
                         out_of_time = True
                         break
                     if done * 100 // total_steps != (done - 1) * 100 // total_steps:  # at most ~100 updates
                         hooks.progress(0.05 + 0.85 * done / total_steps, f"distill epoch {epoch}/{config.epochs}")
-                result = self.evaluate()
-                _, metric = result.metric()
+                    since = time.perf_counter() - last_check
+                    if interval is not None and since >= max(interval, CHECK_COST_RATIO * check_cost):
+                        check(epoch)  # inside the epoch: a slow model keeps its best state, not one snapshot
+                        self.module.train()
+                result = check(epoch)
+                metric = checks[-1].eval_metric
                 seconds = time.perf_counter() - started
                 history.append(EpochRecord(epoch, running / max(count, 1), result.loss, metric, seconds))
-                if self._selection_key(metric, result.loss, epoch) > best_key:
-                    best_key, best_epoch = self._selection_key(metric, result.loss, epoch), epoch
-                    best_state = copy.deepcopy(self.module.state_dict())
                 hooks.event(
                     f"distill epoch {epoch}/{config.epochs}",
                     epoch=epoch,
@@ -385,14 +476,15 @@ class Distiller:
                     eval_loss=round(result.loss, 6),
                     **{metric_name: round(metric, 6)},
                     seconds=round(seconds, 3),
+                    best_step=best.step,
                 )
                 if out_of_time:
                     hooks.event(f"distill: time budget of {config.max_seconds:g} s spent after epoch {epoch}")
                     break
-            self.module.load_state_dict(best_state)
+            self.module.load_state_dict(best.state)
             trained = write_back(self.student_proto, self._trained_values())
         verdict = None
-        if best_epoch > 0:
+        if best.step > 0:
             hooks.progress(0.9, "distill: trained student vs its input on the selection data")
             verdict = self.guard(trained)
             hooks.event("distill: trained student vs its input", **verdict.as_metrics())
@@ -401,7 +493,10 @@ class Distiller:
         return DistillOutcome(
             model=trained,
             guard=verdict,
-            best_epoch=best_epoch,
+            best_epoch=best.epoch,
+            best_step=best.step,
+            steps=done,
+            checks=checks,
             metric_name=metric_name,
             history=history,
             losses=[{"output": p.student_output, "kind": p.kind, "labels": p.use_labels} for p in self.plans],
@@ -415,6 +510,7 @@ class Distiller:
             stopped_early=len(history) - 1 < config.epochs,
             train_samples=self.train.n,
             given_samples=self.given_samples,
+            fresh_copies=self.fresh_copies,
         )
 
     def guard(self, trained: onnx.ModelProto) -> GuardVerdict:
@@ -441,6 +537,13 @@ class Distiller:
         if data is not self.eval.dataset:
             where += f" and {data.n_samples - self.eval.n} mixed copies"
         return judge(before, after, self.settings.distill.guard_worst_tolerance, data.n_samples, where)
+
+
+def _pull_toward(params: list[torch.Tensor], anchors: list[torch.Tensor], rate: float) -> None:
+    """L2-SP, decoupled like AdamW's decay: each weight moves `rate` of the way back to its starting value."""
+    with torch.no_grad():
+        for param, anchor in zip(params, anchors, strict=True):
+            param.sub_(param - anchor, alpha=min(rate, 1.0))
 
 
 def _hold_out(train: Dataset) -> tuple[Dataset, Dataset, str]:

@@ -1,0 +1,117 @@
+"""Selection checks inside an epoch, the pull toward the starting weights (L2-SP) and fresh mixed copies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from pydantic import ValidationError
+
+from compression.datasets import Dataset
+from compression.settings import EngineSettings
+from compression.training import distiller as distiller_module
+from compression.training.config import DistillConfig
+from compression.training.distiller import Distiller, QuietHooks
+
+SETTINGS = EngineSettings()
+
+
+def _mlp(path: Path, w1: np.ndarray, w2: np.ndarray) -> Path:
+    """y = relu(x @ w1) @ w2, x [N, 8], y [N, 4] (a regression output: MSE against the teacher)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],  # fmt: skip
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(0, 0.5, (8, 16)).astype(np.float32), rng.normal(0, 0.5, (16, 4)).astype(np.float32)
+    teacher = _mlp(tmp_path / "teacher.onnx", w1, w2)
+    noisy = (
+        (w1 + rng.normal(0, 0.5, w1.shape)).astype(np.float32),
+        (w2 + rng.normal(0, 0.5, w2.shape)).astype(np.float32),
+    )
+    return teacher, _mlp(tmp_path / "student.onnx", *noisy)
+
+
+def _data(n: int, seed: int) -> Dataset:
+    x = np.random.default_rng(seed).normal(0, 1, (n, 8)).astype(np.float32)
+    return Dataset(arrays={"x": x}, labels=None, layout="batched")
+
+
+def _distiller(pair: tuple[Path, Path], **config: object) -> Distiller:
+    step = DistillConfig.model_validate({"epochs": 2, "batch_size": 4, "auto_hints": 0, "augment": 0, **config})
+    return Distiller(pair[0], pair[1], _data(40, 1), _data(10, 2), step, SETTINGS, QuietHooks())
+
+
+def _weights(distiller: Distiller) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in distiller.module.parameters()])
+
+
+def test_checks_inside_an_epoch_keep_the_best_state(pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(distiller_module, "CHECK_COST_RATIO", 0.0)  # no spacing by the checks' own cost
+    distiller = _distiller(pair, lr=0.05, check_seconds=1e-6)  # a check after every step
+    outcome = distiller.run()
+    steps_per_epoch = 10
+    assert outcome.steps == 2 * steps_per_epoch
+    assert len(outcome.checks) == outcome.steps + 1  # the input's, then one per step (epoch ends not repeated)
+    assert any(c.step % steps_per_epoch for c in outcome.checks)  # checks between epoch ends
+    best = min(outcome.checks, key=lambda c: c.eval_loss)
+    assert (outcome.best_step, outcome.best_epoch) == (best.step, best.epoch)
+    # the module holds the best check's weights (not the last step's): it scores that check's loss again
+    assert distiller.evaluate().loss == pytest.approx(best.eval_loss, rel=1e-5)
+
+
+def test_without_a_budget_or_interval_only_epoch_ends_are_checked(pair: tuple[Path, Path]) -> None:
+    outcome = _distiller(pair, lr=0.01).run()
+    assert [c.step for c in outcome.checks] == [0, 10, 20]
+    assert len(outcome.history) == 3
+
+
+def test_anchor_keeps_the_weights_near_their_start(pair: tuple[Path, Path]) -> None:
+    moved = {}
+    for anchor in (0.0, 50.0):
+        distiller = _distiller(pair, lr=0.01, anchor=anchor, select="last")
+        start = _weights(distiller).clone()
+        distiller.run()
+        moved[anchor] = float((_weights(distiller) - start).norm())
+    # lr*anchor = 0.5: each step undoes half the distance, so the weights stay ~ one Adam step away
+    assert moved[50.0] < 0.3 * moved[0.0], moved
+
+
+def test_fresh_copies_are_new_every_epoch_and_labelled_by_the_teacher(pair: tuple[Path, Path]) -> None:
+    distiller = _distiller(pair, augment=2)
+    assert distiller.fresh_copies and distiller.train.n == 3 * 40
+    given = distiller.train.dataset.arrays["x"][:40].copy()
+    first_copies = distiller.train.dataset.arrays["x"][40:].copy()
+    distiller._refresh_copies(2)
+    x = distiller.train.dataset.arrays["x"]
+    assert x.shape == (120, 8)
+    np.testing.assert_array_equal(x[:40], given)  # the given samples stay (and keep their targets)
+    assert not np.allclose(x[40:], first_copies)
+    teacher = onnx.load(str(pair[0]))
+    w1, w2 = (numpy_helper.to_array(t) for t in teacher.graph.initializer)
+    np.testing.assert_allclose(distiller.train.targets["y"], np.maximum(x @ w1, 0) @ w2, rtol=1e-4, atol=1e-5)
+    assert not _distiller(pair, augment=2, fresh_copies=False).fresh_copies
+    assert not _distiller(pair, augment=0).fresh_copies  # nothing to refresh
+
+
+@pytest.mark.parametrize("field", [{"check_seconds": 0}, {"anchor": -1.0}])
+def test_new_options_are_validated(field: dict) -> None:
+    with pytest.raises(ValidationError):
+        DistillConfig.model_validate(field)
