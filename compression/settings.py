@@ -147,6 +147,12 @@ class QuantizeSettings(SettingsGroup):
     weight_only_min_elements: int = Field(
         65536, ge=1, description="auto tries 4-bit weight-only when a MatMul weight has at least this many values"
     )
+    weight_storage_min_elements: int = Field(
+        256,
+        ge=1,
+        description="int8_weights (and auto's int8_weights candidate): weights with fewer values stay float "
+        "(their scales and rebuild nodes would cost about what int8 saves)",
+    )
     reduce_range: ReduceRange = Field(
         ReduceRange.AUTO,
         description="static/dynamic int8: 'auto' quantizes weights to 7 bits on x86 CPUs without VNNI, where "

@@ -20,6 +20,7 @@ from compression.quantization.config import (
     AutoQuantizeConfig,
     DynamicQuantizeConfig,
     Fp16QuantizeConfig,
+    Int8WeightsQuantizeConfig,
     ModeConfig,
     Objective,
     StaticQuantizeConfig,
@@ -60,6 +61,10 @@ def plan(model_path: Path, config: AutoQuantizeConfig, ctx: PassContext) -> tupl
         if _largest_matmul_weight(model_path) >= ctx.settings.quantize.weight_only_min_elements:
             wanted.append("weight_only")
             notes.append("weight_only: the graph has large MatMul weights")
+        wanted.append("int8_weights")
+        notes.append(
+            "int8_weights: every weight stored int8 with float compute (weight rounding error only; bodies included)"
+        )
     configs: list[ModeConfig] = []
     for mode in dict.fromkeys(wanted):
         if mode == "static":
@@ -70,6 +75,8 @@ def plan(model_path: Path, config: AutoQuantizeConfig, ctx: PassContext) -> tupl
             configs.append(DynamicQuantizeConfig(mode="dynamic", **shared))
         elif mode == "weight_only":
             configs.append(WeightOnlyQuantizeConfig(mode="weight_only", **shared))
+        elif mode == "int8_weights":
+            configs.append(Int8WeightsQuantizeConfig(mode="int8_weights", **shared))
         elif mode == "fp16":
             configs.append(Fp16QuantizeConfig(mode="fp16", **shared))
     return configs, notes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import Field, field_validator
 
@@ -120,6 +120,28 @@ class WeightOnlyQuantizeConfig(QuantizeBase):
         return value
 
 
+WeightStorageOp = Literal["Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "Gather", "Attention"]
+
+
+class Int8WeightsQuantizeConfig(QuantizeBase):
+    """int8 weight storage, float compute: every weight rounded to int8 (per output channel) and rebuilt to
+    float in the graph. Only weight rounding error; no activation quantization. Named after dynamic's
+    `conv: int8_weights`, which does the same for Conv weights alone."""
+
+    mode: Literal["int8_weights"]
+    per_channel: bool = Field(True, description="one scale per output channel (per tensor when false)")
+    rebuild: Literal["cast_mul", "dequantize_linear"] = Field(
+        "cast_mul",
+        description="how the float weight is rebuilt: 'cast_mul' (Cast * scale, constant-folded by onnxruntime "
+        "when a session starts: float latency, int8 file) or 'dequantize_linear' (the QDQ form; onnxruntime "
+        "runs it on every inference)",
+    )
+    op_types: list[WeightStorageOp] = Field(
+        default_factory=lambda: list(get_args(WeightStorageOp)),
+        description="ops whose weights are stored int8 (weights read inside If/Loop/Scan bodies included)",
+    )
+
+
 class Fp16QuantizeConfig(QuantizeBase):
     """float16 weights and compute; inputs and outputs stay float32 unless `keep_io_types` is false."""
 
@@ -130,7 +152,7 @@ class Fp16QuantizeConfig(QuantizeBase):
     )
 
 
-AutoCandidate = Literal["static", "dynamic", "weight_only", "fp16"]
+AutoCandidate = Literal["static", "dynamic", "weight_only", "int8_weights", "fp16"]
 
 
 class AutoQuantizeConfig(QuantizeBase):
@@ -149,9 +171,16 @@ QuantizeConfig = Annotated[
         DynamicQuantizeConfig,
         StaticQuantizeConfig,
         WeightOnlyQuantizeConfig,
+        Int8WeightsQuantizeConfig,
         Fp16QuantizeConfig,
         AutoQuantizeConfig,
     ],
     Field(discriminator="mode"),
 ]
-ModeConfig = DynamicQuantizeConfig | StaticQuantizeConfig | WeightOnlyQuantizeConfig | Fp16QuantizeConfig
+ModeConfig = (
+    DynamicQuantizeConfig
+    | StaticQuantizeConfig
+    | WeightOnlyQuantizeConfig
+    | Int8WeightsQuantizeConfig
+    | Fp16QuantizeConfig
+)

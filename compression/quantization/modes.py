@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-import onnx_ir as ir
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from compression.contract import PassContext
@@ -27,11 +26,11 @@ from compression.quantization.config import (
     CalibrationMethodName,
     DynamicQuantizeConfig,
     Fp16QuantizeConfig,
+    Int8WeightsQuantizeConfig,
     ModeConfig,
     StaticQuantizeConfig,
     WeightOnlyQuantizeConfig,
 )
-from compression.quantization.conv_weights import conv_weights_to_int8
 from compression.quantization.fusion import tune_fusion
 from compression.quantization.opset import ensure_opset
 from compression.quantization.ort_workarounds import static_extra_options
@@ -39,6 +38,7 @@ from compression.quantization.prepare import Prepared, prepare, quantize_with_fa
 from compression.quantization.saturation import reduce_range
 from compression.quantization.smooth_quant import smooth_prepared
 from compression.quantization.speed import interleaved_latency
+from compression.quantization.weight_storage import conv_weights_to_int8, store_weights_int8, weight_nodes
 
 GATHER_INT4_MIN_OPSET = 21
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -138,11 +138,10 @@ class DynamicQuantizer(ModeQuantizer):
             nodes_to_exclude=names or None,
             extra_options={"EnableSubgraph": True},  # weights inside If/Loop bodies too
         )
-        model = ir.load(stage)
         if self.config.conv == "int8_weights" and "Conv" not in self.config.op_types_to_exclude:
-            stored = conv_weights_to_int8(model, set(exclude))
-            self.details["conv_int8_storage"] = stored
-        ir.save(model, stage)
+            model = onnx.load(str(stage))
+            self.details["conv_int8_storage"] = conv_weights_to_int8(model, set(exclude))
+            onnx.save(model, str(stage))
         self.details["bytes_saved_by_compaction"] = compact(stage, dst, original_names(prepared.path))
 
     def tune(self, prepared: Prepared, evaluator: Evaluator) -> None:
@@ -267,9 +266,9 @@ class StaticQuantizer(ModeQuantizer):
         if config.format == "qdq" and self.ctx.settings.quantize.bias_correction:
             self.details["bias_correction"] = self.bias_corrector.apply(prepared.path, stage).model_dump()
         if always:  # convs kept float for speed still get int8 storage (constant-folded at load)
-            model = ir.load(stage)
+            model = onnx.load(str(stage))
             conv_weights_to_int8(model, set(), only=set(always))
-            ir.save(model, stage)
+            onnx.save(model, str(stage))
         names = original_names(prepared.path)
         self.details["bytes_saved_by_compaction"] = compact(stage, dst, names, prepared.extra_outputs)
 
@@ -398,11 +397,55 @@ class Fp16Quantizer(ModeQuantizer):
         onnx.save(converted, str(dst))
 
 
+class Int8WeightsQuantizer(ModeQuantizer):
+    """int8 weight storage, float compute (weight_storage.py): only weight rounding error, bodies included."""
+
+    quantizes_bodies = True
+    config: Int8WeightsQuantizeConfig
+
+    @property
+    def quantizable_ops(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset(self.config.op_types) - set(self.config.op_types_to_exclude)
+
+    def prepare(self, src: Path) -> Prepared:
+        # no quant_pre_process: the graph keeps its own ops, only its weights change
+        per_axis = self.config.rebuild == "dequantize_linear" and self.config.per_channel
+        prepared = prepare(src, self.work / "prep", self.report, per_channel=per_axis, optimize=False)
+        typed = self.work / "prep" / "typed.onnx"
+        try:  # value types for the tensors the sensitivity ranking exposes as outputs
+            onnx.shape_inference.infer_shapes_path(str(prepared.path), str(typed))
+            prepared.path = typed
+        except Exception as exc:  # onnx's inference raises many types; the ranking then sees fewer tensors
+            self.report(f"shape inference failed ({type(exc).__name__}); ranking without inferred types")
+        return prepared
+
+    def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
+        model = onnx.load(str(prepared.path))
+        stored = store_weights_int8(
+            model,
+            op_types=self.quantizable_ops,
+            exclude=set(exclude),
+            min_elements=self.ctx.settings.quantize.weight_storage_min_elements,
+            per_channel=self.config.per_channel and prepared.per_channel_ok,
+            rebuild=self.config.rebuild,
+        )
+        self.details["int8_weight_storage"] = stored.as_dict()
+        stage = self.work / "int8_weights.onnx"
+        onnx.save(model, str(stage))
+        self.details["bytes_saved_by_compaction"] = compact(stage, dst, original_names(prepared.path))
+
+    def candidate_nodes(self, prepared: Prepared) -> list[str]:
+        model = onnx.load(str(prepared.path), load_external_data=False)
+        minimum = self.ctx.settings.quantize.weight_storage_min_elements
+        return weight_nodes(model, self.quantizable_ops, minimum)
+
+
 def make_quantizer(config: ModeConfig, ctx: PassContext, work: Path) -> ModeQuantizer:
     classes: dict[str, type[ModeQuantizer]] = {
         "dynamic": DynamicQuantizer,
         "static": StaticQuantizer,
         "weight_only": WeightOnlyQuantizer,
+        "int8_weights": Int8WeightsQuantizer,
         "fp16": Fp16Quantizer,
     }
     return classes[config.mode](config, ctx, work)

@@ -55,6 +55,11 @@ def reads_of(node: onnx.NodeProto) -> list[str]:
     return names
 
 
+def main_output(node: onnx.NodeProto) -> str:
+    """The output a node's error is measured on: its first one that is produced (an LSTM may skip Y)."""
+    return next((name for name in node.output if name), "")
+
+
 def body_containers(graph: onnx.GraphProto, names: set[str]) -> dict[str, tuple[onnx.NodeProto, str]]:
     """Node name (inside any body, at any depth) -> (the top-level node whose body holds it, its op type)."""
     found: dict[str, tuple[onnx.NodeProto, str]] = {}
@@ -106,11 +111,11 @@ def rank_nodes(
             consumers.setdefault(name, []).append(node)
     wanted: set[str] = set()
     for node in [*nodes.values(), *containers.values()]:
-        wanted.update(node.output if any(subgraphs(node)) else node.output[:1])
+        wanted.update(name for name in (node.output if any(subgraphs(node)) else [main_output(node)]) if name)
         wanted.update(name for name in reads_of(node) if name not in initializers)
         # onnxruntime folds a Relu/Clip after a Conv into the quantized range and drops it, so the
         # Conv's own output has no counterpart: it is measured where the activation's output is
-        wanted.update(after.output[0] for after in consumers.get(node.output[0], []) if after.op_type in FOLDED)
+        wanted.update(after.output[0] for after in consumers.get(main_output(node), []) if after.op_type in FOLDED)
     work.mkdir(parents=True, exist_ok=True)
     float_tapped, quant_tapped = work / "float_tapped.onnx", work / "quant_tapped.onnx"
     # in QDQ graphs what the next op sees of tensor T is DequantizeLinear(QuantizeLinear(T))
@@ -132,7 +137,7 @@ def rank_nodes(
 
     def node_error(node: onnx.NodeProto) -> float | None:
         if not any(subgraphs(node)):
-            return error(node.output[0])
+            return error(main_output(node))
         errors = [error(name) for name in node.output if name]
         return None if any(e is None for e in errors) else max(errors, default=0.0)
 

@@ -25,7 +25,7 @@ def auto_cnn(digits_cnn, tmp_path_factory):
 def test_auto_picks_static_for_a_convnet_within_budget(auto_cnn):
     result, _ = auto_cnn
     details = result.metrics.steps[0].details
-    assert [c["mode"] for c in details["candidates"]] == ["static", "dynamic"]
+    assert [c["mode"] for c in details["candidates"]] == ["static", "dynamic", "int8_weights"]
     assert details["objective"] == "balanced"  # the default
     static = next(c for c in details["candidates"] if c["mode"] == "static")
     assert static["within_budget"] and static["size_ratio"] < 0.5
@@ -39,7 +39,7 @@ def test_auto_never_returns_a_slower_model(auto_cnn):
     result, _ = auto_cnn
     details = result.metrics.steps[0].details
     timed = [c for c in details["candidates"] if "latency_ratio" in c]
-    assert {c["mode"] for c in timed} == {"static", "dynamic"}
+    assert {c["mode"] for c in timed} == {"static", "dynamic", "int8_weights"}
     for candidate in timed:
         low, high = candidate["latency_interval"]
         assert low <= candidate["latency_ratio"] <= high
@@ -194,7 +194,7 @@ def test_auto_tries_weight_only_for_large_matmuls(tmp_path):
     datasets = DatasetBundle(eval=feeds_dataset({"x": rng.standard_normal((64, 512)).astype(np.float32)}, src))
     result, _ = run_step(src, {"type": "quantize", "mode": "auto", "max_accuracy_drop": 0.05}, datasets, tmp_path)
     details = result.metrics.steps[0].details
-    assert [c["mode"] for c in details["candidates"]] == ["dynamic", "weight_only"]
+    assert [c["mode"] for c in details["candidates"]] == ["dynamic", "weight_only", "int8_weights"]
     assert any("large MatMul" in note for note in details["plan"])
     if not details["input_model_returned"]:
         chosen = next(c for c in details["candidates"] if c["mode"] == details["chosen"])

@@ -1,0 +1,168 @@
+"""int8 weight storage (mode `int8_weights`): weights stored int8, rebuilt to float under their own names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compression.datasets import Dataset, DatasetBundle
+from compression.model_info import inspect_model
+from compression.quantization.auto import plan
+from compression.quantization.config import AutoQuantizeConfig
+from compression.quantization.weight_storage import store_weights_int8, weight_nodes
+from tests.compression.quantization.quant_helpers import SETTINGS, run_step, save
+
+HIDDEN = 16
+
+
+def _init(name: str, *shape: int) -> onnx.TensorProto:
+    rng = np.random.default_rng(len(name) * 31 + sum(shape))  # the same weights in every test
+    return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32), name)
+
+
+def mixed_model() -> onnx.ModelProto:
+    """Conv -> MatMul (shared weight read twice) -> LSTM, plus an If whose branches read an outer weight.
+
+    x [1, 3, 8, 8] -> Conv(8 ch) -> reshape [1, 8, 64] -> MatMul W_shared [64, 64] -> MatMul W_shared -> LSTM
+    (seq 8, input 64, hidden 16) -> y; `If(flag)`: then MatMul(x_flat, W_body), else MatMul(x_flat, W_body) * 2.
+    """
+    inits = [
+        _init("conv_w", 8, 3, 3, 3),
+        _init("conv_b", 8),
+        numpy_helper.from_array(np.array([1, 8, 64], dtype=np.int64), "shape3"),
+        _init("W_shared", 64, 64),
+        _init("lstm_W", 1, 4 * HIDDEN, 64),
+        _init("lstm_R", 1, 4 * HIDDEN, HIDDEN),
+        _init("lstm_B", 1, 8 * HIDDEN),
+        _init("W_body", 64, 32),
+        numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"),
+    ]
+    then_branch = helper.make_graph(
+        [helper.make_node("MatMul", ["flat", "W_body"], ["then_out"], name="body_then_mm")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [1, 8, 32])],
+    )
+    else_branch = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["flat", "W_body"], ["else_mm"], name="body_else_mm"),
+            helper.make_node("Mul", ["else_mm", "two"], ["else_out"], name="body_else_mul"),
+        ],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [1, 8, 32])],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["c", "shape3"], ["flat"], name="reshape"),
+        helper.make_node("MatMul", ["flat", "W_shared"], ["m1"], name="mm1"),
+        helper.make_node("MatMul", ["m1", "W_shared"], ["m2"], name="mm2"),
+        helper.make_node("Transpose", ["m2"], ["seq"], name="to_seq", perm=[1, 0, 2]),
+        helper.make_node("LSTM", ["seq", "lstm_W", "lstm_R", "lstm_B"], ["", "y_h"], name="lstm", hidden_size=HIDDEN),
+        helper.make_node("Squeeze", ["y_h"], ["y"], name="squeeze"),
+        helper.make_node("If", ["flag"], ["z"], name="branch", then_branch=then_branch, else_branch=else_branch),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mixed",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [HIDDEN]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8, 32]),
+        ],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model: onnx.ModelProto | Path, flag: bool) -> list[np.ndarray]:
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    return session.run(None, {"x": x, "flag": np.array(flag)})
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("rebuild", ["cast_mul", "dequantize_linear"])
+def test_every_weight_is_stored_int8_and_outputs_stay_close(rebuild):
+    model = mixed_model()
+    reference = [_run(model, flag) for flag in (True, False)]
+    stored = onnx.ModelProto()
+    stored.CopyFrom(model)
+    stats = store_weights_int8(stored, min_elements=64, rebuild=rebuild)
+    onnx.checker.check_model(stored)
+    assert stats.tensors == 5  # conv_w, W_shared (once), lstm_W, lstm_R, W_body; biases and tiny tensors stay
+    names = {init.name: init.data_type for init in stored.graph.initializer}
+    for weight in ("conv_w", "W_shared", "lstm_W", "lstm_R", "W_body"):
+        assert weight not in names  # rebuilt by a node under the same name
+        assert names[f"{weight}_int8"] == TensorProto.INT8
+    assert names["lstm_B"] == TensorProto.FLOAT
+    assert stored.ByteSize() < 0.4 * model.ByteSize()
+    for flag, expected in zip((True, False), reference, strict=True):
+        for got, want in zip(_run(stored, flag), expected, strict=True):
+            assert got.shape == want.shape
+            assert _cosine(got, want) > 0.999
+
+
+def test_a_weight_read_by_an_excluded_node_stays_float():
+    model = mixed_model()
+    stats = store_weights_int8(model, min_elements=64, exclude={"mm2", "body_else_mm"})
+    names = {init.name: init.data_type for init in model.graph.initializer}
+    assert names["W_shared"] == TensorProto.FLOAT  # mm1 shares it with the excluded mm2
+    assert names["W_body"] == TensorProto.FLOAT  # read by the excluded node inside the else branch
+    assert stats.tensors == 3
+    assert _run(model, True)[0].shape == (HIDDEN,)
+
+
+def test_weight_nodes_lists_body_nodes_and_skips_small_weights():
+    nodes = weight_nodes(mixed_model(), min_elements=64)
+    assert set(nodes) == {"conv", "mm1", "mm2", "lstm", "body_then_mm", "body_else_mm"}
+    assert "conv" not in weight_nodes(mixed_model(), min_elements=1000)
+
+
+def test_onnxruntime_folds_the_cast_mul_rebuild(tmp_path):
+    model = mixed_model()
+    store_weights_int8(model, min_elements=64)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    assert not [node for node in optimized.graph.node if node.op_type in ("Cast", "Mul")]
+
+
+def test_int8_weights_step_and_auto_plan(tmp_path):
+    path = save(mixed_model(), tmp_path / "mixed.onnx")
+    inputs = inspect_model(path).inputs
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((8, 1, 3, 8, 8)).astype(np.float32), "flag": np.array([True, False] * 4)}
+    datasets = DatasetBundle(eval=Dataset.bind(feeds, inputs))
+    step = {"type": "quantize", "mode": "int8_weights", "max_accuracy_drop": 0.01, "speed_guard": False}
+    result, _ = run_step(path, step, datasets, tmp_path / "work", SETTINGS)
+    details = result.metrics.steps[0].details
+    assert details["within_budget"], details.get("reasons")
+    assert not details["input_model_returned"], details.get("reason")
+    assert details["int8_weight_storage"]["tensors"] == 4  # conv_w (216 values) is under the 256 default
+    assert result.model_path.stat().st_size < 0.45 * path.stat().st_size
+    configs, notes = plan(path, AutoQuantizeConfig(mode="auto"), _Ctx())
+    assert "int8_weights" in [config.mode for config in configs]
+    assert any(note.startswith("int8_weights") for note in notes)
+
+
+class _Ctx:
+    settings = SETTINGS
+
+    class datasets:  # noqa: N801
+        calibration = None
+        train = None
