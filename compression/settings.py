@@ -132,6 +132,19 @@ class QuantizeSettings(SettingsGroup):
         "sets their batch size and how many samples are collected before statistics are merged",
     )
     exclusion_rounds: int = Field(6, ge=1, description="max re-quantizations while keeping nodes in float")
+    search_time_factor: float | None = Field(
+        2.0,
+        gt=0,
+        description="auto: no new attempt starts once the search has run this many times the cost of its first "
+        "candidate's first full attempt (prepare + calibrate + quantize + evaluate); the best within-budget attempt "
+        "so far is kept and the metrics say what was not tried. Relative to the work, so it holds under load; "
+        "unset: no bound",
+    )
+    sensitivity_when_met: bool = Field(
+        True,
+        description="rank node sensitivity (information only) when the first attempt already meets the budget; "
+        "auto ranks only when its search time bound has not been reached",
+    )
     min_speedup: float = Field(
         1.02,
         ge=1,

@@ -6,6 +6,7 @@ the input in one adaptive interleaved measurement; compression/quantization/obje
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from compression.quantization.modes import make_quantizer
 from compression.quantization.objective import Option, choose
 from compression.quantization.search import BudgetSearch, SearchResult
 from compression.quantization.speed import latency_facts, measure_candidates, speed_verdict
+from compression.quantization.timing import SearchClock
 
 RECURRENT = {"LSTM", "GRU", "RNN"}
 MATMUL_LIKE = {"MatMul", "Gemm", "Attention"}
@@ -106,12 +108,18 @@ def run_auto(
     budget = step_budget(config.max_accuracy_drop, config.budget_metric, ctx.settings, evaluator)
     results: list[SearchResult] = []
     table: list[dict[str, Any]] = []
+    clock = SearchClock(ctx.settings.quantize.search_time_factor)  # one bound over every candidate's search
     for index, mode_config in enumerate(configs):
+        if clock.expired():
+            clock.stop(mode_config.mode, "its first attempt")
+            table.append({"mode": mode_config.mode, "within_budget": False, "reasons": ["not tried: time bound"]})
+            continue
         ctx.progress(0.1 + 0.7 * index / max(len(configs), 1), f"auto: trying {mode_config.mode}")
         quantizer = make_quantizer(mode_config, ctx, work / f"{index}_{mode_config.mode}")
         try:
             span = (0.1 + 0.7 * index / len(configs), 0.1 + 0.7 * (index + 1) / len(configs))
-            search = BudgetSearch(quantizer, ctx, evaluator, budget, f"quantize_auto_{mode_config.mode}", span)
+            stem = f"quantize_auto_{mode_config.mode}"
+            search = BudgetSearch(quantizer, ctx, evaluator, budget, stem, span, clock)
             result = search.run(model_path)
         except CompressionError as exc:
             table.append({"mode": mode_config.mode, "within_budget": False, "reasons": [exc.message]})
@@ -133,6 +141,7 @@ def run_auto(
         "plan": notes,
         "candidates": table,
         "budget": budget.model_dump(),
+        "search_time": clock.summary(),
     }
     if not ok:
         metrics["reason"] = "no candidate met the accuracy budget; returning the input model"
@@ -152,7 +161,9 @@ def run_auto(
         return None, metrics
     ctx.progress(0.85, "auto: measuring latency against the input")
     paths = [r.best.path for r in timed if r.best.path is not None]
+    started = time.perf_counter()
     comparison = measure_candidates(model_path, paths, evaluator, config.objective, ctx.settings, ctx.check_canceled)
+    metrics["latency_comparison_s"] = round(time.perf_counter() - started, 3)
     base = comparison.models[0]
     metrics["input_latency_ms"] = base.median_ms
     metrics["latency_measurement"] = comparison.summary()

@@ -38,6 +38,7 @@ from compression.quantization.prepare import Prepared, prepare, quantize_with_fa
 from compression.quantization.saturation import reduce_range
 from compression.quantization.smooth_quant import smooth_prepared
 from compression.quantization.speed import interleaved_latency
+from compression.quantization.timing import phase
 from compression.quantization.weight_storage import conv_weights_to_int8, store_weights_int8, weight_nodes
 
 GATHER_INT4_MIN_OPSET = 21
@@ -226,51 +227,56 @@ class StaticQuantizer(ModeQuantizer):
         if config.op_types_to_exclude:
             op_types = sorted(self.quantizable_ops - set(config.op_types_to_exclude))
         # ranges streamed into the cache below within quant_activation_memory_mb; the reader is a fallback
-        reader = calibrate_into_cache(prepared, self.calibration, config, op_types, self.ctx, self.work)
+        with phase("calibration"):
+            reader = calibrate_into_cache(prepared, self.calibration, config, op_types, self.ctx, self.work)
         if (
             config.calibration_method == CalibrationMethodName.MINMAX
             and self.ctx.settings.quantize.activation_range_choice
         ):
-            refined = refine_ranges(  # per tensor: min-max or a clipped range, by expected error
-                self.work / "calibration_ranges.json",  # the cache quantize_static reads below
-                prepared.path,
-                self.calibration.take(config.calibration_samples),
-                reader.batch_size,
-                self.ctx.settings.latency.threads,
-                self.work / "ranges",
-                op_types,
-            )
+            with phase("range_refinement"):
+                refined = refine_ranges(  # per tensor: min-max or a clipped range, by expected error
+                    self.work / "calibration_ranges.json",  # the cache quantize_static reads below
+                    prepared.path,
+                    self.calibration.take(config.calibration_samples),
+                    reader.batch_size,
+                    self.ctx.settings.latency.threads,
+                    self.work / "ranges",
+                    op_types,
+                )
             if refined is not None:
                 self.details["activation_ranges"] = refined.model_dump()
         always = prepared.details.get("always_exclude", [])
         stage = self.work / "static.onnx"
-        quantize_static(
-            prepared.path,
-            stage,
-            reader,
-            quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
-            op_types_to_quantize=op_types,
-            per_channel=config.per_channel and prepared.per_channel_ok,
-            reduce_range=reduce_range(self.ctx.settings),  # 7-bit weights where u8s8 saturates
-            activation_type=QUANT_TYPES[config.activation_type],
-            weight_type=QUANT_TYPES[config.weight_type],
-            nodes_to_exclude=[*exclude, *always] or None,
-            calibrate_method=ort_method(config.calibration_method),
-            calibration_providers=["CPUExecutionProvider"],
-            # ranges depend on the graph and op types, not on the exclusions: calibrate once per search
-            calibration_cache_path=self.work / "calibration_ranges.json",
-            # a float bias costs 4 bytes per channel, an int32 one 12 (value, scale, zero-point), and
-            # onnxruntime fuses both the same way
-            extra_options={"QuantizeBias": not config.float_bias, **static_extra_options(config.float_bias)},
-        )
+        with phase("quantize_static"):
+            quantize_static(
+                prepared.path,
+                stage,
+                reader,
+                quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
+                op_types_to_quantize=op_types,
+                per_channel=config.per_channel and prepared.per_channel_ok,
+                reduce_range=reduce_range(self.ctx.settings),  # 7-bit weights where u8s8 saturates
+                activation_type=QUANT_TYPES[config.activation_type],
+                weight_type=QUANT_TYPES[config.weight_type],
+                nodes_to_exclude=[*exclude, *always] or None,
+                calibrate_method=ort_method(config.calibration_method),
+                calibration_providers=["CPUExecutionProvider"],
+                # ranges depend on the graph and op types, not on the exclusions: calibrate once per search
+                calibration_cache_path=self.work / "calibration_ranges.json",
+                # a float bias costs 4 bytes per channel, an int32 one 12 (value, scale, zero-point), and
+                # onnxruntime fuses both the same way
+                extra_options={"QuantizeBias": not config.float_bias, **static_extra_options(config.float_bias)},
+            )
         if config.format == "qdq" and self.ctx.settings.quantize.bias_correction:
-            self.details["bias_correction"] = self.bias_corrector.apply(prepared.path, stage).model_dump()
+            with phase("bias_correction"):
+                self.details["bias_correction"] = self.bias_corrector.apply(prepared.path, stage).model_dump()
         if always:  # convs kept float for speed still get int8 storage (constant-folded at load)
             model = onnx.load(str(stage))
             conv_weights_to_int8(model, set(), only=set(always))
             onnx.save(model, str(stage))
         names = original_names(prepared.path)
-        self.details["bytes_saved_by_compaction"] = compact(stage, dst, names, prepared.extra_outputs)
+        with phase("compact"):
+            self.details["bytes_saved_by_compaction"] = compact(stage, dst, names, prepared.extra_outputs)
 
 
 def static_op_types(format: str) -> frozenset[str]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from compression.quantization.timing import phase
+
 # onnxruntime's symbolic shape inference saves `sym_shape_infer_temp.onnx` plus external-data files into the
 # current directory when it cannot finish; the working directory is process-wide, so one call at a time
 _CWD_LOCK = threading.Lock()
@@ -24,7 +26,7 @@ def preprocess(src: Path, dst: Path, report: Callable[[str], None]) -> Path:
     src, dst = src.resolve(), dst.resolve()
     for options in attempts:
         try:
-            with _inside(dst.parent / "preprocess_scratch"):
+            with _inside(dst.parent / "preprocess_scratch"), phase("preprocess"):
                 quant_pre_process(str(src), str(dst), skip_optimization=False, **options)
             return dst
         except Exception as exc:  # ORT raises bare Exceptions from its shape inference helpers

@@ -1,8 +1,15 @@
-"""Quantize, check the budget, and keep nodes in float until it is met (collapsed outputs first)."""
+"""Quantize, check the budget, and keep nodes in float until it is met (collapsed outputs first).
+
+Each phase is timed into the result's `timings` (compression/quantization/timing.py) and each attempt's
+quantize and evaluate seconds go into its history entry. With a `SearchClock` (auto), no attempt starts once
+the clock has expired: the search returns its best within-budget attempt so far (or none), and the clock
+records what it would have tried next.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +25,7 @@ from compression.quantization.budget import Budget, Verdict, judge
 from compression.quantization.modes import ModeQuantizer
 from compression.quantization.prepare import Prepared
 from compression.quantization.sensitivity import NodeSensitivity, rank_nodes
+from compression.quantization.timing import PhaseTimes, SearchClock, collecting, phase
 
 
 @dataclass
@@ -26,6 +34,8 @@ class Attempt:
     fidelity: Fidelity | None
     verdict: Verdict
     excluded: list[str]
+    quantize_s: float = 0.0
+    evaluate_s: float = 0.0
 
 
 @dataclass
@@ -71,10 +81,22 @@ class BudgetSearch:
         budget: Budget,
         stem: str,
         progress: tuple[float, float] = (0.05, 0.85),
+        clock: SearchClock | None = None,
     ) -> None:
         self.quantizer, self.ctx, self.evaluator, self.budget, self.stem = quantizer, ctx, evaluator, budget, stem
         self.progress = progress
         self.attempts = 0
+        self.clock = clock
+        self.times = PhaseTimes()
+
+    def _out_of_time(self, next_step: str) -> bool:
+        """The clock expired: record `next_step` as what the search would have tried, and say so."""
+        if self.clock is None or not self.clock.expired():
+            return False
+        mode = self.quantizer.config.mode
+        self.clock.stop(mode, next_step)
+        self.ctx.event(f"{mode}: search time bound reached; not trying: {next_step}", **self.clock.summary())
+        return True
 
     def _attempt(self, prepared: Prepared, exclude: list[str]) -> Attempt:
         self.ctx.check_canceled()
@@ -84,50 +106,74 @@ class BudgetSearch:
         mode = self.quantizer.config.mode
         self.ctx.progress(low + (high - low) * done, f"{mode}: attempt {self.attempts} ({len(exclude)} node(s) float)")
         dst = self.ctx.new_model_path(self.stem)
+        started = time.perf_counter()
         try:
-            self.quantizer.quantize(prepared, dst, exclude)
+            with phase("attempt_quantize"):
+                self.quantizer.quantize(prepared, dst, exclude)
         except (CompressionError, JobCanceledError):
             raise
         except Exception as exc:  # onnxruntime's quantizers raise bare exceptions on graphs they cannot handle
             reason = f"onnxruntime's quantizer failed: {type(exc).__name__}: {str(exc)[:300]}"
             self.ctx.event(reason)
-            return Attempt(None, None, Verdict(ok=False, reasons=[reason]), exclude)
+            return Attempt(None, None, Verdict(ok=False, reasons=[reason]), exclude, time.perf_counter() - started)
+        quantized = time.perf_counter()
         try:
-            fidelity = self.evaluator.fidelity(dst)
+            with phase("attempt_evaluate"):
+                fidelity = self.evaluator.fidelity(dst)
         except InvalidModelError as exc:  # every returned model must load and run
-            return Attempt(None, None, Verdict(ok=False, reasons=[exc.message]), exclude)
-        return Attempt(dst, fidelity, judge(fidelity, self.budget), exclude)
+            failed = Verdict(ok=False, reasons=[exc.message])
+            return Attempt(None, None, failed, exclude, quantized - started, time.perf_counter() - quantized)
+        verdict = judge(fidelity, self.budget)
+        return Attempt(dst, fidelity, verdict, exclude, quantized - started, time.perf_counter() - quantized)
 
     def _record(self, result: SearchResult, attempt: Attempt) -> Attempt:
         """Keep why each attempt was rejected, so the metrics say why nodes ended up float."""
         verdict = attempt.verdict
         result.history.append(
-            {"kept_float": list(attempt.excluded), "ok": verdict.ok, "drop": verdict.drop, "reasons": verdict.reasons}
+            {
+                "kept_float": list(attempt.excluded),
+                "ok": verdict.ok,
+                "drop": verdict.drop,
+                "reasons": verdict.reasons,
+                "quantize_s": round(attempt.quantize_s, 3),
+                "evaluate_s": round(attempt.evaluate_s, 3),
+            }
         )
         return attempt
 
     def run(self, src: Path) -> SearchResult:
+        with collecting(self.times):
+            result, prepared = self._search(src)
+        return self._done(result, prepared)
+
+    def _search(self, src: Path) -> tuple[SearchResult, Prepared]:
         mode = self.quantizer.config.mode
-        prepared = self.quantizer.prepare(src)
-        self.quantizer.tune(prepared, self.evaluator)
+        with phase("prepare"):
+            prepared = self.quantizer.prepare(src)
+        with phase("tune"):
+            self.quantizer.tune(prepared, self.evaluator)
         user = list(self.quantizer.config.nodes_to_exclude)
         unknown = sorted(set(user) - node_names(prepared.path) - node_names(src))
         if unknown:
             self.ctx.event("nodes_to_exclude names no node of the model; check the spelling", nodes=unknown)
             self.quantizer.details["unknown_nodes_to_exclude"] = unknown
         attempt = self._attempt(prepared, user)
+        if self.clock is not None:
+            self.clock.unit_measured()  # the first candidate's first full attempt: the bound's unit
         result = SearchResult(mode=mode, best=attempt, attempts=0, details=self.quantizer.details)
         self._record(result, attempt)
         candidates = self.quantizer.candidate_nodes(prepared)
         if attempt.verdict.ok:
-            if self.budget.max_accuracy_drop is not None and attempt.path is not None:
+            if self.budget.max_accuracy_drop is not None and attempt.path is not None and self._rank_when_met():
                 # met at once: the table still tells the user where the error would come from
                 result.sensitivity = self._rank(prepared, attempt.path, [c for c in candidates if c not in user])
-            return self._done(result, prepared)
+            return result, prepared
         excluded = list(user)
         if attempt.verdict.collapsed_outputs:
             guard = producers(prepared.path, attempt.verdict.collapsed_outputs, set(candidates))
             guard = [name for name in guard if name not in excluded]
+            if guard and self._out_of_time(f"keep {len(guard)} producer(s) of collapsed outputs float"):
+                return result, prepared
             if guard:
                 self.ctx.event(
                     "keeping the producers of collapsed outputs in float",
@@ -140,9 +186,11 @@ class BudgetSearch:
                 attempt = self._record(result, self._attempt(prepared, excluded))
                 result.best = attempt
                 if attempt.verdict.ok:
-                    return self._done(result, prepared)
+                    return result, prepared
         if attempt.path is None:
-            return self._done(result, prepared)
+            return result, prepared
+        if self._out_of_time("rank node sensitivity, then keep the most sensitive nodes float"):
+            return result, prepared
         ranked = self._rank(prepared, attempt.path, [c for c in candidates if c not in excluded])
         result.sensitivity = ranked
         order = [s.node for s in ranked]
@@ -151,6 +199,8 @@ class BudgetSearch:
         for start in range(0, len(order), group):
             before = list(excluded)
             chunk = order[start : start + group]
+            if self._out_of_time(f"keep {len(before) + len(chunk)} node(s) float (next: {', '.join(chunk[:3])} ...)"):
+                break
             excluded += chunk
             self.ctx.event(
                 "keeping the most sensitive nodes in float", nodes=chunk, reasons=result.best.verdict.reasons
@@ -160,7 +210,11 @@ class BudgetSearch:
             if attempt.verdict.ok:
                 excluded = self._shrink(result, prepared, before, chunk)
                 break
-        if result.best.verdict.ok and result.output_guard:
+        if (
+            result.best.verdict.ok
+            and result.output_guard
+            and not self._out_of_time("re-quantize the producers of collapsed outputs")
+        ):
             # the ranked exclusions may have fixed the collapse at its source: try re-quantizing the guard
             retry = self._attempt(prepared, [name for name in excluded if name not in set(result.output_guard)])
             self._record(result, retry)
@@ -169,24 +223,33 @@ class BudgetSearch:
         if result.best.verdict.ok and candidates and set(candidates) <= set(result.best.excluded):
             # every quantizable node float: that is the input model with extra steps, not a success
             result.best.verdict = Verdict(ok=False, reasons=["the budget is met only with every node kept in float"])
-        return self._done(result, prepared)
+        return result, prepared
+
+    def _rank_when_met(self) -> bool:
+        """Rank the nodes of a first attempt that met the budget (information only) when the setting and time allow."""
+        if not self.ctx.settings.quantize.sensitivity_when_met:
+            return False
+        return not self._out_of_time("rank node sensitivity (information only: the budget was met)")
 
     def _rank(self, prepared: Prepared, quantized: Path, candidates: list[str]) -> list[NodeSensitivity]:
-        return rank_nodes(
-            prepared.path,
-            quantized,
-            candidates,
-            self.evaluator.dataset.take(self.ctx.settings.quantize.sensitivity_samples),
-            self.quantizer.work / "sensitivity",
-            self.ctx.settings.latency.threads,
-            memory_bytes=self.ctx.settings.quantize.activation_memory_mb * 2**20,
-        )
+        with phase("sensitivity"):
+            return rank_nodes(
+                prepared.path,
+                quantized,
+                candidates,
+                self.evaluator.dataset.take(self.ctx.settings.quantize.sensitivity_samples),
+                self.quantizer.work / "sensitivity",
+                self.ctx.settings.latency.threads,
+                memory_bytes=self.ctx.settings.quantize.activation_memory_mb * 2**20,
+            )
 
     def _shrink(self, result: SearchResult, prepared: Prepared, before: list[str], chunk: list[str]) -> list[str]:
         """Bisect the group that met the budget for its shortest passing prefix (most sensitive first)."""
         low, high = 0, len(chunk)  # before + chunk[:low] fails, before + chunk[:high] passes
         while high - low > 1:
             middle = (low + high) // 2
+            if self._out_of_time(f"bisect: keep {len(before) + middle} node(s) float instead of {len(before) + high}"):
+                break
             attempt = self._record(result, self._attempt(prepared, [*before, *chunk[:middle]]))
             if attempt.verdict.ok:
                 high, result.best = middle, attempt
@@ -196,7 +259,7 @@ class BudgetSearch:
 
     def _done(self, result: SearchResult, prepared: Prepared) -> SearchResult:
         result.attempts = self.attempts
-        result.details = {**prepared.details, **self.quantizer.details}
+        result.details = {**prepared.details, **self.quantizer.details, "timings": self.times.as_dict()}
         for internal in ("always_exclude", "small_conv_candidates"):
             result.details.pop(internal, None)
         return result
