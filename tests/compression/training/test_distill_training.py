@@ -95,3 +95,24 @@ def test_outputs_normalised_without_softmax_are_distilled_as_probabilities() -> 
     assert plan.kind == "kl" and plan.teacher_form == "probs" and plan.student_form == "probs"
     (raw,) = plan_losses(model, model, {"probs": scores * 3}, None, False, {})  # not rows summing to 1
     assert raw.kind == "kl" and raw.teacher_form == "logits" and raw.student_form == "logits"
+
+
+def test_token_sequences_get_tokens_swapped_outside_their_padding() -> None:
+    rng = np.random.default_rng(0)
+    n, length = 20, 16
+    tokens = rng.integers(5, 50, (n, length)).astype(np.int64)
+    lengths = rng.integers(6, length + 1, n).astype(np.int64)
+    for i, used in enumerate(lengths):
+        tokens[i, used:] = 0  # padded at the end
+    data = Dataset(arrays={"ids": tokens, "length": lengths}, labels=None, layout="batched")
+    copies = auto_copies(data)
+    assert copies >= 1  # integer-only data is augmented now
+    out = augment(data, copies, seed=0)
+    ids, out_lengths = out.arrays["ids"], out.arrays["length"]
+    assert out.n_samples == n * (copies + 1) and ids.dtype == np.int64
+    np.testing.assert_array_equal(out_lengths, np.tile(lengths, copies + 1))  # lengths are never changed
+    padded = np.tile(np.arange(length)[None, :] >= lengths[:, None], (copies + 1, 1))
+    assert np.all(ids[padded] == 0)  # padding stays padding
+    changed = (ids[n:] != np.tile(tokens, (copies, 1)))[~padded[n:]].mean()
+    assert 0.02 < changed < 0.3  # about a tenth of the real tokens
+    assert set(np.unique(ids[~padded])) <= set(np.unique(tokens[tokens > 0]))  # drawn from the set's own tokens
