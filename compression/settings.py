@@ -121,6 +121,11 @@ class QuantizeSettings(SettingsGroup):
     )
     min_snr_db: float = Field(20.0, description="floor on the worst per-sample SNR of outputs judged by 'snr_db'")
     min_conv_reduction: int = Field(32, ge=1, description="Convs reducing over fewer values: timed float vs int8")
+    pad_conv_channels: bool = Field(
+        True,
+        description="static QDQ: also time every Conv int8 with its input channels padded to a multiple of 4 "
+        "(onnxruntime's direct int8 kernel; exact) and keep it when faster",
+    )
     eval_samples: int = Field(1000, ge=1, description="eval samples for budget checks")
     sensitivity_samples: int = Field(
         64, ge=1, description="eval samples whose intermediate tensors are compared (streamed in batches)"

@@ -37,7 +37,7 @@ from compression.quantization.ort_workarounds import static_extra_options
 from compression.quantization.prepare import Prepared, prepare, quantize_with_fallbacks
 from compression.quantization.saturation import reduce_range
 from compression.quantization.smooth_quant import smooth_prepared
-from compression.quantization.speed import interleaved_latency
+from compression.quantization.static_variants import pad_conv_file, tune_conv_layout
 from compression.quantization.timing import phase
 from compression.quantization.weight_storage import conv_weights_to_int8, store_weights_int8, weight_nodes
 
@@ -159,6 +159,7 @@ class StaticQuantizer(ModeQuantizer):
         super().__init__(config, ctx, work)
         self.calibration: Dataset | None = None
         self.quantizable_ops = static_op_types(config.format)
+        self.pad_channels = False  # Conv input channels padded to a multiple of 4 (chosen in tune)
 
     def prepare(self, src: Path) -> Prepared:
         self.calibration, synthetic = calibration_dataset(
@@ -192,30 +193,13 @@ class StaticQuantizer(ModeQuantizer):
         )
 
     def tune(self, prepared: Prepared, evaluator: Evaluator) -> None:
-        """Keep tiny-reduction Convs float only when that measures faster.
+        """Keep tiny-reduction Convs float, or pad Conv input channels, only where that measures faster.
 
         QLinearConv over a 1-channel stem is several times slower than float NCHWc Conv, but keeping
-        it float costs a layout change and a QuantizeLinear after it; which wins depends on the graph.
+        it float costs a layout change and a QuantizeLinear after it; which wins depends on the graph
+        (static_variants.py).
         """
-        small = prepared.details.get("small_conv_candidates") or []
-        if not small:
-            return
-        float_stem, int8_stem = self.work / "small_float.onnx", self.work / "small_int8.onnx"
-        prepared.details["always_exclude"] = small
-        self.quantize(prepared, float_stem, [])
-        prepared.details["always_exclude"] = []
-        self.quantize(prepared, int8_stem, [])
-        kept, quantized = interleaved_latency([float_stem, int8_stem], evaluator, self.ctx.settings)
-        keep = kept.median_ms < quantized.median_ms
-        prepared.details["always_exclude"] = small if keep else []
-        self.details["small_convs"] = {
-            "nodes": small,
-            "kept_float": keep,
-            "latency_ms_float": kept.median_ms,
-            "latency_ms_int8": quantized.median_ms,
-        }
-        if keep:
-            self.report(f"keeping {len(small)} Conv node(s) with a tiny reduction in float: measured faster")
+        tune_conv_layout(self, prepared, evaluator)
 
     def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
         quantize_with_fallbacks(prepared, lambda: self._quantize_once(prepared, dst, exclude), self.report)
@@ -274,6 +258,7 @@ class StaticQuantizer(ModeQuantizer):
             model = onnx.load(str(stage))
             conv_weights_to_int8(model, set(), only=set(always))
             onnx.save(model, str(stage))
+        self.details["conv_channels_padded"] = pad_conv_file(stage) if self.pad_channels else []
         names = original_names(prepared.path)
         with phase("compact"):
             self.details["bytes_saved_by_compaction"] = compact(stage, dst, names, prepared.extra_outputs)
