@@ -21,6 +21,7 @@ from compression.quantization.config import (
     AutoQuantizeConfig,
     DynamicQuantizeConfig,
     Fp16QuantizeConfig,
+    Fp16WeightsQuantizeConfig,
     Int8WeightsQuantizeConfig,
     ModeConfig,
     Objective,
@@ -63,10 +64,11 @@ def plan(model_path: Path, config: AutoQuantizeConfig, ctx: PassContext) -> tupl
         if _largest_matmul_weight(model_path) >= ctx.settings.quantize.weight_only_min_elements:
             wanted.append("weight_only")
             notes.append("weight_only: the graph has large MatMul weights")
-        wanted.append("int8_weights")
+        wanted += ["int8_weights", "fp16_weights"]
         notes.append(
             "int8_weights: every weight stored int8 with float compute (weight rounding error only; bodies included)"
         )
+        notes.append("fp16_weights: every weight stored float16 with float compute (half the size, tiny error)")
     configs: list[ModeConfig] = []
     for mode in dict.fromkeys(wanted):
         if mode == "static":
@@ -79,6 +81,8 @@ def plan(model_path: Path, config: AutoQuantizeConfig, ctx: PassContext) -> tupl
             configs.append(WeightOnlyQuantizeConfig(mode="weight_only", **shared))
         elif mode == "int8_weights":
             configs.append(Int8WeightsQuantizeConfig(mode="int8_weights", **shared))
+        elif mode == "fp16_weights":
+            configs.append(Fp16WeightsQuantizeConfig(mode="fp16_weights", **shared))
         elif mode == "fp16":
             configs.append(Fp16QuantizeConfig(mode="fp16", **shared))
     return configs, notes

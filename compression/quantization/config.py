@@ -123,7 +123,14 @@ class WeightOnlyQuantizeConfig(QuantizeBase):
 WeightStorageOp = Literal["Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "Gather", "Attention"]
 
 
-class Int8WeightsQuantizeConfig(QuantizeBase):
+class WeightStorageBase(QuantizeBase):
+    op_types: list[WeightStorageOp] = Field(
+        default_factory=lambda: list(get_args(WeightStorageOp)),
+        description="ops whose weights are stored smaller (weights read inside If/Loop/Scan bodies included)",
+    )
+
+
+class Int8WeightsQuantizeConfig(WeightStorageBase):
     """int8 weight storage, float compute: every weight rounded to int8 (per output channel) and rebuilt to
     float in the graph. Only weight rounding error; no activation quantization. Named after dynamic's
     `conv: int8_weights`, which does the same for Conv weights alone."""
@@ -136,10 +143,13 @@ class Int8WeightsQuantizeConfig(QuantizeBase):
         "when a session starts: float latency, int8 file) or 'dequantize_linear' (the QDQ form; onnxruntime "
         "runs it on every inference)",
     )
-    op_types: list[WeightStorageOp] = Field(
-        default_factory=lambda: list(get_args(WeightStorageOp)),
-        description="ops whose weights are stored int8 (weights read inside If/Loop/Scan bodies included)",
-    )
+
+
+class Fp16WeightsQuantizeConfig(WeightStorageBase):
+    """float16 weight storage, float32 compute: half the size, rounding error about 5e-4 per weight; for graphs
+    whose outputs do not survive int8 weights. Unlike `fp16`, nothing computes in float16 (no casts around ops)."""
+
+    mode: Literal["fp16_weights"]
 
 
 class Fp16QuantizeConfig(QuantizeBase):
@@ -152,7 +162,7 @@ class Fp16QuantizeConfig(QuantizeBase):
     )
 
 
-AutoCandidate = Literal["static", "dynamic", "weight_only", "int8_weights", "fp16"]
+AutoCandidate = Literal["static", "dynamic", "weight_only", "int8_weights", "fp16_weights", "fp16"]
 
 
 class AutoQuantizeConfig(QuantizeBase):
@@ -172,6 +182,7 @@ QuantizeConfig = Annotated[
         StaticQuantizeConfig,
         WeightOnlyQuantizeConfig,
         Int8WeightsQuantizeConfig,
+        Fp16WeightsQuantizeConfig,
         Fp16QuantizeConfig,
         AutoQuantizeConfig,
     ],
@@ -182,5 +193,6 @@ ModeConfig = (
     | StaticQuantizeConfig
     | WeightOnlyQuantizeConfig
     | Int8WeightsQuantizeConfig
+    | Fp16WeightsQuantizeConfig
     | Fp16QuantizeConfig
 )

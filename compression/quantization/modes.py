@@ -26,6 +26,7 @@ from compression.quantization.config import (
     CalibrationMethodName,
     DynamicQuantizeConfig,
     Fp16QuantizeConfig,
+    Fp16WeightsQuantizeConfig,
     Int8WeightsQuantizeConfig,
     ModeConfig,
     StaticQuantizeConfig,
@@ -39,7 +40,7 @@ from compression.quantization.saturation import reduce_range
 from compression.quantization.smooth_quant import smooth_prepared
 from compression.quantization.static_variants import pad_conv_file, tune_conv_layout
 from compression.quantization.timing import phase
-from compression.quantization.weight_storage import conv_weights_to_int8, store_weights_int8, weight_nodes
+from compression.quantization.weight_storage import conv_weights_to_int8, store_weights, weight_nodes
 
 GATHER_INT4_MIN_OPSET = 21
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -388,19 +389,24 @@ class Fp16Quantizer(ModeQuantizer):
         onnx.save(converted, str(dst))
 
 
-class Int8WeightsQuantizer(ModeQuantizer):
-    """int8 weight storage, float compute (weight_storage.py): only weight rounding error, bodies included."""
+class WeightStorageQuantizer(ModeQuantizer):
+    """Weights stored int8 (`int8_weights`) or float16 (`fp16_weights`), float compute (weight_storage.py): only
+    weight rounding error, bodies included."""
 
     quantizes_bodies = True
-    config: Int8WeightsQuantizeConfig
+    config: Int8WeightsQuantizeConfig | Fp16WeightsQuantizeConfig
 
     @property
     def quantizable_ops(self) -> frozenset[str]:  # type: ignore[override]
         return frozenset(self.config.op_types) - set(self.config.op_types_to_exclude)
 
+    @property
+    def int8(self) -> Int8WeightsQuantizeConfig | None:
+        return self.config if isinstance(self.config, Int8WeightsQuantizeConfig) else None
+
     def prepare(self, src: Path) -> Prepared:
         # no quant_pre_process: the graph keeps its own ops, only its weights change
-        per_axis = self.config.rebuild == "dequantize_linear" and self.config.per_channel
+        per_axis = self.int8 is not None and self.int8.rebuild == "dequantize_linear" and self.int8.per_channel
         prepared = prepare(src, self.work / "prep", self.report, per_channel=per_axis, optimize=False)
         typed = self.work / "prep" / "typed.onnx"
         try:  # value types for the tensors the sensitivity ranking exposes as outputs
@@ -412,16 +418,18 @@ class Int8WeightsQuantizer(ModeQuantizer):
 
     def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
         model = onnx.load(str(prepared.path))
-        stored = store_weights_int8(
+        int8 = self.int8
+        stored = store_weights(
             model,
+            dtype="int8" if int8 is not None else "float16",
             op_types=self.quantizable_ops,
             exclude=set(exclude),
             min_elements=self.ctx.settings.quantize.weight_storage_min_elements,
-            per_channel=self.config.per_channel and prepared.per_channel_ok,
-            rebuild=self.config.rebuild,
+            per_channel=int8 is None or (int8.per_channel and prepared.per_channel_ok),
+            rebuild=int8.rebuild if int8 is not None else "cast_mul",
         )
-        self.details["int8_weight_storage"] = stored.as_dict()
-        stage = self.work / "int8_weights.onnx"
+        self.details["weight_storage"] = {"dtype": "int8" if int8 is not None else "float16", **stored.as_dict()}
+        stage = self.work / "stored_weights.onnx"
         onnx.save(model, str(stage))
         self.details["bytes_saved_by_compaction"] = compact(stage, dst, original_names(prepared.path))
 
@@ -436,7 +444,8 @@ def make_quantizer(config: ModeConfig, ctx: PassContext, work: Path) -> ModeQuan
         "dynamic": DynamicQuantizer,
         "static": StaticQuantizer,
         "weight_only": WeightOnlyQuantizer,
-        "int8_weights": Int8WeightsQuantizer,
+        "int8_weights": WeightStorageQuantizer,
+        "fp16_weights": WeightStorageQuantizer,
         "fp16": Fp16Quantizer,
     }
     return classes[config.mode](config, ctx, work)

@@ -1,4 +1,4 @@
-"""int8 weight storage with float compute: weights rounded to int8 on disk, rebuilt to float in the graph.
+"""Weight storage with float compute: weights stored int8 (or float16) on disk, rebuilt to float in the graph.
 
 Every weight a weight-bearing op reads (Conv, ConvTranspose, MatMul, Gemm, LSTM/GRU/RNN W and R, Gather on
 an embedding table, contrib Attention) is stored as symmetric int8 with one float scale per output channel
@@ -6,13 +6,17 @@ an embedding table, contrib Attention) is stored as symmetric int8 with one floa
 original name. Every reader, a second node sharing the weight or an If/Loop/Scan body reading it from an outer
 scope, thus reads the same float values as before, and nothing has to be renamed.
 
-Two rebuilds:
+int8 has two rebuilds:
 
 - `cast_mul` (default): `Cast(int8) * scale`. onnxruntime constant-folds Cast and Mul when a session starts
   (it does not fold DequantizeLinear while its QDQ optimizations are on), so the ops compute on constant
   float weights with their usual kernels: float latency, int8 file.
 - `dequantize_linear`: `DequantizeLinear(int8, scale, axis)`, the standard QDQ form other runtimes recognise.
   onnxruntime runs it on every inference (per-axis needs opset >= 13; below that the scale is per tensor).
+
+float16 storage (`dtype="float16"`) is `Cast(float16)` to float, folded the same way: half the bytes, with a
+relative rounding error of about 5e-4 per weight instead of int8's 1/254 of the channel's largest weight, for
+graphs whose outputs do not survive int8 weights (near-tied classes, softmax steps).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from compression.graph_names import iter_graphs, subgraphs
 from compression.model_info import default_opset
 
 Rebuild = Literal["cast_mul", "dequantize_linear"]
+StorageType = Literal["int8", "float16"]
+FLOAT16_MAX = 65504.0
 STANDARD = ("", "ai.onnx")
 # op type -> (domain, input slots that carry weights)
 WEIGHT_SLOTS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
@@ -50,7 +56,7 @@ PER_AXIS_DEQUANTIZE_OPSET = 13
 
 @dataclass
 class StoredWeights:
-    """What `store_weights_int8` rewrote: tensors, and their bytes before (float32) and after (int8 + scales)."""
+    """What `store_weights` rewrote: tensors, and their bytes before (float32) and after (int8 + scales)."""
 
     tensors: int = 0
     float_bytes: int = 0
@@ -66,9 +72,10 @@ class _Reader:
     slot: int
 
 
-def store_weights_int8(
+def store_weights(
     model: onnx.ModelProto,
     *,
+    dtype: StorageType = "int8",
     op_types: Iterable[str] = WEIGHT_OPS,
     exclude: set[str] | None = None,
     only: set[str] | None = None,
@@ -76,10 +83,11 @@ def store_weights_int8(
     per_channel: bool = True,
     rebuild: Rebuild = "cast_mul",
 ) -> StoredWeights:
-    """Store the float32 weights read by `op_types` nodes as int8 + scale, in place; bodies included.
+    """Store the float32 weights read by `op_types` nodes as int8 + scale (or float16), in place; bodies included.
 
     A weight is skipped when any node reading it as a weight is in `exclude` (kept float), when `only` is
-    given and none of its weight readers is in it, or when it has fewer than `min_elements` values.
+    given and none of its weight readers is in it, when it has fewer than `min_elements` values, or (float16)
+    when a value exceeds float16's range.
     """
     opset = default_opset(model)
     if opset < MIN_CAST_MUL_OPSET or (rebuild == "dequantize_linear" and opset < MIN_DEQUANTIZE_OPSET):
@@ -106,6 +114,17 @@ def store_weights_int8(
                 kept.append(init)
                 continue
             values = numpy_helper.to_array(init)
+            if dtype == "float16":
+                if values.size and np.abs(values).max() > FLOAT16_MAX:
+                    kept.append(init)
+                    continue
+                nodes, tensors = _rebuild_float16(init.name, values, taken)
+                added += nodes
+                new_inits += tensors
+                stats.tensors += 1
+                stats.float_bytes += values.nbytes
+                stats.stored_bytes += sum(numpy_helper.to_array(t).nbytes for t in tensors)
+                continue
             keep_axes = _channel_axes(found[0], values.ndim) if per_channel else ()
             if rebuild == "dequantize_linear":  # one axis at most, and only from opset 13
                 keep_axes = keep_axes[-1:] if opset >= PER_AXIS_DEQUANTIZE_OPSET else ()
@@ -132,7 +151,7 @@ def store_weights_int8(
 
 
 def weight_nodes(model: onnx.ModelProto, op_types: Iterable[str] = WEIGHT_OPS, min_elements: int = 1) -> list[str]:
-    """Names of the nodes (bodies included) whose weights `store_weights_int8` would store int8."""
+    """Names of the nodes (bodies included) whose weights `store_weights` would store int8."""
     kinds = set(op_types)
     names: list[str] = []
     for scope in iter_graphs(model.graph):
@@ -227,6 +246,15 @@ def _rebuild(
     return [node], [q_tensor, s_tensor]
 
 
+def _rebuild_float16(
+    name: str, values: np.ndarray, taken: set[str]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    half_name = _fresh(f"{name}_fp16", taken)
+    tensor = numpy_helper.from_array(values.astype(np.float16), half_name)
+    cast = helper.make_node("Cast", [half_name], [name], name=_fresh(f"{name}_cast", taken), to=1)
+    return [cast], [tensor]
+
+
 def _fresh(base: str, taken: set[str]) -> str:
     name = base
     while name in taken:
@@ -261,4 +289,4 @@ def conv_weights_to_int8(model: onnx.ModelProto, exclude: set[str], only: set[st
     onnxruntime's dynamic ConvInteger runs several times slower than float Conv on CPU; with the weights
     stored int8 and rebuilt by a constant-folded Cast * scale, the Conv keeps its fast NCHWc kernels.
     """
-    return store_weights_int8(model, op_types={"Conv"}, exclude=exclude, only=only).tensors
+    return store_weights(model, op_types={"Conv"}, exclude=exclude, only=only).tensors

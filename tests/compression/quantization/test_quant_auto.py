@@ -25,7 +25,7 @@ def auto_cnn(digits_cnn, tmp_path_factory):
 def test_auto_picks_static_for_a_convnet_within_budget(auto_cnn):
     result, _ = auto_cnn
     details = result.metrics.steps[0].details
-    assert [c["mode"] for c in details["candidates"]] == ["static", "dynamic", "int8_weights"]
+    assert [c["mode"] for c in details["candidates"]] == ["static", "dynamic", "int8_weights", "fp16_weights"]
     assert details["objective"] == "balanced"  # the default
     static = next(c for c in details["candidates"] if c["mode"] == "static")
     assert static["within_budget"] and static["size_ratio"] < 0.5
@@ -39,7 +39,7 @@ def test_auto_never_returns_a_slower_model(auto_cnn):
     result, _ = auto_cnn
     details = result.metrics.steps[0].details
     timed = [c for c in details["candidates"] if "latency_ratio" in c]
-    assert {c["mode"] for c in timed} == {"static", "dynamic", "int8_weights"}
+    assert {c["mode"] for c in timed} == {"static", "dynamic", "int8_weights", "fp16_weights"}
     for candidate in timed:
         low, high = candidate["latency_interval"]
         assert low <= candidate["latency_ratio"] <= high
@@ -155,7 +155,9 @@ def test_auto_returns_the_input_when_the_budget_cannot_be_met(tmp_path):
     x = rng.standard_normal((256, 64)).astype(np.float32)
     x[:, 0] = 1e-4
     datasets = DatasetBundle(eval=feeds_dataset({"x": x}, src))
-    result, _ = run_step(src, {"type": "quantize", "mode": "auto", "max_accuracy_drop": 0.0}, datasets, tmp_path)
+    # fp16_weights would pass (float16 holds these weights to ~5e-4): the int8 candidates cannot
+    step = {"type": "quantize", "mode": "auto", "max_accuracy_drop": 0.0, "candidates": ["dynamic", "int8_weights"]}
+    result, _ = run_step(src, step, datasets, tmp_path)
     step = result.metrics.steps[0]
     assert step.details["input_model_returned"] is True
     assert result.metrics.fidelity.top1_agreement == 1.0
@@ -194,7 +196,7 @@ def test_auto_tries_weight_only_for_large_matmuls(tmp_path):
     datasets = DatasetBundle(eval=feeds_dataset({"x": rng.standard_normal((64, 512)).astype(np.float32)}, src))
     result, _ = run_step(src, {"type": "quantize", "mode": "auto", "max_accuracy_drop": 0.05}, datasets, tmp_path)
     details = result.metrics.steps[0].details
-    assert [c["mode"] for c in details["candidates"]] == ["dynamic", "weight_only", "int8_weights"]
+    assert [c["mode"] for c in details["candidates"]] == ["dynamic", "weight_only", "int8_weights", "fp16_weights"]
     assert any("large MatMul" in note for note in details["plan"])
     if not details["input_model_returned"]:
         chosen = next(c for c in details["candidates"] if c["mode"] == details["chosen"])
@@ -214,5 +216,5 @@ def test_a_crashing_candidate_does_not_sink_auto(digits_cnn, tmp_path, monkeypat
     details = result.metrics.steps[0].details
     static = next(c for c in details["candidates"] if c["mode"] == "static")
     assert not static["within_budget"] and "unsupported pattern" in static["reasons"][0]
-    assert details.get("chosen") in (None, "dynamic")
+    assert details.get("chosen") in (None, "dynamic", "int8_weights")
     assert "quantizer failed" in recorder.text()

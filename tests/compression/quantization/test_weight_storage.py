@@ -14,7 +14,7 @@ from compression.datasets import Dataset, DatasetBundle
 from compression.model_info import inspect_model
 from compression.quantization.auto import plan
 from compression.quantization.config import AutoQuantizeConfig
-from compression.quantization.weight_storage import store_weights_int8, weight_nodes
+from compression.quantization.weight_storage import store_weights, weight_nodes
 from tests.compression.quantization.quant_helpers import SETTINGS, run_step, save
 
 HIDDEN = 16
@@ -101,7 +101,7 @@ def test_every_weight_is_stored_int8_and_outputs_stay_close(rebuild):
     reference = [_run(model, flag) for flag in (True, False)]
     stored = onnx.ModelProto()
     stored.CopyFrom(model)
-    stats = store_weights_int8(stored, min_elements=64, rebuild=rebuild)
+    stats = store_weights(stored, min_elements=64, rebuild=rebuild)
     onnx.checker.check_model(stored)
     assert stats.tensors == 5  # conv_w, W_shared (once), lstm_W, lstm_R, W_body; biases and tiny tensors stay
     names = {init.name: init.data_type for init in stored.graph.initializer}
@@ -116,9 +116,35 @@ def test_every_weight_is_stored_int8_and_outputs_stay_close(rebuild):
             assert _cosine(got, want) > 0.999
 
 
+def test_float16_storage_halves_the_weights_and_keeps_outputs():
+    model = mixed_model()
+    reference = _run(model, False)
+    stored = onnx.ModelProto()
+    stored.CopyFrom(model)
+    stats = store_weights(stored, dtype="float16", min_elements=64)
+    onnx.checker.check_model(stored)
+    assert stats.tensors == 5
+    names = {init.name: init.data_type for init in stored.graph.initializer}
+    assert names["W_body_fp16"] == TensorProto.FLOAT16 and "W_body" not in names
+    assert stored.ByteSize() < 0.6 * model.ByteSize()
+    for got, want in zip(_run(stored, False), reference, strict=True):
+        assert _cosine(got, want) > 0.99999
+
+
+def test_float16_storage_leaves_values_beyond_its_range_float():
+    model = mixed_model()
+    big = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "W_shared")) * 1e6
+    for index, init in enumerate(model.graph.initializer):
+        if init.name == "W_shared":
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(big.astype(np.float32), "W_shared"))
+    store_weights(model, dtype="float16", min_elements=64)
+    names = {init.name: init.data_type for init in model.graph.initializer}
+    assert names["W_shared"] == TensorProto.FLOAT
+
+
 def test_a_weight_read_by_an_excluded_node_stays_float():
     model = mixed_model()
-    stats = store_weights_int8(model, min_elements=64, exclude={"mm2", "body_else_mm"})
+    stats = store_weights(model, min_elements=64, exclude={"mm2", "body_else_mm"})
     names = {init.name: init.data_type for init in model.graph.initializer}
     assert names["W_shared"] == TensorProto.FLOAT  # mm1 shares it with the excluded mm2
     assert names["W_body"] == TensorProto.FLOAT  # read by the excluded node inside the else branch
@@ -132,9 +158,10 @@ def test_weight_nodes_lists_body_nodes_and_skips_small_weights():
     assert "conv" not in weight_nodes(mixed_model(), min_elements=1000)
 
 
-def test_onnxruntime_folds_the_cast_mul_rebuild(tmp_path):
+@pytest.mark.parametrize("dtype", ["int8", "float16"])
+def test_onnxruntime_folds_the_rebuild(tmp_path, dtype):
     model = mixed_model()
-    store_weights_int8(model, min_elements=64)
+    store_weights(model, dtype=dtype, min_elements=64)
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -153,10 +180,10 @@ def test_int8_weights_step_and_auto_plan(tmp_path):
     details = result.metrics.steps[0].details
     assert details["within_budget"], details.get("reasons")
     assert not details["input_model_returned"], details.get("reason")
-    assert details["int8_weight_storage"]["tensors"] == 4  # conv_w (216 values) is under the 256 default
+    assert details["weight_storage"]["tensors"] == 4  # conv_w (216 values) is under the 256 default
     assert result.model_path.stat().st_size < 0.45 * path.stat().st_size
     configs, notes = plan(path, AutoQuantizeConfig(mode="auto"), _Ctx())
-    assert "int8_weights" in [config.mode for config in configs]
+    assert {"int8_weights", "fp16_weights"} <= {config.mode for config in configs}
     assert any(note.startswith("int8_weights") for note in notes)
 
 
