@@ -13,9 +13,13 @@ reports, judged outside the engine:
   pass s       with --pass: wall time of the whole prune step (BatchNorm re-estimation and speed check with
                the engine's latency settings) on top, measured separately
   worst cos    lowest per-feed output cosine vs the input (no fine-tuning: low is expected)
+  + recon      the same prune with least-squares reconstruction of the layers reading removed channels
+               (`reconstruction.py`, engine default limits, on the calibration set): worst cosine, layers
+               reconstructed / considered, its seconds (inside `prune s + recon`)
   intact       the most frequent reasons groups were left intact (names elided), with counts
 
     .venv/bin/python bench/pruning_real.py [--models a,b] [--sparsity 0.3] [--timeout 300] [--pass] [--json out]
+                                          [--no-reconstruct]
 """
 
 from __future__ import annotations
@@ -144,11 +148,13 @@ def _validity(source: Path, pruned: Path, feeds: list[dict[str, np.ndarray]]) ->
     return "ok", worst
 
 
-def child(name: str, sparsity: float, whole_pass: bool) -> dict[str, Any]:
+def child(name: str, sparsity: float, whole_pass: bool, reconstruct: bool = True) -> dict[str, Any]:
     from compression.datasets import Dataset
     from compression.metrics.model_stats import parameter_count
     from compression.model_info import inspect_model
+    from compression.pruning.reconstruction import reconstruction_limits
     from compression.pruning.structured import structured_prune
+    from compression.settings import EngineSettings
 
     source = third_party.fetch(name)
     inputs = inspect_model(source).inputs
@@ -179,9 +185,31 @@ def child(name: str, sparsity: float, whole_pass: bool) -> dict[str, Any]:
             "shape_inference": report["shape_inference"],
             "reasons": Counter(_elide(s["reason"].split("; ")[0]) for s in report["skipped"]).most_common(),
         }
+        if reconstruct:
+            rebuilt = Path(tmp) / f"{name}_reconstructed.onnx"
+            started = time.perf_counter()
+            rebuilt_report = structured_prune(
+                source, rebuilt, sparsity=sparsity, importance="l2", round_to=1, min_channels=1, exclude=[],
+                dataset=calibration, batch_size=8, max_samples=8, check_canceled=lambda: None,
+                reconstruction=reconstruction_limits(EngineSettings()),
+            )  # fmt: skip
+            result["recon_prune_s"] = time.perf_counter() - started
+            result["recon_valid"], result["recon_worst_cosine"] = _validity(source, rebuilt, feeds)
+            result["reconstruction"] = _recon_summary(rebuilt_report["reconstruction"])
         if whole_pass:
             result["pass_s"], result["pass_metrics"] = _run_pass(source, sparsity, calibration, inputs, Path(tmp))
     return result
+
+
+def _recon_summary(report: dict[str, Any] | str) -> dict[str, Any]:
+    if isinstance(report, str):
+        return {"status": report}
+    keep = ("layers_considered", "layers_reconstructed", "stages", "feeds", "seconds", "kept", "error")
+    summary = {k: report.get(k) for k in keep}
+    summary["calibration_cosine"] = [report.get("output_cosine_before"), report.get("output_cosine_after")]
+    summary["statuses"] = Counter(entry["status"] for entry in report["layers"]).most_common()
+    summary["skipped"] = Counter(_elide(reason) for reason in report["skipped"].values()).most_common(3)
+    return summary
 
 
 def _run_pass(source: Path, sparsity: float, calibration: Any, inputs: Any, folder: Path) -> tuple[float, dict]:
@@ -196,14 +224,19 @@ def _run_pass(source: Path, sparsity: float, calibration: Any, inputs: Any, fold
     config = StructuredPruneConfig(method="structured", sparsity=sparsity)
     started = time.perf_counter()
     result = PrunePass(config).run(source, ctx)
-    keep = ("latency_ratio", "round_to_used", "batchnorm_recalibrated")
-    return time.perf_counter() - started, {k: result.metrics.get(k) for k in keep}
+    keep = ("latency_ratio", "round_to_used", "batchnorm_recalibrated", "reconstruction")
+    metrics = {k: result.metrics.get(k) for k in keep}
+    if metrics["reconstruction"] is not None:
+        metrics["reconstruction"] = _recon_summary(metrics["reconstruction"])
+    return time.perf_counter() - started, metrics
 
 
 def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--sparsity", str(args.sparsity)]
     if args.whole_pass:
         command.append("--pass")
+    if not args.reconstruct:
+        command.append("--no-reconstruct")
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, check=False)
@@ -218,12 +251,13 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def table(results: list[dict[str, Any]], whole_pass: bool) -> list[str]:
     header = "| model | MB | groups pruned/total | intact | params | MACs | valid | worst cos | prune s |"
+    header += " worst cos + recon | layers recon | recon s | prune s + recon |"
     header += " pass s |" if whole_pass else ""
     header += " top intact reasons |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['name']} | | | | | | {r['error']} | | | {'| ' if whole_pass else ''}|")
+            lines.append(f"| {r['name']} | | | | | | {r['error']} | | | | | | | {'| ' if whole_pass else ''}|")
             continue
         reasons = "; ".join(f"{reason} ×{count}" for reason, count in r["reasons"][:3]) or "-"
         macs = "-" if r["macs_ratio"] is None else f"{r['macs_ratio']:.2f}×"
@@ -232,10 +266,28 @@ def table(results: list[dict[str, Any]], whole_pass: bool) -> list[str]:
             f"| {r['name']} | {r['mb']:.1f} | {r['groups_pruned']}/{r['groups_total']} | {r['groups_intact']} "
             f"| {r['params_ratio']:.2f}× | {macs} | {r['valid']} | {worst} | {r['prune_s']:.1f} |"
         )
+        row += _recon_cells(r)
         if whole_pass:
             row += f" {r.get('pass_s', 0):.1f} |"
         lines.append(row + f" {reasons.replace('|', '/')} |")
     return lines
+
+
+def _recon_cells(r: dict[str, Any]) -> str:
+    if "reconstruction" not in r:
+        return " | | | |"
+    recon = r["reconstruction"]
+    worst = "-" if r["recon_worst_cosine"] is None else f"{r['recon_worst_cosine']:.3f}"
+    if r["recon_valid"] != "ok":
+        worst = r["recon_valid"]
+    if "status" in recon:
+        return f" {worst} | {recon['status']} | | {r['recon_prune_s']:.1f} |"
+    layers = f"{recon['layers_reconstructed']}/{recon['layers_considered']}"
+    if recon.get("error"):
+        layers += f" ({recon['error'][:60]})"
+    elif not recon.get("kept") and recon["layers_considered"]:
+        layers += " (reverted)"
+    return f" {worst} | {layers} | {recon['seconds']:.1f} | {r['recon_prune_s']:.1f} |"
 
 
 def summary(results: list[dict[str, Any]], sparsity: float) -> str:
@@ -259,11 +311,13 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.3)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     parser.add_argument("--pass", dest="whole_pass", action="store_true", help="also time the whole prune step")
+    parser.add_argument("--no-reconstruct", dest="reconstruct", action="store_false",
+                        help="skip the second prune with least-squares reconstruction")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write every result here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.sparsity, args.whole_pass), default=str))
+        print(json.dumps(child(args.child, args.sparsity, args.whole_pass, args.reconstruct), default=str))
         return
     names = [n for n in args.models.split(",") if n] or list(third_party.THIRD_PARTY_MODELS)
     unknown = sorted(set(names) - set(third_party.THIRD_PARTY_MODELS))

@@ -228,6 +228,25 @@ class PruneSettings(SettingsGroup):
         description="time budget of the structured prune speed check: its latency measurements are capped by what "
         "remains of it, and channel-multiple retries are skipped when too little remains",
     )
+    reconstruct_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="time budget of structured pruning's least-squares reconstruction (runs of both models and the "
+        "solves); layers left when it is spent keep their weights",
+    )
+    reconstruct_rows: int = Field(
+        2048, ge=16, description="rows (output positions, sampled over the calibration feeds) fitted per layer"
+    )
+    reconstruct_max_columns: int = Field(
+        4608, ge=1, description="layers whose fit has more input columns (Conv: channels x kernel size) keep weights"
+    )
+    reconstruct_memory_mb: int = Field(
+        512,
+        ge=16,
+        description="memory for one reconstruction batch's tapped tensors, the held target rows and a stage's Gram "
+        "matrices (MB)",
+    )
+    reconstruct_samples: int = Field(64, ge=1, description="calibration samples the reconstruction runs on")
 
 
 class DistillSettings(SettingsGroup):

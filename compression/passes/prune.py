@@ -20,6 +20,7 @@ from compression.pruning.config import (
     PruneConfig,
     StructuredPruneConfig,
 )
+from compression.pruning.reconstruction import reconstruction_limits
 from compression.pruning.speed import PruneSpeed, SpeedBudget, choose, interval_facts, prune_speed
 from compression.pruning.structured import structured_prune
 from compression.pruning.unstructured import unstructured_prune
@@ -87,6 +88,7 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
                 max_samples=ctx.settings.prune.activation_samples,
                 check_canceled=ctx.check_canceled,
                 bias_compensation=config.bias_compensation,
+                reconstruction=reconstruction_limits(ctx.settings) if config.reconstruct else None,
             )
 
         details = prune(out, config.round_to)

@@ -58,6 +58,12 @@ class StructuredPruneConfig(PruneBase):
     bias_compensation: bool = Field(
         False, description="fold each removed channel's mean (calibration/train data) into the next layer's bias"
     )
+    reconstruct: bool = Field(
+        True,
+        description="with calibration/train data, refit every layer that reads removed channels (Conv, Gemm, MatMul) "
+        "by least squares so its output on the pruned model's inputs matches the original model's (bounded by the "
+        "prune_reconstruct_* settings; a layer whose fit does not lower its held-out error keeps its weights)",
+    )
     speed_check: bool = Field(
         True,
         description="time the pruned model against its input (adaptive interleaved measurement, within "

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnx_ir.passes import common
 from pydantic import BaseModel
 
 from compression.datasets import Dataset
@@ -23,6 +24,7 @@ from compression.pruning.importance import (
 )
 from compression.pruning.layout import Analysis, Group
 from compression.pruning.model_io import SHAPE_REPORT, load_for_pruning, restore_declared_shapes, save_model
+from compression.pruning.reconstruction import ReconstructionLimits, consumer_sites, reconstruct
 from compression.pruning.rewrite import apply_removal
 
 
@@ -122,11 +124,14 @@ def structured_prune(
     max_samples: int,
     check_canceled: Callable[[], None],
     bias_compensation: bool = False,
+    reconstruction: ReconstructionLimits | None = None,
 ) -> dict[str, Any]:
     """Remove `sparsity` of the channels of every prunable group; returns the per-group report and totals.
 
     With a dataset, activation statistics of the unpruned model drive `activation` importance and bias
-    compensation (the mean of each removed channel folded into the next layer's bias).
+    compensation (the mean of each removed channel folded into the next layer's bias), and with
+    `reconstruction` the layers reading removed channels are refitted to the original's outputs by least
+    squares (`reconstruction.py`).
     """
     model = load_for_pruning(model_path, dataset.first_feed(1) if dataset is not None else None)
     analysis = analyze(model, set(exclude))
@@ -148,8 +153,17 @@ def structured_prune(
             if [(g.id, g.size) for g in analysis.roots()] != before:
                 raise RuntimeError("channel groups changed after bias compensation")
     restore_declared_shapes(model)
+    refit: dict[str, Any] | str = "off"
     if any(len(removed) for removed in removal.values()):  # nothing removed: the graph stays as it was
+        sites = consumer_sites(analysis, removal)
         apply_removal(model, analysis, removal)
+        if reconstruction is not None and dataset is not None and sites:
+            common.TopologicalSortPass()(model)
+            refit = reconstruct(model, model_path, sites, dataset, reconstruction, check_canceled).model_dump()
+    if reconstruction is not None and dataset is None:
+        refit = "off (needs a calibration or train dataset)"
+    elif reconstruction is not None and isinstance(refit, str):
+        refit = "nothing to reconstruct"
     save_model(model, out_path)
     summary = summarize(reports, sparsity)
     summary["shape_inference"] = model.meta[SHAPE_REPORT].as_metrics()
@@ -159,6 +173,7 @@ def structured_prune(
         summary["bias_compensation"] = "off (needs a calibration or train dataset)"
     else:
         summary["bias_compensation"] = compensated
+    summary["reconstruction"] = refit
     return summary
 
 
