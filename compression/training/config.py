@@ -93,7 +93,9 @@ class DistillConfig(StepConfig):
         "float, fake-quantized with their scales (straight-through), and are re-quantized on write-back",
     )
     learn_scales: bool = Field(
-        False, description="QAT: also learn the weight scales (LSQ-style gradient); activation scales stay fixed"
+        False,
+        description="QAT: also learn the weight scales and the activation (Q/DQ) scales, LSQ-style, in log space "
+        "(a step of lr changes a scale by about lr, relatively); int32 biases follow input x weight scale",
     )
     frozen: list[str] = Field(default_factory=list, description="initializer names to keep fixed")
     select: Literal["loss", "metric", "last"] = Field(

@@ -207,9 +207,9 @@ class Distiller:
             config.batchnorm == "auto" and train.layout == "batched" and per_step >= BN_MIN_BATCH
         )
         self.qat = find_qat_weights(self.student_proto.graph) if config.qat == "auto" else QatPlan()
-        trainable = self.qat.learnable_scales if config.learn_scales else []
+        trainable = self.qat.learnable_scales + self.qat.activation_scales if config.learn_scales else []
         self.module = OnnxGraphModule(
-            prepare_qat(self.student_proto, self.qat) if self.qat.active else self.student_proto,
+            prepare_qat(self.student_proto, self.qat, trainable) if self.qat.active else self.student_proto,
             frozen=config.frozen,
             bn_train=bn_train,
             max_loop_iterations=settings.distill.max_loop_iterations,
@@ -505,7 +505,7 @@ class Distiller:
             eval_on=self.eval_on,
             selected_by=config.select,
             qat_weights=len(self.qat.weights),
-            learned_scales=len(self.qat.learnable_scales) if config.learn_scales else 0,
+            learned_scales=self.qat.scale_count() if config.learn_scales else 0,
             lr=self.lr,
             stopped_early=len(history) - 1 < config.epochs,
             train_samples=self.train.n,

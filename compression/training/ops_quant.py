@@ -8,6 +8,7 @@ the range do not move), and the scale receives the LSQ gradient when it is train
 
 A DequantizeLinear marked `qat_dtype` (by compression/training/qat.py, on a weight that trains as float)
 fake-quantizes its float input with its own scale and zero point: quantize to that integer type and back.
+A Q/DQ node marked `qat_log_scale` reads a learned scale stored as its logarithm (qat.py): it uses exp(value).
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def _code_dtype(zero_point: Tensor | None, node: NodeInfo) -> tuple[torch.dtype,
     return torch.uint8, RANGES[torch.uint8]
 
 
+def _scale(scale: Tensor, node: NodeInfo) -> Tensor:
+    """The node's scale; a learned one is stored as its logarithm (positive whatever the optimizer does)."""
+    return torch.exp(scale) if node.attr("qat_log_scale", 0) else scale
+
+
 def fake_codes(x: Tensor, scale: Tensor, zero: Tensor, low: int, high: int) -> Tensor:
     """round(x / scale) + zero, saturated, as floats; rounding is straight-through, saturation blocks the gradient."""
     scaled = x / scale
@@ -72,7 +78,7 @@ def fake_codes(x: Tensor, scale: Tensor, zero: Tensor, low: int, high: int) -> T
 @register("QuantizeLinear")
 def quantize_linear(xs: Inputs, node: NodeInfo) -> Tensor:
     _check_blocked(node)
-    x, scale = xs[0], xs[1]
+    x, scale = xs[0], _scale(xs[1], node)
     zero_point = xs[2] if len(xs) > 2 else None
     dtype, (low, high) = _code_dtype(zero_point, node)
     axis = node.attr("axis", 1)
@@ -86,7 +92,7 @@ def quantize_linear(xs: Inputs, node: NodeInfo) -> Tensor:
 @register("DequantizeLinear")
 def dequantize_linear(xs: Inputs, node: NodeInfo) -> Tensor:
     _check_blocked(node)
-    x, scale = xs[0], xs[1]
+    x, scale = xs[0], _scale(xs[1], node)
     zero_point = xs[2] if len(xs) > 2 else None
     axis = node.attr("axis", 1)
     s = _along(scale, x.ndim, axis)

@@ -9,13 +9,19 @@ fake-quantizes them in the forward pass: round(w / scale) + zero point, clamped 
 times the scale again, with a straight-through gradient (ops_quant.py). Activation pairs stay fake-quant
 with their fixed scales. `finish_qat` turns the trained float weights back into integers with the kept
 scales (or the learned ones, `learn_scales`, LSQ-style), so the result is the same QDQ graph with new
-integer weights; where a weight scale was learned, the int32 bias of the same layer is re-quantized with
-input scale x new weight scale, the product onnxruntime's fused integer kernels assume.
+integer weights; where a weight or input scale was learned, the int32 bias of the same layer is re-quantized
+with input scale x weight scale, the product onnxruntime's fused integer kernels assume.
+
+Learned scales (weight scales read only by weight DQs, activation scales read only by Q/DQ pairs) train in
+log space: the copy holds log(scale) and its Q/DQ nodes are marked `qat_log_scale`, so the executor uses
+exp(value). An optimizer step of about `lr` is then a relative change of the scale of about `lr`, whatever
+its magnitude (a raw scale of 1e-3 moved by AdamW's ~1e-3 per step would double or vanish in one step),
+and the scale stays positive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +31,7 @@ from onnx import numpy_helper
 from compression.training.scopes import walk_graphs, walk_nodes
 
 QAT_DTYPE_ATTR = "qat_dtype"
+LOG_SCALE_ATTR = "qat_log_scale"  # the scale input holds log(scale) (a learned scale, in the training copy)
 INTEGER_TYPES = {
     onnx.TensorProto.INT8,
     onnx.TensorProto.UINT8,
@@ -74,11 +81,16 @@ class QatWeight:
 class QatPlan:
     weights: dict[str, QatWeight] = field(default_factory=dict)
     learnable_scales: list[str] = field(default_factory=list)  # weight scales used by weight DQs only
+    activation_scales: list[str] = field(default_factory=list)  # scales read only by activation Q/DQ pairs
     bias_links: list[tuple[str, str, str]] = field(default_factory=list)  # (bias, input scale, weight scale)
 
     @property
     def active(self) -> bool:
         return bool(self.weights)
+
+    def scale_count(self) -> int:
+        """Scales `learn_scales` trains: the weight and the activation ones."""
+        return len(self.learnable_scales) + len(self.activation_scales)
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -135,8 +147,30 @@ def find_qat_weights(graph: onnx.GraphProto) -> QatPlan:
         readers = uses.get(scale, [])
         if all(node.op_type == "DequantizeLinear" and node.input[0] in plan.weights for node, _ in readers):
             plan.learnable_scales.append(scale)
+    plan.activation_scales = _activation_scales(constants, uses, plan)
     plan.bias_links = _bias_links(graph, plan)
     return plan
+
+
+def _activation_scales(
+    constants: Mapping[str, onnx.TensorProto], uses: Mapping[str, list[tuple[onnx.NodeProto, int]]], plan: QatPlan
+) -> list[str]:
+    """Positive float scale initializers read only as the scale of QuantizeLinear/DequantizeLinear nodes on
+    activations (not on a planned weight), at least one of them a QuantizeLinear: the calibrated ranges."""
+    found = []
+    for name, readers in uses.items():
+        tensor = constants.get(name)
+        if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT or name in plan.learnable_scales:
+            continue
+        if not all(node.op_type in ("QuantizeLinear", "DequantizeLinear") and index == 1 for node, index in readers):
+            continue
+        if any(node.input[0] in plan.weights or _block_size(node) for node, _ in readers):
+            continue
+        if not any(node.op_type == "QuantizeLinear" for node, _ in readers):
+            continue
+        if np.all(numpy_helper.to_array(tensor) > 0):
+            found.append(name)
+    return sorted(found)
 
 
 def _bias_links(graph: onnx.GraphProto, plan: QatPlan) -> list[tuple[str, str, str]]:
@@ -157,8 +191,13 @@ def _bias_links(graph: onnx.GraphProto, plan: QatPlan) -> list[tuple[str, str, s
     return links
 
 
-def prepare_qat(model: onnx.ModelProto, plan: QatPlan) -> onnx.ModelProto:
-    """A copy whose planned integer weights are float (dequantized) and whose weight DQs fake-quantize."""
+def prepare_qat(model: onnx.ModelProto, plan: QatPlan, learned: Collection[str] = ()) -> onnx.ModelProto:
+    """A copy whose planned integer weights are float (dequantized) and whose weight DQs fake-quantize.
+
+    `learned` scales (from the plan's learnable weight and activation scales) are stored as log(scale), and
+    every Q/DQ node reading them is marked to exponentiate.
+    """
+    logged = set(learned) & (set(plan.learnable_scales) | set(plan.activation_scales))
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for scope in walk_graphs(out.graph):
@@ -167,9 +206,14 @@ def prepare_qat(model: onnx.ModelProto, plan: QatPlan) -> onnx.ModelProto:
             if weight is not None:
                 value = weight.dequantize(numpy_helper.to_array(tensor))
                 tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+            elif tensor.name in logged:
+                value = np.log(np.maximum(np.abs(numpy_helper.to_array(tensor)), 1e-12)).astype(np.float32)
+                tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
         for node in scope.node:
             if node.op_type == "DequantizeLinear" and node.input[0] in plan.weights:
                 node.attribute.append(onnx.helper.make_attribute(QAT_DTYPE_ATTR, plan.weights[node.input[0]].data_type))
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[1] in logged:
+                node.attribute.append(onnx.helper.make_attribute(LOG_SCALE_ATTR, 1))
     return out
 
 
@@ -178,17 +222,20 @@ def finish_qat(
 ) -> dict[str, np.ndarray]:
     """Trained values to write into the QDQ graph: planned weights re-quantized with their (kept or learned) scales.
 
-    `constants` holds the QDQ graph's original scale arrays (activation scales for the bias links).
+    Learned scales (in `values` as log(scale), see prepare_qat) are written back as scales. `constants` holds
+    the QDQ graph's original scale arrays (input scales for the bias links).
     """
     result = dict(values)
-    scales = {name: np.abs(np.asarray(values[name], np.float32)) for name in plan.learnable_scales if name in values}
-    for name in scales:
-        scales[name] = np.maximum(scales[name], np.float32(1e-12))
-        result[name] = scales[name]
+    learnable = [*plan.learnable_scales, *plan.activation_scales]
+    scales = {name: learned_scale(values[name]) for name in learnable if name in values}
+    result.update(scales)
     bias_scales: dict[str, np.ndarray] = {}
     for bias, x_scale, w_scale in plan.bias_links:
-        if w_scale in scales and x_scale in constants and plan.weights[bias].scale_name not in scales:
-            product = (np.asarray(constants[x_scale], np.float32) * scales[w_scale]).astype(np.float32)
+        if (w_scale in scales or x_scale in scales) and plan.weights[bias].scale_name not in scales:
+            x, w = scales.get(x_scale, constants.get(x_scale)), scales.get(w_scale, _weight_scale(plan, w_scale))
+            if x is None or w is None:
+                continue
+            product = (np.asarray(x, np.float32) * np.asarray(w, np.float32)).astype(np.float32)
             bias_scales[bias] = product.reshape(plan.weights[bias].scale.shape)
     for name, weight in plan.weights.items():
         if name not in values:
@@ -198,3 +245,12 @@ def finish_qat(
         if name in bias_scales:
             result[weight.scale_name] = bias_scales[name]
     return result
+
+
+def learned_scale(log_value: np.ndarray) -> np.ndarray:
+    """A learned scale from its trained log value (kept positive and finite)."""
+    return np.exp(np.clip(np.asarray(log_value, np.float64), -80.0, 80.0)).astype(np.float32)
+
+
+def _weight_scale(plan: QatPlan, scale_name: str) -> np.ndarray | None:
+    return next((w.scale for w in plan.weights.values() if w.scale_name == scale_name), None)

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compression.training.graph_module import OnnxGraphModule
 from compression.training.qat import find_qat_weights, finish_qat, prepare_qat
+from compression.training.weights import write_back
 
 
 def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -119,8 +120,9 @@ def test_straight_through_gradient_reaches_the_float_weight_and_learned_scale() 
     model = _qdq_conv_model(rng)
     plan = find_qat_weights(model.graph)
     assert set(plan.weights) == {"w_q", "b_q"} and plan.learnable_scales == ["w_scale"]
+    assert plan.activation_scales == ["x_scale", "y_scale"]
     assert plan.bias_links == [("b_q", "x_scale", "w_scale")]
-    module = OnnxGraphModule(prepare_qat(model, plan), trainable=plan.learnable_scales)
+    module = OnnxGraphModule(prepare_qat(model, plan, plan.learnable_scales), trainable=plan.learnable_scales)
     assert set(module.roles.parameters) == {"w_q", "b_q", "w_scale"}  # activation scales stay fixed
     x = torch.from_numpy(rng.normal(0, 1, (2, 3, 6, 6)).astype(np.float32))
     module.train()
@@ -135,6 +137,87 @@ def test_straight_through_gradient_reaches_the_float_weight_and_learned_scale() 
     for name in ("w_q", "b_q"):
         assert values[name].dtype == originals[name].dtype
         np.testing.assert_array_equal(values[name], originals[name])
+    np.testing.assert_allclose(values["w_scale"], originals["w_scale"], rtol=1e-6)  # log space round trip
+
+
+def _train(module: OnnxGraphModule, x: torch.Tensor, target: torch.Tensor, steps: int, lr: float) -> None:
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    module.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (module({"x": x})["y"] - target).square().mean().backward()
+        optimizer.step()
+
+
+def test_learned_weight_and_activation_scales_move_stay_positive_and_the_bias_follows() -> None:
+    """learn_scales: weight and activation scales train (log space), move by a bounded relative amount, and
+    the written-back graph is consistent: int32 bias scale = input scale x weight scale, onnxruntime runs it."""
+    rng = np.random.default_rng(3)
+    model = _qdq_conv_model(rng)
+    plan = find_qat_weights(model.graph)
+    learned = plan.learnable_scales + plan.activation_scales
+    module = OnnxGraphModule(prepare_qat(model, plan, learned), trainable=learned)
+    assert set(learned) <= set(module.roles.parameters)
+    x = torch.from_numpy(rng.normal(0, 1, (8, 3, 6, 6)).astype(np.float32))
+    target = 0.5 * _torch(model, {"x": x.numpy()})[0]  # a different function: the scales must move
+    _train(module, x, torch.from_numpy(target), steps=30, lr=1e-2)
+    originals = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    values = finish_qat(module.trained_values(), plan, originals)
+    for name in learned:
+        ratio = values[name] / originals[name]
+        assert np.all(values[name] > 0), name
+        assert np.any(np.abs(ratio - 1) > 1e-3), f"{name} did not move"
+        assert np.all((ratio > 0.5) & (ratio < 2.0)), f"{name}: 30 steps of lr 1e-2 in log space moved it {ratio}"
+    np.testing.assert_allclose(values["b_scale"], values["x_scale"] * values["w_scale"], rtol=1e-6)
+    trained = write_back(model, values)
+    feeds = {"x": x.numpy()}
+    got = _ort(trained, feeds)[0]
+    before = np.mean((_ort(model, feeds)[0] - target) ** 2)
+    assert np.mean((got - target) ** 2) < before  # the trained graph, run by onnxruntime, fits better
+
+
+def test_requantized_weights_are_within_half_a_step_of_the_trained_float_weights() -> None:
+    rng = np.random.default_rng(4)
+    model = _qdq_conv_model(rng)
+    plan = find_qat_weights(model.graph)
+    module = OnnxGraphModule(prepare_qat(model, plan), trainable=[])
+    x = torch.from_numpy(rng.normal(0, 1, (8, 3, 6, 6)).astype(np.float32))
+    target = torch.from_numpy(rng.normal(0, 1, _torch(model, {"x": x.numpy()})[0].shape).astype(np.float32))
+    _train(module, x, target, steps=20, lr=3e-3)
+    trained = module.trained_values()
+    values = finish_qat(trained, plan, {})
+    weight = plan.weights["w_q"]
+    assert np.any(values["w_q"] != numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w_q")))
+    step = weight.scale.reshape(-1, 1, 1, 1)
+    inside = np.abs(trained["w_q"]) <= 127 * step
+    error = np.abs(weight.dequantize(values["w_q"]) - trained["w_q"])
+    assert np.all(error[inside] <= 0.5 * np.broadcast_to(step, error.shape)[inside] * (1 + 1e-5))
+    assert np.all(np.abs(values["w_q"].astype(np.int32)[~inside]) >= 127)  # outside the range: saturated
+
+
+def test_a_qat_step_that_hurts_returns_its_input(tmp_path: Path) -> None:
+    """QAT with a wrecking learning rate (lr 1, learned scales, last epoch kept): the guard returns the input."""
+    from compression.datasets import Dataset
+    from compression.model_info import inspect_model
+    from compression.settings import EngineSettings
+    from compression.training.config import DistillConfig
+    from compression.training.distiller import QuietHooks, distill
+
+    rng = np.random.default_rng(5)
+    student = _qdq_conv_model(rng)
+    student_path, teacher_path = tmp_path / "student.onnx", tmp_path / "teacher.onnx"
+    onnx.save(student, str(student_path))
+    onnx.save(student, str(teacher_path))  # the student is already right: training can only hurt
+    inputs = inspect_model(student_path).inputs
+    train = Dataset.bind({"x": rng.normal(0, 1, (48, 3, 6, 6)).astype(np.float32)}, inputs)
+    held = Dataset.bind({"x": rng.normal(0, 1, (16, 3, 6, 6)).astype(np.float32)}, inputs)
+    config = DistillConfig(epochs=2, lr=1.0, batch_size=16, select="last", learn_scales=True, augment=0)
+    outcome = distill(teacher_path, student_path, train, held, config, EngineSettings(), QuietHooks())
+    assert outcome.qat_weights == 2 and outcome.learned_scales == 3
+    assert outcome.best_epoch == 2 and outcome.guard is not None and not outcome.guard.accepted and outcome.kept_input
+    kept = {t.name: numpy_helper.to_array(t) for t in outcome.model.graph.initializer}
+    for tensor in student.graph.initializer:
+        np.testing.assert_array_equal(kept[tensor.name], numpy_helper.to_array(tensor))
 
 
 @pytest.mark.slow
