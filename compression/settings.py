@@ -138,12 +138,20 @@ class QuantizeSettings(SettingsGroup):
     )
     exclusion_rounds: int = Field(6, ge=1, description="max re-quantizations while keeping nodes in float")
     search_time_factor: float | None = Field(
-        2.0,
+        1.5,
         gt=0,
-        description="auto: no new attempt starts once the search has run this many times the cost of its first "
-        "candidate's first full attempt (prepare + calibrate + quantize + evaluate); the best within-budget attempt "
-        "so far is kept and the metrics say what was not tried. Relative to the work, so it holds under load; "
-        "unset: no bound",
+        description="auto: once the search has run this many times the cost of a candidate's first full attempt "
+        "(prepare + calibrate + quantize + evaluate; the largest so far), no further attempt starts (exclusions, "
+        "bisection, sensitivity ranking; every candidate still gets its first attempt); the best within-budget "
+        "attempt so far is kept and the metrics say what was not tried. Relative to the work, so it holds under "
+        "load; unset: no bound",
+    )
+    sensitivity_activation_mb: int = Field(
+        2048,
+        ge=16,
+        description="the sensitivity ranking compares at most this many MB of intermediate tensors per model "
+        "(samples x the model's activation bytes per sample, at least 2 samples): fewer samples for models with "
+        "large activations (a 640x640 detector: 650 MB per sample), whose ranking otherwise costs several attempts",
     )
     sensitivity_when_met: bool = Field(
         True,

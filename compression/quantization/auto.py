@@ -7,6 +7,7 @@ the input in one adaptive interleaved measurement; compression/quantization/obje
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,23 @@ def _elements(dims: Any) -> int:
     return total
 
 
+def _guarded(
+    ctx: PassContext, by_mode: dict[str, dict[str, Any]], mode: str, step: Callable[..., SearchResult], *args: Any
+) -> SearchResult | None:
+    """One candidate's search step; its failure becomes that candidate's row, not the job's."""
+    try:
+        return step(*args)
+    except CompressionError as exc:
+        by_mode[mode] = {"mode": mode, "within_budget": False, "reasons": [exc.message]}
+    except JobCanceledError:
+        raise
+    except Exception as exc:  # one candidate's library failure must not sink the others
+        reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+        by_mode[mode] = {"mode": mode, "within_budget": False, "reasons": [reason]}
+        ctx.event(f"auto: {mode} failed, trying the other candidates", reason=reason)
+    return None
+
+
 def run_auto(
     model_path: Path, config: AutoQuantizeConfig, ctx: PassContext, evaluator: Evaluator, work: Path
 ) -> tuple[Path | None, dict[str, Any]]:
@@ -111,32 +129,27 @@ def run_auto(
     configs, notes = plan(model_path, config, ctx)
     budget = step_budget(config.max_accuracy_drop, config.budget_metric, ctx.settings, evaluator)
     results: list[SearchResult] = []
-    table: list[dict[str, Any]] = []
+    by_mode: dict[str, dict[str, Any]] = {}
     clock = SearchClock(ctx.settings.quantize.search_time_factor)  # one bound over every candidate's search
+    started: list[BudgetSearch] = []
     for index, mode_config in enumerate(configs):
-        if clock.expired():
-            clock.stop(mode_config.mode, "its first attempt")
-            table.append({"mode": mode_config.mode, "within_budget": False, "reasons": ["not tried: time bound"]})
-            continue
-        ctx.progress(0.1 + 0.7 * index / max(len(configs), 1), f"auto: trying {mode_config.mode}")
+        ctx.progress(0.1 + 0.35 * index / max(len(configs), 1), f"auto: trying {mode_config.mode}")
         quantizer = make_quantizer(mode_config, ctx, work / f"{index}_{mode_config.mode}")
-        try:
-            span = (0.1 + 0.7 * index / len(configs), 0.1 + 0.7 * (index + 1) / len(configs))
-            stem = f"quantize_auto_{mode_config.mode}"
-            search = BudgetSearch(quantizer, ctx, evaluator, budget, stem, span, clock)
-            result = search.run(model_path)
-        except CompressionError as exc:
-            table.append({"mode": mode_config.mode, "within_budget": False, "reasons": [exc.message]})
-            continue
-        except JobCanceledError:
-            raise
-        except Exception as exc:  # one candidate's library failure must not sink the others
-            reason = f"{type(exc).__name__}: {str(exc)[:300]}"
-            table.append({"mode": mode_config.mode, "within_budget": False, "reasons": [reason]})
-            ctx.event(f"auto: {mode_config.mode} failed, trying the other candidates", reason=reason)
-            continue
-        results.append(result)
-        table.append(result.summary())
+        span = (0.1 + 0.7 * index / len(configs), 0.1 + 0.7 * (index + 1) / len(configs))
+        search = BudgetSearch(quantizer, ctx, evaluator, budget, f"quantize_auto_{mode_config.mode}", span, clock)
+        if _guarded(ctx, by_mode, mode_config.mode, search.start, model_path) is not None:
+            started.append(search)
+    # every candidate has had its first attempt: the searches that still need attempts go on cheapest first, so
+    # the time bound (quant_search_time_factor) falls on the expensive ones; those met at once go last (their
+    # sensitivity ranking is information only)
+    for search in sorted(started, key=lambda s: (s.first_ok, s.first_attempt_s)):
+        mode = search.quantizer.config.mode
+        ctx.progress(0.45 + 0.35 * len(results) / len(started), f"auto: searching {mode}")
+        result = _guarded(ctx, by_mode, mode, search.finish)
+        if result is not None:
+            results.append(result)
+            by_mode[mode] = result.summary()
+    table = [by_mode[c.mode] for c in configs if c.mode in by_mode]  # in plan order
     ctx.check_canceled()
     ok = [r for r in results if r.ok]
     metrics: dict[str, Any] = {

@@ -2,8 +2,8 @@
 
 Each phase is timed into the result's `timings` (compression/quantization/timing.py) and each attempt's
 quantize and evaluate seconds go into its history entry. With a `SearchClock` (auto), no attempt starts once
-the clock has expired: the search returns its best within-budget attempt so far (or none), and the clock
-records what it would have tried next.
+the clock has expired (the first attempt always runs): the search returns its best within-budget attempt so
+far (or none), and the clock records what it would have tried next.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ class BudgetSearch:
         self.attempts = 0
         self.clock = clock
         self.times = PhaseTimes()
+        self.first_attempt_s = 0.0
+        self._state: tuple[SearchResult, Prepared, list[str], list[str]] | None = None
 
     def _out_of_time(self, next_step: str) -> bool:
         """The clock expired: record `next_step` as what the search would have tried, and say so."""
@@ -142,11 +144,38 @@ class BudgetSearch:
         return attempt
 
     def run(self, src: Path) -> SearchResult:
+        self.start(src)
+        return self.finish()
+
+    @property
+    def first_ok(self) -> bool:
+        """The first attempt (after `start`) met the budget: `finish` has only optional work left."""
+        return self._state is not None and self._state[0].best.verdict.ok
+
+    def start(self, src: Path) -> SearchResult:
+        """Prepare, tune and judge the first attempt (the user's exclusions only); `finish` goes on from there.
+
+        Its cost (`first_attempt_s`) is the unit of the clock's bound; `auto` starts every candidate before it
+        finishes any, so the cheap ones' searches can run first.
+        """
+        started = time.perf_counter()
         with collecting(self.times):
-            result, prepared = self._search(src)
+            result, prepared, user, candidates = self._first(src)
+        self.first_attempt_s = time.perf_counter() - started
+        if self.clock is not None:
+            self.clock.first_attempt(self.first_attempt_s)
+        self._state = (result, prepared, user, candidates)
+        return result
+
+    def finish(self) -> SearchResult:
+        """The rest of the search after `start`: keep nodes float until the budget holds (or time is up)."""
+        assert self._state is not None, "start() first"
+        result, prepared, user, candidates = self._state
+        with collecting(self.times):
+            self._refine(result, prepared, user, candidates)
         return self._done(result, prepared)
 
-    def _search(self, src: Path) -> tuple[SearchResult, Prepared]:
+    def _first(self, src: Path) -> tuple[SearchResult, Prepared, list[str], list[str]]:
         mode = self.quantizer.config.mode
         with phase("prepare"):
             prepared = self.quantizer.prepare(src)
@@ -158,22 +187,23 @@ class BudgetSearch:
             self.ctx.event("nodes_to_exclude names no node of the model; check the spelling", nodes=unknown)
             self.quantizer.details["unknown_nodes_to_exclude"] = unknown
         attempt = self._attempt(prepared, user)
-        if self.clock is not None:
-            self.clock.unit_measured()  # the first candidate's first full attempt: the bound's unit
         result = SearchResult(mode=mode, best=attempt, attempts=0, details=self.quantizer.details)
         self._record(result, attempt)
-        candidates = self.quantizer.candidate_nodes(prepared)
+        return result, prepared, user, self.quantizer.candidate_nodes(prepared)
+
+    def _refine(self, result: SearchResult, prepared: Prepared, user: list[str], candidates: list[str]) -> None:
+        attempt = result.best
         if attempt.verdict.ok:
             if self.budget.max_accuracy_drop is not None and attempt.path is not None and self._rank_when_met():
                 # met at once: the table still tells the user where the error would come from
                 result.sensitivity = self._rank(prepared, attempt.path, [c for c in candidates if c not in user])
-            return result, prepared
+            return
         excluded = list(user)
         if attempt.verdict.collapsed_outputs:
             guard = producers(prepared.path, attempt.verdict.collapsed_outputs, set(candidates))
             guard = [name for name in guard if name not in excluded]
             if guard and self._out_of_time(f"keep {len(guard)} producer(s) of collapsed outputs float"):
-                return result, prepared
+                return
             if guard:
                 self.ctx.event(
                     "keeping the producers of collapsed outputs in float",
@@ -186,11 +216,11 @@ class BudgetSearch:
                 attempt = self._record(result, self._attempt(prepared, excluded))
                 result.best = attempt
                 if attempt.verdict.ok:
-                    return result, prepared
+                    return
         if attempt.path is None:
-            return result, prepared
+            return
         if self._out_of_time("rank node sensitivity, then keep the most sensitive nodes float"):
-            return result, prepared
+            return
         ranked = self._rank(prepared, attempt.path, [c for c in candidates if c not in excluded])
         result.sensitivity = ranked
         order = [s.node for s in ranked]
@@ -223,7 +253,6 @@ class BudgetSearch:
         if result.best.verdict.ok and candidates and set(candidates) <= set(result.best.excluded):
             # every quantizable node float: that is the input model with extra steps, not a success
             result.best.verdict = Verdict(ok=False, reasons=["the budget is met only with every node kept in float"])
-        return result, prepared
 
     def _rank_when_met(self) -> bool:
         """Rank the nodes of a first attempt that met the budget (information only) when the setting and time allow."""
@@ -231,13 +260,23 @@ class BudgetSearch:
             return False
         return not self._out_of_time("rank node sensitivity (information only: the budget was met)")
 
+    def _sensitivity_samples(self) -> int:
+        """`quant_sensitivity_samples`, fewer when they would pass `quant_sensitivity_activation_mb` of activations."""
+        knobs = self.ctx.settings.quantize
+        size = self.evaluator.size
+        if size is None or not size.measured or size.activations <= 0:
+            return knobs.sensitivity_samples
+        return min(knobs.sensitivity_samples, max(2, knobs.sensitivity_activation_mb * 2**20 // size.activations))
+
     def _rank(self, prepared: Prepared, quantized: Path, candidates: list[str]) -> list[NodeSensitivity]:
+        samples = self._sensitivity_samples()
+        self.quantizer.details["sensitivity_samples"] = min(samples, self.evaluator.dataset.n_samples)
         with phase("sensitivity"):
             return rank_nodes(
                 prepared.path,
                 quantized,
                 candidates,
-                self.evaluator.dataset.take(self.ctx.settings.quantize.sensitivity_samples),
+                self.evaluator.dataset.take(samples),
                 self.quantizer.work / "sensitivity",
                 self.ctx.settings.latency.threads,
                 memory_bytes=self.ctx.settings.quantize.activation_memory_mb * 2**20,

@@ -5,9 +5,12 @@ search with `collecting`), so the quantizers time their own stages (calibration,
 correction) without carrying a timer around; with no timings active it only runs the block.
 
 `SearchClock` bounds `auto`'s search relative to the work itself, not to wall-clock seconds: its unit is the
-measured cost of the first candidate's first full attempt (prepare + calibrate + quantize + evaluate), and
-once `quant_search_time_factor` units have passed since the search started, no new attempt starts. Load
-slows the unit and the rest of the search alike, so the bound holds on a busy machine too.
+measured cost of a candidate's first full attempt (prepare + calibrate + quantize + evaluate; the largest over
+the candidates tried so far, so the order of the candidates does not shrink it), and once
+`quant_search_time_factor` units have passed since the search started, no further attempt (exclusions,
+bisection, sensitivity ranking) starts. Every candidate still gets its first attempt: that is the work the
+plan asked for, once. Load slows the unit and the rest of the search alike, so the bound holds on a busy
+machine too.
 """
 
 from __future__ import annotations
@@ -62,10 +65,10 @@ def phase(name: str) -> Iterator[None]:
 
 
 class SearchClock:
-    """`auto`'s time bound: `factor` x the first full attempt's cost, counted from the search's start.
+    """`auto`'s time bound: `factor` x the largest first full attempt's cost, counted from the search's start.
 
-    `factor` None: no bound. The unit is known once `unit_measured` is called (after the first candidate's
-    first attempt was judged); until then the clock never expires, so every search has at least one attempt.
+    `factor` None: no bound. The unit is known once `first_attempt` was called (after a candidate's first
+    attempt was judged, with its cost since that candidate started); until then the clock never expires.
     """
 
     def __init__(self, factor: float | None) -> None:
@@ -74,9 +77,9 @@ class SearchClock:
         self.unit_s: float | None = None
         self.cut: dict[str, Any] | None = None  # what the search would have tried next, once cut
 
-    def unit_measured(self) -> None:
-        if self.unit_s is None:
-            self.unit_s = time.perf_counter() - self.started
+    def first_attempt(self, seconds: float) -> None:
+        """A candidate's first full attempt took `seconds` (prepare + tune + quantize + evaluate)."""
+        self.unit_s = seconds if self.unit_s is None else max(self.unit_s, seconds)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
