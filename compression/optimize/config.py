@@ -37,6 +37,13 @@ class OptimizeConfig(StepConfig):
     distill_epochs: int = Field(10, ge=0, description="distillation epochs after pruning (0: none); needs train data")
     distill_lr: float = Field(3e-3, gt=0, le=1, description="distillation learning rate")
     quantize: bool = Field(True, description="quantize every candidate with mode auto")
+    qat_epochs: int = Field(
+        5,
+        ge=0,
+        description="quantization-aware fine-tuning after quantize (a distill step on the int8 QDQ graph, teacher: "
+        "the step's input; skipped when quantize returned no QDQ graph); 0: none; needs train data",
+    )
+    qat_lr: float = Field(1e-3, gt=0, le=1, description="QAT learning rate")
     prefer: Literal["latency", "size"] = Field("latency", description="among candidates meeting the target")
     max_seconds: float | None = Field(
         None, gt=0, description="stop starting new candidates after this long (capped by optimize_max_seconds)"

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from compression.contract import PassContext, StepConfig, adopt_output
 from compression.metrics.evaluation import Evaluator
 from compression.metrics.fidelity import Fidelity
@@ -22,6 +24,7 @@ from compression.pruning.config import StructuredPruneConfig
 from compression.quantization.budget import Budget, Verdict, judge
 from compression.quantization.config import AutoQuantizeConfig
 from compression.training.config import DistillConfig
+from compression.training.qat import find_qat_weights
 
 CreatePass = Callable[[StepConfig], Any]
 
@@ -83,7 +86,21 @@ def chain(config: OptimizeConfig, sparsity: float, has_train: bool) -> tuple[lis
             skipped.append("distill: the job has no train dataset")
     if config.quantize:
         steps.append(AutoQuantizeConfig(mode="auto", max_accuracy_drop=config.target.max_accuracy_drop))
+        if config.qat_epochs and has_train:
+            steps.append(DistillConfig(epochs=config.qat_epochs, lr=config.qat_lr, alpha=0.5, qat="auto"))
+        elif config.qat_epochs:
+            skipped.append("distill (QAT): the job has no train dataset")
     return steps, skipped
+
+
+def is_qat(steps: list[StepConfig], index: int) -> bool:
+    """A distill step after a quantize step: quantization-aware fine-tuning of the quantized model."""
+    return isinstance(steps[index], DistillConfig) and any(isinstance(s, AutoQuantizeConfig) for s in steps[:index])
+
+
+def trainable_qdq(path: Path) -> bool:
+    """The model has integer weights read by DequantizeLinear (a QDQ graph QAT can train)."""
+    return find_qat_weights(onnx.load(str(path), load_external_data=False).graph).active
 
 
 def judge_against_input(fidelity: Fidelity, max_drop: float | None, ctx: PassContext) -> Verdict:
@@ -126,12 +143,16 @@ def run_candidate(
             spent = judge_against_input(evaluator.fidelity(current), None, ctx).drop or 0.0
             step = step.model_copy(update={"max_accuracy_drop": max(config.target.max_accuracy_drop - spent, 0.0)})
         step_type = getattr(step, "type", "step")
+        label = "distill (QAT)" if is_qat(steps, index) else step_type
+        if label == "distill (QAT)" and (current is None or not trainable_qdq(current)):
+            candidate.skipped.append("distill (QAT): quantize returned no QDQ graph with integer weights")
+            continue
         sub.for_step(index, folder / f"{index}_{step_type}.onnx", folder / f"{index}_scratch")
         try:
             returned = adopt_output(create_pass(step).run(current or src, sub), sub, step_type)
         finally:
             shutil.rmtree(folder / f"{index}_scratch", ignore_errors=True)
-        candidate.steps.append(step_type if returned is not None else f"{step_type} (unchanged)")
+        candidate.steps.append(label if returned is not None else f"{label} (unchanged)")
         if returned is not None:
             current = returned
     candidate.path = current

@@ -46,7 +46,7 @@ def _run(dev, tmp_path: Path, step: dict):  # noqa: ANN001, ANN202
 
 
 def test_returns_a_candidate_within_the_accuracy_target(residual_cnn, tmp_path: Path) -> None:  # noqa: ANN001
-    step = {"target": {"max_accuracy_drop": 0.03}, "sparsities": [0.0, 0.5], "distill_epochs": 4}
+    step = {"target": {"max_accuracy_drop": 0.03}, "sparsities": [0.0, 0.5], "distill_epochs": 4, "qat_epochs": 2}
     result, sink = _run(residual_cnn, tmp_path, step)
     details = result.metrics.steps[0].details
     assert [c["sparsity"] for c in details["candidates"]] == [0.0, 0.5]
@@ -57,11 +57,18 @@ def test_returns_a_candidate_within_the_accuracy_target(residual_cnn, tmp_path: 
     assert result.metrics.ratios["size"] < 0.5  # int8 at least
     pruned = details["candidates"][1]
     assert pruned["steps"][:2] == ["prune", "distill"], pruned
+    # quantize (auto) gives a QDQ graph here: quantization-aware fine-tuning follows it
+    assert pruned["steps"][3].startswith("distill (QAT)") and not pruned["skipped"], pruned
     assert sum(1 for message, _ in sink.messages if message == "optimize: candidate finished") == 2
 
 
 def test_an_unreachable_target_returns_the_input_with_the_reason(residual_cnn, tmp_path: Path) -> None:  # noqa: ANN001
-    step = {"target": {"max_accuracy_drop": 0.03, "size_ratio": 0.001}, "sparsities": [0.0], "distill_epochs": 0}
+    step = {
+        "target": {"max_accuracy_drop": 0.03, "size_ratio": 0.001},
+        "sparsities": [0.0],
+        "distill_epochs": 0,
+        "qat_epochs": 0,
+    }
     result, _ = _run(residual_cnn, tmp_path, step)
     details = result.metrics.steps[0].details
     assert details["input_model_returned"] is True and "no candidate meets the target" in details["reason"]
