@@ -122,6 +122,14 @@ def _guarded(
     return None
 
 
+def _smaller_storage_met(mode: str, started: list[BudgetSearch], objective: Objective) -> bool:
+    """fp16_weights is not worth an attempt once int8_weights met the budget on its first attempt: both compute
+    in float from folded weights, and int8 is half the size (only the latency objective could still pick it)."""
+    if mode != "fp16_weights" or objective == Objective.LATENCY:
+        return False
+    return any(search.quantizer.config.mode == "int8_weights" and search.first_ok for search in started)
+
+
 def run_auto(
     model_path: Path, config: AutoQuantizeConfig, ctx: PassContext, evaluator: Evaluator, work: Path
 ) -> tuple[Path | None, dict[str, Any]]:
@@ -133,6 +141,13 @@ def run_auto(
     clock = SearchClock(ctx.settings.quantize.search_time_factor)  # one bound over every candidate's search
     started: list[BudgetSearch] = []
     for index, mode_config in enumerate(configs):
+        if _smaller_storage_met(mode_config.mode, started, config.objective):
+            by_mode[mode_config.mode] = {
+                "mode": mode_config.mode,
+                "within_budget": False,
+                "reasons": ["not tried: int8_weights met the budget, smaller at the same float compute"],
+            }
+            continue
         ctx.progress(0.1 + 0.35 * index / max(len(configs), 1), f"auto: trying {mode_config.mode}")
         quantizer = make_quantizer(mode_config, ctx, work / f"{index}_{mode_config.mode}")
         span = (0.1 + 0.7 * index / len(configs), 0.1 + 0.7 * (index + 1) / len(configs))
