@@ -161,6 +161,7 @@ class StaticQuantizer(ModeQuantizer):
         self.calibration: Dataset | None = None
         self.quantizable_ops = static_op_types(config.format)
         self.pad_channels = False  # Conv input channels padded to a multiple of 4 (chosen in tune)
+        self.timing_only = False  # quantizing only to time a layout (tune): bias correction does not change speed
 
     def prepare(self, src: Path) -> Prepared:
         self.calibration, synthetic = calibration_dataset(
@@ -252,7 +253,7 @@ class StaticQuantizer(ModeQuantizer):
                 # onnxruntime fuses both the same way
                 extra_options={"QuantizeBias": not config.float_bias, **static_extra_options(config.float_bias)},
             )
-        if config.format == "qdq" and self.ctx.settings.quantize.bias_correction:
+        if config.format == "qdq" and self.ctx.settings.quantize.bias_correction and not self.timing_only:
             with phase("bias_correction"):
                 self.details["bias_correction"] = self.bias_corrector.apply(prepared.path, stage).model_dump()
         if always:  # convs kept float for speed still get int8 storage (constant-folded at load)

@@ -85,6 +85,7 @@ def tune_conv_layout(quantizer: StaticQuantizer, prepared: Prepared, evaluator: 
         apply_layout(prepared, quantizer, layout)
         path = quantizer.work / f"layout_{layout.name}.onnx"
         try:
+            quantizer.timing_only = True  # only timed: no bias correction (it changes no kernel)
             quantizer.quantize(prepared, path, [])
         except JobInterrupted:
             raise
@@ -92,6 +93,8 @@ def tune_conv_layout(quantizer: StaticQuantizer, prepared: Prepared, evaluator: 
             failures[layout.name] = f"{type(exc).__name__}: {str(exc)[:200]}"
             layouts.remove(layout)
             continue
+        finally:
+            quantizer.timing_only = False
         if layout.pad_channels:
             padded = list(quantizer.details.get("conv_channels_padded") or [])
             if not padded:  # no Conv to pad: the same graph as `int8`
