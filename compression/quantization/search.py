@@ -171,6 +171,8 @@ class BudgetSearch:
         """The rest of the search after `start`: keep nodes float until the budget holds (or time is up)."""
         assert self._state is not None, "start() first"
         result, prepared, user, candidates = self._state
+        if self.clock is not None:
+            self.clock.order.append(self.quantizer.config.mode)
         with collecting(self.times):
             self._refine(result, prepared, user, candidates)
         return self._done(result, prepared)

@@ -76,6 +76,7 @@ class SearchClock:
         self.started = time.perf_counter()
         self.unit_s: float | None = None
         self.cut: dict[str, Any] | None = None  # what the search would have tried next, once cut
+        self.order: list[str] = []  # the modes whose searches went on after their first attempt, in that order
 
     def first_attempt(self, seconds: float) -> None:
         """A candidate's first full attempt took `seconds` (prepare + tune + quantize + evaluate)."""
@@ -108,5 +109,6 @@ class SearchClock:
             "limit_s": None if self.limit_s is None else round(self.limit_s, 3),
             "elapsed_s": round(self.elapsed(), 3),
             "cut_by_time": self.cut is not None,
+            "search_order": self.order,
             **({"cut": self.cut} if self.cut is not None else {}),
         }

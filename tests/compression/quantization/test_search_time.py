@@ -111,3 +111,16 @@ def test_no_bound_tries_every_candidate(tmp_path):
     details = result.metrics.steps[0].details
     assert details["search_time"]["cut_by_time"] is False
     assert {row["mode"] for row in details["candidates"]} == {"dynamic", "fp16"}
+
+
+def test_auto_continues_the_searches_that_need_attempts_before_those_met_at_once(tmp_path):
+    src = _mlp_with_one_outlier(tmp_path / "m.onnx", layers=2)
+    step = {"type": "quantize", "mode": "auto", "max_accuracy_drop": 0.01, "budget_metric": "cosine"}
+    step["candidates"] = ["fp16", "dynamic"]  # fp16 meets the budget at once, dynamic does not (the outlier)
+    settings = EngineSettings(quant_search_time_factor=None, latency_runs=5)
+    result, _ = run_step(src, step, _data(src), tmp_path / "run", settings)
+    details = result.metrics.steps[0].details
+    rows = {row["mode"]: row for row in details["candidates"]}
+    assert rows["fp16"]["quantization_attempts"] == 1 and rows["dynamic"]["quantization_attempts"] > 1
+    assert details["search_time"]["search_order"] == ["dynamic", "fp16"]
+    assert [row["mode"] for row in details["candidates"]] == ["fp16", "dynamic"]  # the table keeps plan order
