@@ -143,6 +143,11 @@ class Int8WeightsQuantizeConfig(WeightStorageBase):
         "when a session starts: float latency, int8 file) or 'dequantize_linear' (the QDQ form; onnxruntime "
         "runs it on every inference)",
     )
+    kept_out_of_int8: Literal["float16", "float32"] = Field(
+        "float16",
+        description="how the weights of the nodes the budget search keeps out of int8 are stored: 'float16' "
+        "(half the bytes, ~5e-4 relative error) or 'float32' (untouched); nodes_to_exclude always stay float32",
+    )
 
 
 class Fp16WeightsQuantizeConfig(WeightStorageBase):

@@ -430,6 +430,16 @@ class WeightStorageQuantizer(ModeQuantizer):
             rebuild=int8.rebuild if int8 is not None else "cast_mul",
         )
         self.details["weight_storage"] = {"dtype": "int8" if int8 is not None else "float16", **stored.as_dict()}
+        if int8 is not None and int8.kept_out_of_int8 == "float16" and set(exclude) - set(int8.nodes_to_exclude):
+            # the nodes the search keeps out of int8 get float16 weights; the user's nodes_to_exclude stay float32
+            half = store_weights(
+                model,
+                dtype="float16",
+                op_types=self.quantizable_ops,
+                exclude=set(int8.nodes_to_exclude),
+                min_elements=self.ctx.settings.quantize.weight_storage_min_elements,
+            )
+            self.details["weight_storage"]["float16"] = half.as_dict()
         stage = self.work / "stored_weights.onnx"
         onnx.save(model, str(stage))
         self.details["bytes_saved_by_compaction"] = compact(stage, dst, original_names(prepared.path))

@@ -15,7 +15,7 @@ from compression.model_info import inspect_model
 from compression.quantization.auto import plan
 from compression.quantization.config import AutoQuantizeConfig
 from compression.quantization.weight_storage import store_weights, weight_nodes
-from tests.compression.quantization.quant_helpers import SETTINGS, run_step, save
+from tests.compression.quantization.quant_helpers import SETTINGS, feeds_dataset, run_step, save
 
 HIDDEN = 16
 
@@ -193,3 +193,39 @@ class _Ctx:
     class datasets:  # noqa: N801
         calibration = None
         train = None
+
+
+def two_matmuls() -> onnx.ModelProto:
+    """x[N, 64] @ W1 @ W2 -> y; W1's first row is 1e4, so int8 per column rounds the rest of W1 to 0."""
+    rng = np.random.default_rng(3)
+    w1 = rng.standard_normal((64, 64)).astype(np.float32) / 8
+    w2 = rng.standard_normal((64, 64)).astype(np.float32) / 8
+    w1[0, :] = 1e4
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+            helper.make_node("MatMul", ["h", "W2"], ["y"], name="mm2"),
+        ],
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("kept", ["float16", "float32"])
+def test_nodes_the_search_keeps_out_of_int8_get_float16_weights(tmp_path, kept):
+    path = save(two_matmuls(), tmp_path / "two.onnx")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 64)).astype(np.float32)
+    x[:, 0] = 0.0  # the outlier row meets zeros: the float model ignores it, int8 rounding does not
+    datasets = DatasetBundle(eval=feeds_dataset({"x": x}, path))
+    step = {"type": "quantize", "mode": "int8_weights", "max_accuracy_drop": 0.01, "speed_guard": False}
+    result, _ = run_step(path, {**step, "kept_out_of_int8": kept}, datasets, tmp_path / "work", SETTINGS)
+    details = result.metrics.steps[0].details
+    assert details["within_budget"], details.get("reasons")
+    assert details["nodes_kept_float"] == ["mm1"]
+    types = {init.name: init.data_type for init in onnx.load(str(result.model_path)).graph.initializer}
+    assert TensorProto.INT8 in types.values()
+    assert (TensorProto.FLOAT16 in types.values()) == (kept == "float16")
