@@ -82,6 +82,13 @@ class DistillConfig(StepConfig):
         description="L2-SP: after each step every trained weight moves lr*anchor of the way back to its starting "
         "value (decoupled like AdamW's weight_decay, which pulls toward 0); 0: off",
     )
+    unchanged_lr: float = Field(
+        1.0,
+        gt=0,
+        le=1.0,
+        description="learning rate of the weights the student holds exactly as the teacher does (not pruned or "
+        "refitted), as a share of lr; the changed weights train at lr. 1: one rate for all",
+    )
     fresh_copies: bool = Field(
         True,
         description="new mixed copies of the train inputs every epoch, labelled by the teacher (onnxruntime) at "

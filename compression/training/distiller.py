@@ -365,6 +365,19 @@ class Distiller:
             return (-loss,)
         return (float(step),)
 
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """The trained weights in two groups: those the step's input changed from the teacher's (pruned,
+        refitted) at the full learning rate, the teacher's own at `unchanged_lr` times it."""
+        params = [(name, p) for name, p in zip(self.module.roles.parameters, self.module.parameters(), strict=True)]
+        params = [(name, p) for name, p in params if p.requires_grad]
+        if self.config.unchanged_lr == 1.0:
+            return [{"params": [p for _, p in params], "scale": 1.0}]
+        same = _unchanged_initializers(self.student_proto.graph, self.teacher_path)
+        changed = [p for name, p in params if name not in same]
+        kept = [p for name, p in params if name in same]
+        groups = [{"params": changed, "scale": 1.0}, {"params": kept, "scale": self.config.unchanged_lr}]
+        return [g for g in groups if g["params"]]
+
     def _check_interval(self) -> float | None:
         """Seconds of training between selection checks inside an epoch (None: at epoch ends only)."""
         if self.config.check_seconds is not None:
@@ -398,9 +411,14 @@ class Distiller:
         with _torch_threads(self.settings.distill.threads):
             torch.manual_seed(config.seed)
             rng = np.random.default_rng(config.seed)
-            params = [p for p in self.module.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=config.weight_decay)
+            groups = self._param_groups()
+            params = [p for group in groups for p in group["params"]]
+            optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=config.weight_decay)
             anchors = [p.detach().clone() for p in params] if config.anchor > 0 else []
+            # the pull runs per group (its own learning rate)
+            anchored = (
+                [(g["params"], anchors[i : i + len(g["params"])]) for i, g in _offsets(groups)] if anchors else []
+            )
             steps_per_epoch = math.ceil(self.train.n / config.batch_size)
             total_steps = max(1, config.epochs * steps_per_epoch)
             start = time.perf_counter()
@@ -451,10 +469,10 @@ class Distiller:
                         count += len(index)
                     lr = self.lr * lr_factor(self._progress(done, total_steps, start), config.warmup)
                     for group in optimizer.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = lr * group["scale"]
                     optimizer.step()
-                    if anchors:
-                        _pull_toward(params, anchors, lr * config.anchor)
+                    for (group_params, group_anchors), group in zip(anchored, optimizer.param_groups, strict=False):
+                        _pull_toward(group_params, group_anchors, group["lr"] * config.anchor)  # none: no anchor
                     done += 1
                     if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
                         out_of_time = True
@@ -537,6 +555,24 @@ class Distiller:
         if data is not self.eval.dataset:
             where += f" and {data.n_samples - self.eval.n} mixed copies"
         return judge(before, after, self.settings.distill.guard_worst_tolerance, data.n_samples, where)
+
+
+def _offsets(groups: list[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    start = 0
+    for group in groups:
+        yield start, group
+        start += len(group["params"])
+
+
+def _unchanged_initializers(student: onnx.GraphProto, teacher_path: Path) -> set[str]:
+    """Main-graph initializers the student holds exactly as the teacher does (same name, type, shape, values)."""
+    teacher = {t.name: t for t in onnx.load(str(teacher_path)).graph.initializer}
+    same = set()
+    for tensor in student.initializer:
+        other = teacher.get(tensor.name)
+        if other is not None and other.SerializeToString() == tensor.SerializeToString():
+            same.add(tensor.name)
+    return same
 
 
 def _pull_toward(params: list[torch.Tensor], anchors: list[torch.Tensor], rate: float) -> None:

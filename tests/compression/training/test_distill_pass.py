@@ -211,7 +211,8 @@ def test_hints_train_matching_tensors_and_refuse_mismatched_shapes(mlp, tmp_path
 
 def test_prune_then_distill_recovers_the_residual_cnn(residual_cnn, tmp_path) -> None:  # noqa: ANN001
     steps = [
-        {"type": "prune", "method": "structured", "sparsity": 0.5},
+        # no least-squares refit: the test is about distillation recovering what pruning alone lost
+        {"type": "prune", "method": "structured", "sparsity": 0.5, "reconstruct": False},
         {"type": "distill", "epochs": 10, "lr": 3e-3},
     ]
     result = _run(residual_cnn, steps, _bundle(residual_cnn, tmp_path), tmp_path / "work")

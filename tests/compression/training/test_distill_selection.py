@@ -111,7 +111,23 @@ def test_fresh_copies_are_new_every_epoch_and_labelled_by_the_teacher(pair: tupl
     assert not _distiller(pair, augment=0).fresh_copies  # nothing to refresh
 
 
-@pytest.mark.parametrize("field", [{"check_seconds": 0}, {"anchor": -1.0}])
+def test_weights_the_teacher_holds_unchanged_train_at_their_own_rate(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(0, 0.5, (8, 16)).astype(np.float32), rng.normal(0, 0.5, (16, 4)).astype(np.float32)
+    teacher = _mlp(tmp_path / "teacher.onnx", w1, w2)
+    student = _mlp(tmp_path / "student.onnx", (w1 + rng.normal(0, 0.5, w1.shape)).astype(np.float32), w2)
+    moved = {}
+    for scale in (1.0, 0.01):
+        distiller = _distiller((teacher, student), lr=0.01, unchanged_lr=scale, select="last")
+        groups = distiller._param_groups()
+        assert len(groups) == (1 if scale == 1.0 else 2)
+        distiller.run()
+        w2_now = distiller.module.tensor("w2").detach().numpy()
+        moved[scale] = float(np.abs(w2_now - w2).max())
+    assert moved[0.01] < 0.1 * moved[1.0], moved  # w2 (the teacher's own) barely moves
+
+
+@pytest.mark.parametrize("field", [{"check_seconds": 0}, {"anchor": -1.0}, {"unchanged_lr": 0}, {"unchanged_lr": 2}])
 def test_new_options_are_validated(field: dict) -> None:
     with pytest.raises(ValidationError):
         DistillConfig.model_validate(field)
