@@ -62,6 +62,7 @@ class DistillResult:
     checks: int | None = None  # selection checks run (epoch ends and inside epochs)
     fresh_copies: bool | None = None
     loss_curve: list[float] | None = None  # eval loss at each check
+    refit: str | None = None  # the prune step's least-squares reconstruction: layers refitted / considered
 
     @property
     def reached(self) -> bool:
@@ -115,7 +116,7 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
                               LogProgress(), settings=settings)  # fmt: skip
         prune = to_jsonable(pruned.metrics)["steps"][0]
         record = {"ok": True, "pruned": None, "prune_reason": str(prune["details"].get("reason", "")),
-                  "prune_s": prune["wall_time_s"]}  # fmt: skip
+                  "prune_s": prune["wall_time_s"], "refit": _refit(prune["details"].get("reconstruction"))}  # fmt: skip
         if prune["changed"]:
             # the teacher is the pipeline's input (the original); the pruned model is the student
             distill_spec = {"steps": [{**specs["distill"], "student": str(pruned.model_path)}]}
@@ -144,6 +145,18 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
         record = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
     record["wall_s"] = time.perf_counter() - started
     (work / RESULT_FILE).write_text(json.dumps(record, indent=1, default=str))
+
+
+def _refit(report: Any) -> str | None:
+    """'refitted/considered' layers (', reverted' when the whole-model check undid them), or the reason."""
+    if report is None:
+        return None
+    if isinstance(report, str):
+        return report
+    text = f"{report.get('layers_reconstructed', 0)}/{report.get('layers_considered', 0)}"
+    if report.get("error"):
+        return f"{text}, stopped: {_short(str(report['error']), 60)}"
+    return f"{text}, reverted" if report.get("layers_reconstructed") and not report.get("kept") else text
 
 
 def _short(text: str, limit: int = 140) -> str:
@@ -192,6 +205,7 @@ def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespac
         "checks",
         "fresh_copies",
         "loss_curve",
+        "refit",
     ):
         setattr(result, key, record.get(key))
     if record["pruned"] is None:
@@ -223,7 +237,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def table(results: list[DistillResult]) -> list[str]:
     lines = [
         "| model | params ratio | worst sample pruned → distilled | worst slice pruned → distilled | top-1 "
-        "| best / run epochs | best / run steps | checks | s/epoch | hints | lr | prune s | distill s | note |",
+        "| best / run epochs | best / run steps | checks | s/epoch | hints | refit | prune s | distill s | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -233,7 +247,7 @@ def table(results: list[DistillResult]) -> list[str]:
             f"| {r.name} | {_fmt(r.parameters_ratio, 3)} | {_fmt(r.before_sample)} → {_fmt(r.after_sample)} "
             f"| {_fmt(r.before_slice)} → {_fmt(r.after_slice)} | {_fmt(r.after_top1, 3)} | {epochs} | {steps} "
             f"| {'-' if r.checks is None else r.checks} "
-            f"| {_fmt(r.s_per_epoch, 1)} | {'-' if r.auto_hints is None else r.auto_hints} | {_fmt(r.lr, 5)} | {_fmt(r.prune_s, 0)} | {_fmt(r.distill_s, 0)} | {r.note.replace('|', '/')} |"
+            f"| {_fmt(r.s_per_epoch, 1)} | {'-' if r.auto_hints is None else r.auto_hints} | {r.refit or '-'} | {_fmt(r.prune_s, 0)} | {_fmt(r.distill_s, 0)} | {r.note.replace('|', '/')} |"
         )
     return lines
 

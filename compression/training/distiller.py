@@ -36,6 +36,7 @@ GUARD_MAX_COPIES = 15
 BN_MIN_BATCH = 16  # below this many samples per step, batch statistics are too noisy: BatchNorm stays frozen
 AUTO_CHECKS = 10  # with a time budget and no check_seconds: a selection check every tenth of it
 CHECK_COST_RATIO = 4.0  # checks inside an epoch are at least this many times their own cost apart
+STUDENT_COST_RATIO = 2.0  # a student train step per sample costs at least this many teacher forwards
 
 
 class TrainingHooks(Protocol):
@@ -242,9 +243,16 @@ class Distiller:
         batch = settings.evaluation.batch_size
         self.batch_axes: dict[str, int] = {}  # outputs whose samples are not on axis 0 (time-major sequences)
         threads = settings.distill.threads
+        # the given samples first (timed): copies the time budget could never train on are not labelled
+        started = time.perf_counter()
+        given = train.window(0, min(self.given_samples, train.n_samples))
         self.train = _Data(
-            train, teacher_targets(teacher_path, train, hint_names, threads, batch, max_bytes, self.batch_axes)
+            given, teacher_targets(teacher_path, given, hint_names, threads, batch, max_bytes, self.batch_axes)
         )
+        self.copies = self._affordable_copies((time.perf_counter() - started) / max(given.n_samples, 1))
+        self.fresh_copies = self.fresh_copies and self.copies > 0
+        if self.copies:
+            self._add_copies(train.window(given.n_samples, given.n_samples * (self.copies + 1)))
         started = time.perf_counter()
         self.eval = _Data(
             eval_data, teacher_targets(teacher_path, eval_data, hint_names, threads, batch, max_bytes, self.batch_axes)
@@ -386,25 +394,36 @@ class Distiller:
             return self.config.max_seconds / AUTO_CHECKS
         return None
 
+    def _affordable_copies(self, teacher_seconds_per_sample: float) -> int:
+        """The configured copies, fewer when the time budget could not train on them all: a student step
+        (torch forward and backward) costs at least STUDENT_COST_RATIO teacher forwards (onnxruntime)."""
+        if self.config.max_seconds is None or not self.copies:
+            return self.copies
+        affordable = self.config.max_seconds / (STUDENT_COST_RATIO * max(teacher_seconds_per_sample, 1e-9))
+        return max(0, min(self.copies, int(affordable // max(self.given_samples, 1)) - 1))
+
+    def _add_copies(self, copies: Dataset) -> None:
+        """The given samples (first in the train data, with their targets) followed by `copies`, labelled now."""
+        n, settings = self.given_samples, self.settings
+        targets = teacher_targets(self.teacher_path, copies, self.hint_names, settings.distill.threads,
+                                  settings.evaluation.batch_size, settings.distill.max_target_mb << 20,
+                                  self.batch_axes)  # fmt: skip
+        given = self.train.dataset
+        arrays = {name: np.concatenate([a[:n], copies.arrays[name]]) for name, a in given.arrays.items()}
+        data = Dataset(arrays=arrays, labels=None, layout=given.layout, synthetic=given.synthetic,
+                       scalars=given.scalars)  # fmt: skip
+        self.train = _Data(
+            data, {name: np.concatenate([t[:n], targets[name]]) for name, t in self.train.targets.items()}
+        )
+
     def _refresh_copies(self, epoch: int) -> None:
         """New mixed copies of the given samples for this epoch, labelled by the teacher; the given samples
         keep their cached targets."""
         if not self.fresh_copies or epoch <= 1:
             return
-        n = self.given.n_samples
         mixed = augment(self.given, self.copies, self.config.seed + epoch)
         mixed = mixed.take(self.settings.distill.max_train_samples)
-        copies = mixed.window(n, mixed.n_samples)
-        settings = self.settings
-        targets = teacher_targets(self.teacher_path, copies, self.hint_names, settings.distill.threads,
-                                  settings.evaluation.batch_size, settings.distill.max_target_mb << 20,
-                                  self.batch_axes)  # fmt: skip
-        arrays = {name: np.concatenate([a[:n], copies.arrays[name]]) for name, a in self.train.dataset.arrays.items()}
-        data = Dataset(arrays=arrays, labels=None, layout=mixed.layout, synthetic=mixed.synthetic,
-                       scalars=mixed.scalars)  # fmt: skip
-        self.train = _Data(
-            data, {name: np.concatenate([t[:n], targets[name]]) for name, t in self.train.targets.items()}
-        )
+        self._add_copies(mixed.window(self.given_samples, mixed.n_samples))
 
     def run(self) -> DistillOutcome:
         config, hooks = self.config, self.hooks

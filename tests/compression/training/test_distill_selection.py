@@ -111,6 +111,14 @@ def test_fresh_copies_are_new_every_epoch_and_labelled_by_the_teacher(pair: tupl
     assert not _distiller(pair, augment=0).fresh_copies  # nothing to refresh
 
 
+def test_copies_the_time_budget_cannot_train_on_are_not_made(pair: tuple[Path, Path]) -> None:
+    distiller = _distiller(pair, augment=3, max_seconds=10)  # 40 given samples
+    assert distiller.copies == 3 and distiller.train.n == 160  # a fast teacher: every copy is affordable
+    # 10 s / (2 x 0.05 s per sample) = 100 samples: the given 40 and one copy
+    assert [distiller._affordable_copies(t) for t in (1e-6, 0.05, 1.0)] == [3, 1, 0]
+    assert _distiller(pair, augment=3)._affordable_copies(1.0) == 3  # no budget: no cap
+
+
 def test_weights_the_teacher_holds_unchanged_train_at_their_own_rate(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     w1, w2 = rng.normal(0, 0.5, (8, 16)).astype(np.float32), rng.normal(0, 0.5, (16, 4)).astype(np.float32)
