@@ -12,7 +12,7 @@ weights) and pools the test drops (450 x seeds samples) in a summary per model.
 
     .venv/bin/python bench/optimize.py [--models digits_cnn,residual_cnn] [--max-drop 0.01]
                                        [--latency-ratio 0.5] [--sparsities 0,0.25,0.5] [--epochs 10]
-                                       [--qat-epochs 5] [--seeds 0]
+                                       [--qat-epochs 0] [--seeds 0] [--prefer latency]
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def run_model(name: str, seed: int, args: argparse.Namespace, folder: Path) -> t
         "sparsities": [float(s) for s in args.sparsities.split(",")],
         "distill_epochs": args.epochs,
         "qat_epochs": args.qat_epochs,
+        "prefer": args.prefer,
     }
     settings = EngineSettings(latency_batch_size=32, latency_threads=1)
     started = time.perf_counter()
@@ -147,8 +148,9 @@ def main() -> None:
     parser.add_argument("--latency-ratio", type=float, default=0.5, help="0: no latency target")
     parser.add_argument("--sparsities", default="0,0.25,0.5")
     parser.add_argument("--epochs", type=int, default=10, help="distill epochs per pruned candidate")
-    parser.add_argument("--qat-epochs", type=int, default=5, help="QAT epochs after quantize (0: none)")
+    parser.add_argument("--qat-epochs", type=int, default=0, help="QAT epochs after quantize (0: none)")
     parser.add_argument("--seeds", default="0", help="dev-model seeds (same data, other trained weights)")
+    parser.add_argument("--prefer", choices=("latency", "size"), default="latency", help="the step's prefer")
     parser.add_argument("--latency-budget", type=float, default=10.0, help="seconds for the judge's latency ratio")
     args = parser.parse_args()
     print(f"load at start: {uptime()}", flush=True)

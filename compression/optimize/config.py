@@ -38,10 +38,11 @@ class OptimizeConfig(StepConfig):
     distill_lr: float = Field(3e-3, gt=0, le=1, description="distillation learning rate")
     quantize: bool = Field(True, description="quantize every candidate with mode auto")
     qat_epochs: int = Field(
-        5,
+        0,
         ge=0,
         description="quantization-aware fine-tuning after quantize (a distill step on the int8 QDQ graph, teacher: "
-        "the step's input; skipped when quantize returned no QDQ graph); 0: none; needs train data",
+        "the step's input; skipped when quantize returned no QDQ graph); 0 (default): none, it measured no gain "
+        "on the dev models (docs/optimize.md); needs train data",
     )
     qat_lr: float = Field(1e-3, gt=0, le=1, description="QAT learning rate")
     prefer: Literal["latency", "size"] = Field("latency", description="among candidates meeting the target")
