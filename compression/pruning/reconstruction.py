@@ -56,6 +56,8 @@ MIN_GAIN = 0.01  # a fit must lower the held-out error by at least this fraction
 MAX_GROWTH = 1e3  # a fitted weight norm this many times the current one counts as ill-conditioned
 MIN_ROWS_PER_COLUMN = 1.0  # fewer rows than input columns: the fit is left to the ridge alone, skip it
 VALIDATION_EVERY = 4  # every fourth feed is held out (with at least this many feeds)
+FEED_SHARE = 0.1  # the feeds kept are those one run of the original model gets through in this share of the budget
+MIN_FEEDS = 2
 
 
 class ReconstructionLimits(BaseModel):
@@ -219,9 +221,9 @@ def _reconstruct(
     with tempfile.TemporaryDirectory(prefix="reconstruct_") as tmp:
         work = Path(tmp)
         feeds = _feeds(original, dataset, limits, work)
+        reference, run_seconds = _original_targets(original, layers, feeds, limits, work, check_canceled)
         batches = [_batch_of(feed, dataset) for feed in feeds]
         report.feeds = len(feeds)
-        reference, run_seconds = _original_targets(original, layers, feeds, limits, work, check_canceled)
         for layer in list(layers):
             if not layer.targets:
                 report.skipped[layer.name] = "no output rows on the calibration data"
@@ -239,9 +241,8 @@ def _reconstruct(
             per_layer = float(np.mean(solve_seconds)) if solve_seconds else 0.0
             left = limits.seconds - elapsed - run_seconds
             stage: list[Layer] = []
-            if pending and left >= per_layer:
-                # The first stage fits one layer and measures a run; later ones adapt to what the budget leaves.
-                stage = _next_stage(pending, left if report.stages else math.inf, run_seconds, per_layer, memory)
+            if pending and left >= per_layer:  # stages sized from the last run (first: the original's) and solves
+                stage = _next_stage(pending, left, run_seconds, per_layer, memory)
             if not stage and not last:
                 break
             stage_started = time.perf_counter()
@@ -288,9 +289,9 @@ def _reconstruct(
 
 def _next_stage(pending: list[Layer], left: float, run_seconds: float, per_layer: float, memory: int) -> list[Layer]:
     """The next layers to fit from one run: as few as the time left allows (one when affordable), within memory."""
-    affordable = len(pending) if math.isinf(left) else int((left - per_layer * len(pending)) // max(run_seconds, 1e-3))
+    affordable = int((left - per_layer * len(pending)) // max(run_seconds, 1e-3))
     size = math.ceil(len(pending) / max(1, affordable))
-    if per_layer > 0 and not math.isinf(left):
+    if per_layer > 0:
         size = min(size, max(1, int((left - run_seconds) / per_layer)))
     first = pending[:size]
     inputs = {layer.x_name for layer in first}
@@ -458,7 +459,9 @@ def _original_targets(
     work: Path,
     check_canceled: Callable[[], None],
 ) -> tuple[list[list[np.ndarray]], float]:
-    """Sample each layer's rows and keep the original outputs there; returns the graph outputs per feed too."""
+    """Sample each layer's rows and keep the original outputs there; returns the graph outputs per feed too.
+
+    `feeds` is cut to what one run affords (`FEED_SHARE` of the budget, at least `MIN_FEEDS`)."""
     started = time.perf_counter()
     proto = onnx.load(str(original))
     graph_outputs = [out.name for out in proto.graph.output]
@@ -468,12 +471,18 @@ def _original_targets(
     # Targets are held for every layer until its stage: their float32 rows share the memory setting.
     columns = sum(layer.w0.shape[1] for layer in layers)
     rows = min(limits.rows, max(64, limits.memory_mb * 2**20 // (4 * max(columns, 1))))
-    per_feed = max(1, math.ceil(rows / max(len(feeds), 1)))
     reference: list[list[np.ndarray]] = []
     names = [*graph_outputs, *[t for t in taps if t in available and t not in graph_outputs]]
+    ran = time.perf_counter()
+    first = dict(zip(names, session.run(names, feeds[0]), strict=True))
+    # Every stage runs the kept feeds again: an expensive model keeps only what a share of the budget runs.
+    affordable = int(FEED_SHARE * limits.seconds // max(time.perf_counter() - ran, 1e-6))
+    del feeds[max(MIN_FEEDS, affordable) :]
+    per_feed = max(1, math.ceil(rows / len(feeds)))
     for index, feed in enumerate(feeds):
         check_canceled()
-        values = dict(zip(names, session.run(names, feed), strict=True))
+        values = first if index == 0 else dict(zip(names, session.run(names, feed), strict=True))
+        first = {}
         reference.append([_float_or_none(values[name]) for name in graph_outputs])
         for number, layer in enumerate(layers):
             y = values.get(layer.y_name)
