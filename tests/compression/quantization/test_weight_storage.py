@@ -229,3 +229,40 @@ def test_nodes_the_search_keeps_out_of_int8_get_float16_weights(tmp_path, kept):
     types = {init.name: init.data_type for init in onnx.load(str(result.model_path)).graph.initializer}
     assert TensorProto.INT8 in types.values()
     assert (TensorProto.FLOAT16 in types.values()) == (kept == "float16")
+
+
+def test_a_weight_defined_inside_a_body_is_stored_in_that_body():
+    """An initializer of the then-branch itself: its int8 copy and rebuild node stay in the branch."""
+    w = numpy_helper.from_array(np.random.default_rng(5).standard_normal((32, 32)).astype(np.float32), "W_local")
+    then_branch = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W_local"], ["t"], name="local_mm")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 32])],
+        [w],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["e"], name="keep")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 32])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch)],
+        "local",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(6).standard_normal((1, 32)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = before.run(None, {"x": x, "flag": np.array(True)})[0]
+    assert store_weights(model, min_elements=64).tensors == 1
+    onnx.checker.check_model(model)
+    body = next(attr.g for attr in model.graph.node[0].attribute if attr.name == "then_branch")
+    assert {init.name for init in body.initializer} == {"W_local_int8", "W_local_scale"}
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert _cosine(after.run(None, {"x": x, "flag": np.array(True)})[0], expected) > 0.999
