@@ -62,6 +62,7 @@ class DistillResult:
     checks: int | None = None  # selection checks run (epoch ends and inside epochs)
     fresh_copies: bool | None = None
     loss_curve: list[float] | None = None  # eval loss at each check
+    backoffs: int | None = None  # times training went back to its best state with a lower learning rate
     refit: str | None = None  # the prune step's least-squares reconstruction: layers refitted / considered
 
     @property
@@ -139,6 +140,7 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
                 steps=distill["details"].get("steps"),
                 checks=len(distill["details"].get("checks") or []) or None,
                 fresh_copies=distill["details"].get("fresh_copies"),
+                backoffs=len(distill["details"].get("backoffs") or []),
                 loss_curve=[round(c["eval_loss"], 5) for c in distill["details"].get("checks") or []] or None,
             )
     except BaseException as exc:  # noqa: BLE001  (every failure is this job's result)
@@ -206,6 +208,7 @@ def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespac
         "fresh_copies",
         "loss_curve",
         "refit",
+        "backoffs",
     ):
         setattr(result, key, record.get(key))
     if record["pruned"] is None:
@@ -237,7 +240,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def table(results: list[DistillResult]) -> list[str]:
     lines = [
         "| model | params ratio | worst sample pruned → distilled | worst slice pruned → distilled | top-1 "
-        "| best / run epochs | best / run steps | checks | s/epoch | hints | refit | prune s | distill s | note |",
+        "| best / run epochs | best / run steps | checks (backoffs) | s/epoch | hints | refit | prune s | distill s | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -246,7 +249,7 @@ def table(results: list[DistillResult]) -> list[str]:
         lines.append(
             f"| {r.name} | {_fmt(r.parameters_ratio, 3)} | {_fmt(r.before_sample)} → {_fmt(r.after_sample)} "
             f"| {_fmt(r.before_slice)} → {_fmt(r.after_slice)} | {_fmt(r.after_top1, 3)} | {epochs} | {steps} "
-            f"| {'-' if r.checks is None else r.checks} "
+            f"| {'-' if r.checks is None else r.checks} ({r.backoffs or 0}) "
             f"| {_fmt(r.s_per_epoch, 1)} | {'-' if r.auto_hints is None else r.auto_hints} | {r.refit or '-'} | {_fmt(r.prune_s, 0)} | {_fmt(r.distill_s, 0)} | {r.note.replace('|', '/')} |"
         )
     return lines

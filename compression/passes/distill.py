@@ -85,6 +85,7 @@ def _metrics(ctx: PassContext, student: str, student_path: Path, out: Path, outc
             for c in outcome.checks
         ],
         "fresh_copies": outcome.fresh_copies,
+        "backoffs": outcome.backoffs,
         "selected_by": outcome.selected_by,
         "eval_metric": outcome.metric_name,
         "selected_on": outcome.eval_on,

@@ -82,6 +82,14 @@ class DistillConfig(StepConfig):
         description="L2-SP: after each step every trained weight moves lr*anchor of the way back to its starting "
         "value (decoupled like AdamW's weight_decay, which pulls toward 0); 0: off",
     )
+    backoff: int = Field(
+        2,
+        ge=0,
+        le=5,
+        description="times training goes back to the best state with 0.3x the learning rate when a fifth of the "
+        "training (steps or time) passes without a better selection check (a student that starts close to the "
+        "teacher, e.g. refitted after a prune, is pushed away by the first rate); 0: never",
+    )
     unchanged_lr: float = Field(
         1.0,
         gt=0,

@@ -36,6 +36,8 @@ GUARD_MAX_COPIES = 15
 BN_MIN_BATCH = 16  # below this many samples per step, batch statistics are too noisy: BatchNorm stays frozen
 AUTO_CHECKS = 10  # with a time budget and no check_seconds: a selection check every tenth of it
 CHECK_COST_RATIO = 4.0  # checks inside an epoch are at least this many times their own cost apart
+BACKOFF_PATIENCE = 0.2  # share of training without a better check before a backoff
+BACKOFF_FACTOR = 0.3  # the peak learning rate after a backoff, relative to before
 STUDENT_COST_RATIO = 2.0  # a student train step per sample costs at least this many teacher forwards
 
 
@@ -117,6 +119,7 @@ class DistillOutcome:
     steps: int = 0
     checks: list[CheckRecord] = field(default_factory=list)
     fresh_copies: bool = False  # new mixed copies every epoch
+    backoffs: list[int] = field(default_factory=list)  # steps after which training went back to the best state
     history: list[EpochRecord] = field(default_factory=list)
     losses: list[dict[str, Any]] = field(default_factory=list)
     trainable_parameters: int = 0
@@ -455,9 +458,10 @@ class Distiller:
             interval = self._check_interval()
             last_check, check_cost = time.perf_counter(), checks[0].seconds
             last_result: EvalResult | None = None
+            peak, best_progress, backoffs = self.lr, 0.0, []
 
             def check(epoch: int) -> EvalResult:
-                nonlocal last_check, check_cost, last_result
+                nonlocal last_check, check_cost, last_result, optimizer, peak, best_progress
                 if checks[-1].step == done and last_result is not None:  # checked after this very step
                     return last_result
                 began = time.perf_counter()
@@ -466,8 +470,22 @@ class Distiller:
                 check_cost, last_check = time.perf_counter() - began, time.perf_counter()
                 checks.append(CheckRecord(epoch, done, result.loss, metric, last_check - start))
                 key = self._selection_key(metric, result.loss, done)
+                progress = self._progress(done, total_steps, start)
                 if key > best.key:
                     best.update(key, epoch, done, self.module.state_dict())
+                    best_progress = progress
+                elif (
+                    len(backoffs) < config.backoff
+                    and config.select != "last"
+                    and progress - best_progress >= BACKOFF_PATIENCE
+                    and progress < 1.0
+                ):
+                    # no check beat the best for a while: back to its weights with a lower learning rate
+                    self.module.load_state_dict(best.state)
+                    optimizer = torch.optim.AdamW(groups, lr=peak, weight_decay=config.weight_decay)
+                    peak, best_progress = peak * BACKOFF_FACTOR, progress
+                    backoffs.append(done)
+                    hooks.event("distill: back to the best state, lower learning rate", step=done, lr=peak)
                 last_result = result
                 return result
 
@@ -486,7 +504,7 @@ class Distiller:
                         (loss / len(forwards)).backward()
                         running += loss.item() * len(index)
                         count += len(index)
-                    lr = self.lr * lr_factor(self._progress(done, total_steps, start), config.warmup)
+                    lr = peak * lr_factor(self._progress(done, total_steps, start), config.warmup)
                     for group in optimizer.param_groups:
                         group["lr"] = lr * group["scale"]
                     optimizer.step()
@@ -548,6 +566,7 @@ class Distiller:
             train_samples=self.train.n,
             given_samples=self.given_samples,
             fresh_copies=self.fresh_copies,
+            backoffs=backoffs,
         )
 
     def guard(self, trained: onnx.ModelProto) -> GuardVerdict:

@@ -83,6 +83,22 @@ def test_without_a_budget_or_interval_only_epoch_ends_are_checked(pair: tuple[Pa
     assert len(outcome.history) == 3
 
 
+def test_a_run_that_stops_improving_goes_back_to_its_best_state_with_a_lower_rate(pair: tuple[Path, Path]) -> None:
+    events: list[str] = []
+
+    class Hooks(QuietHooks):
+        def event(self, message: str, **data: object) -> None:
+            events.append(message)
+
+    step = DistillConfig.model_validate({"epochs": 5, "batch_size": 4, "auto_hints": 0, "augment": 0, "lr": 1.0})
+    outcome = Distiller(pair[0], pair[1], _data(40, 1), _data(10, 2), step, SETTINGS, Hooks()).run()
+    # lr 1 wrecks the student at once: the first epoch-end check (a fifth of training) is not better
+    assert 1 <= len(outcome.backoffs) <= 2 and outcome.backoffs[0] == 10, outcome.backoffs
+    assert events.count("distill: back to the best state, lower learning rate") == len(outcome.backoffs)
+    never = _distiller(pair, epochs=5, lr=1.0, backoff=0).run()
+    assert never.backoffs == []
+
+
 def test_anchor_keeps_the_weights_near_their_start(pair: tuple[Path, Path]) -> None:
     moved = {}
     for anchor in (0.0, 50.0):
@@ -135,7 +151,9 @@ def test_weights_the_teacher_holds_unchanged_train_at_their_own_rate(tmp_path: P
     assert moved[0.01] < 0.1 * moved[1.0], moved  # w2 (the teacher's own) barely moves
 
 
-@pytest.mark.parametrize("field", [{"check_seconds": 0}, {"anchor": -1.0}, {"unchanged_lr": 0}, {"unchanged_lr": 2}])
+@pytest.mark.parametrize(
+    "field", [{"check_seconds": 0}, {"anchor": -1.0}, {"backoff": -1}, {"unchanged_lr": 0}, {"unchanged_lr": 2}]
+)
 def test_new_options_are_validated(field: dict) -> None:
     with pytest.raises(ValidationError):
         DistillConfig.model_validate(field)
