@@ -179,11 +179,16 @@ def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespac
     keep = n - max(2, n // 5)
     third_party_inputs.write_npz({k: v[:keep] for k, v in calibration.items()}, work / "train.npz")
     third_party_inputs.write_npz({k: v[keep:] for k, v in calibration.items()}, work / "selection.npz")
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(source), "--spec", spec_json]
-    job = run_job([*command, "--work", str(work)], work / "job.log", args.timeout, args.max_rss_mb)
-    result = DistillResult(name, False, wall_s=job.wall_s)
     record_path = work / RESULT_FILE
-    if job.killed_for or not record_path.is_file():
+    if args.rejudge:  # a finished job folder of an earlier run: judged again, not rerun
+        if not record_path.is_file():
+            return DistillResult(name, False, "no finished job in --work")
+        result = DistillResult(name, False, wall_s=json.loads(record_path.read_text()).get("wall_s", 0.0))
+    else:
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", str(source), "--spec", spec_json]
+        job = run_job([*command, "--work", str(work)], work / "job.log", args.timeout, args.max_rss_mb)
+        result = DistillResult(name, False, wall_s=job.wall_s)
+    if not args.rejudge and (job.killed_for or not record_path.is_file()):
         tail = (work / "job.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
         result.note = f"{job.killed_for or f'exit {job.exit_code}'} (last: {_short(tail[0], 90)})"
         return result
@@ -272,6 +277,7 @@ def main() -> None:
     parser.add_argument("--max-rss-mb", type=float, default=6000.0)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None, help="keep job folders here (default: a temp dir)")
+    parser.add_argument("--rejudge", action="store_true", help="judge the finished job folders in --work again")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
