@@ -49,6 +49,10 @@ WEIGHT_SLOTS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "Attention": (("com.microsoft",), (1,)),
 }
 WEIGHT_OPS = frozenset(WEIGHT_SLOTS)
+# ops that pass a weight on to a weight-bearing op with another layout (an exported LSTM slices its gates and
+# concatenates them in onnx's order, a tied embedding is transposed): what they read is still a weight
+FORWARDERS = frozenset({"Slice", "Transpose", "Reshape", "Split", "Squeeze", "Unsqueeze", "Identity", "Concat"})
+MAX_FORWARDS = 4
 MIN_CAST_MUL_OPSET = 7  # multidirectional broadcasting of Mul
 MIN_DEQUANTIZE_OPSET = 10
 PER_AXIS_DEQUANTIZE_OPSET = 13
@@ -70,6 +74,7 @@ class StoredWeights:
 class _Reader:
     node: onnx.NodeProto
     slot: int
+    forwarded: bool = False  # reached through layout ops (Slice, Transpose, ...): the op's channel axis is unknown
 
 
 def store_weights(
@@ -170,13 +175,25 @@ def _weight_readers(scope: onnx.GraphProto, kinds: set[str]) -> dict[str, list[_
     of `scope` is that initializer.
     """
     found: dict[str, list[_Reader]] = {}
+    sources: dict[str, list[str]] = {}  # a layout op's output -> the data it is made of
     for node in _nodes_within(scope):
+        if node.op_type in FORWARDERS and node.domain in STANDARD and node.input and node.input[0]:
+            data = [name for name in node.input if name] if node.op_type == "Concat" else [node.input[0]]
+            sources.update({name: data for name in node.output if name})
         spec = WEIGHT_SLOTS.get(node.op_type)
         if spec is None or node.op_type not in kinds or node.domain not in spec[0]:
             continue
         for slot in spec[1]:
             if slot < len(node.input) and node.input[slot]:
                 found.setdefault(node.input[slot], []).append(_Reader(node, slot))
+    for name, readers in list(found.items()):  # follow each weight slot back through layout ops
+        forwarded = [_Reader(r.node, r.slot, forwarded=True) for r in readers]
+        frontier, seen = [name], {name}
+        for _ in range(MAX_FORWARDS):
+            frontier = [src for out in frontier for src in sources.get(out, []) if src not in seen]
+            seen.update(frontier)
+            for source in frontier:
+                found.setdefault(source, []).extend(forwarded)
     return found
 
 
@@ -193,6 +210,8 @@ def _channel_axes(reader: _Reader, ndim: int) -> tuple[int, ...]:
     attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
     if ndim < 2:
         return ()
+    if reader.forwarded:  # the op sees another layout: one scale per row of the stored tensor
+        return (0,)
     op = node.op_type
     if op == "Conv":
         return (0,)

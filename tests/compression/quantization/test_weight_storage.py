@@ -266,3 +266,37 @@ def test_a_weight_defined_inside_a_body_is_stored_in_that_body():
     assert {init.name for init in body.initializer} == {"W_local_int8", "W_local_scale"}
     after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert _cosine(after.run(None, {"x": x, "flag": np.array(True)})[0], expected) > 0.999
+
+
+def test_a_weight_reaching_its_op_through_layout_ops_is_stored():
+    """W is sliced in two, the halves concatenated in another order and transposed before the MatMul (how an
+    exported LSTM reorders its gates): W is still a weight; keeping the MatMul float keeps W float."""
+    w = np.random.default_rng(7).standard_normal((32, 64)).astype(np.float32)
+    starts = {"s0": [0], "e0": [16], "s1": [16], "e1": [32], "axes": [0]}
+    inits = [numpy_helper.from_array(w, "W")]
+    inits += [numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in starts.items()]
+    nodes = [
+        helper.make_node("Slice", ["W", "s0", "e0", "axes"], ["top"], name="slice_top"),
+        helper.make_node("Slice", ["W", "s1", "e1", "axes"], ["bottom"], name="slice_bottom"),
+        helper.make_node("Concat", ["bottom", "top"], ["swapped"], name="swap", axis=0),
+        helper.make_node("Transpose", ["swapped"], ["wt"], name="transpose", perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "forwarded",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert weight_nodes(model, min_elements=64) == ["mm"]
+    kept = onnx.ModelProto()
+    kept.CopyFrom(model)
+    assert store_weights(kept, min_elements=64, exclude={"mm"}).tensors == 0
+    x = np.random.default_rng(8).standard_normal((1, 64)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert store_weights(model, min_elements=64).tensors == 1
+    assert "W_int8" in {init.name for init in model.graph.initializer}
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert _cosine(got[0], expected[0]) > 0.999
