@@ -169,19 +169,23 @@ def test_onnxruntime_folds_the_rebuild(tmp_path, dtype):
     assert not [node for node in optimized.graph.node if node.op_type in ("Cast", "Mul")]
 
 
-def test_int8_weights_step_and_auto_plan(tmp_path):
+@pytest.mark.parametrize(
+    ("mode", "dtype", "largest"), [("int8_weights", "int8", 0.45), ("fp16_weights", "float16", 0.6)]
+)
+def test_weight_storage_step_and_auto_plan(tmp_path, mode, dtype, largest):
     path = save(mixed_model(), tmp_path / "mixed.onnx")
     inputs = inspect_model(path).inputs
     rng = np.random.default_rng(2)
     feeds = {"x": rng.standard_normal((8, 1, 3, 8, 8)).astype(np.float32), "flag": np.array([True, False] * 4)}
     datasets = DatasetBundle(eval=Dataset.bind(feeds, inputs))
-    step = {"type": "quantize", "mode": "int8_weights", "max_accuracy_drop": 0.01, "speed_guard": False}
+    step = {"type": "quantize", "mode": mode, "max_accuracy_drop": 0.01, "speed_guard": False}
     result, _ = run_step(path, step, datasets, tmp_path / "work", SETTINGS)
     details = result.metrics.steps[0].details
     assert details["within_budget"], details.get("reasons")
     assert not details["input_model_returned"], details.get("reason")
+    assert details["weight_storage"]["dtype"] == dtype
     assert details["weight_storage"]["tensors"] == 4  # conv_w (216 values) is under the 256 default
-    assert result.model_path.stat().st_size < 0.45 * path.stat().st_size
+    assert result.model_path.stat().st_size < largest * path.stat().st_size
     configs, notes = plan(path, AutoQuantizeConfig(mode="auto"), _Ctx())
     assert {"int8_weights", "fp16_weights"} <= {config.mode for config in configs}
     assert any(note.startswith("int8_weights") for note in notes)
