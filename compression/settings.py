@@ -137,6 +137,12 @@ class QuantizeSettings(SettingsGroup):
         "sets their batch size and how many samples are collected before statistics are merged",
     )
     exclusion_rounds: int = Field(6, ge=1, description="max re-quantizations while keeping nodes in float")
+    give_back_attempts: int = Field(
+        4,
+        ge=0,
+        description="after the budget holds with nodes kept float, at most this many attempts quantize them again "
+        "(least sensitive first, in halves) while the budget still holds; 0: no give-back",
+    )
     search_time_factor: float | None = Field(
         1.5,
         gt=0,

@@ -45,6 +45,7 @@ class SearchResult:
     attempts: int
     sensitivity: list[NodeSensitivity] = field(default_factory=list)
     output_guard: list[str] = field(default_factory=list)
+    given_back: list[str] = field(default_factory=list)  # nodes the give-back pass quantized again
     history: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +64,7 @@ class SearchResult:
             "budget_metrics": {name: judged.model_dump() for name, judged in verdict.outputs.items()},
             "nodes_kept_float": self.best.excluded,
             "kept_float_for_collapsed_outputs": self.output_guard,
+            "given_back": self.given_back,
             "quantization_attempts": self.attempts,
             "attempt_history": self.history,
             "sensitivity": [s.model_dump() for s in self.sensitivity],
@@ -252,9 +254,44 @@ class BudgetSearch:
             self._record(result, retry)
             if retry.verdict.ok:
                 result.best, result.output_guard = retry, []
+        if result.best.verdict.ok and result.sensitivity:
+            self._give_back(result, prepared, [s.node for s in result.sensitivity])
         if result.best.verdict.ok and candidates and set(candidates) <= set(result.best.excluded):
             # every quantizable node float: that is the input model with extra steps, not a success
             result.best.verdict = Verdict(ok=False, reasons=["the budget is met only with every node kept in float"])
+
+    def _give_back(self, result: SearchResult, prepared: Prepared, ranked: list[str]) -> None:
+        """Spend what the budget has left: quantize the ranked nodes kept float again, least sensitive first.
+
+        The exclusion groups and the prefix bisection follow the ranking, which is a rough guess, so the passing
+        float list is often longer than needed. Batches start at half of the nodes still to try; a batch that
+        breaks the budget is halved, and a single node that breaks it stays float. At most
+        `quant_give_back_attempts` attempts, under the time bound. The user's and the output guard's nodes stay.
+        """
+        cap = self.ctx.settings.quantize.give_back_attempts
+        kept = set(result.best.excluded)
+        pending = [node for node in reversed(ranked) if node in kept]
+        batch = max(1, len(pending) // 2)
+        tries = 0
+        while pending and tries < cap:
+            trial = pending[:batch]
+            if self._out_of_time(f"give back {len(trial)} of {len(pending)} node(s) kept float"):
+                break
+            tries += 1
+            back = set(trial)
+            attempt = self._record(
+                result, self._attempt(prepared, [name for name in result.best.excluded if name not in back])
+            )
+            if attempt.verdict.ok:
+                result.best = attempt
+                pending = pending[len(trial) :]
+                batch = max(1, len(pending) // 2)
+            elif batch == 1:
+                pending = pending[1:]  # this node needs float
+                batch = max(1, len(pending) // 2)
+            else:
+                batch = max(1, batch // 2)
+        result.given_back = sorted(kept - set(result.best.excluded))
 
     def _rank_when_met(self) -> bool:
         """Rank the nodes of a first attempt that met the budget (information only) when the setting and time allow."""
