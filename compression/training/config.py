@@ -74,7 +74,7 @@ class DistillConfig(StepConfig):
         gt=0,
         description="selection checks inside an epoch: the student is scored on the selection data (and its best "
         "state kept) every this many seconds of training, besides each epoch's end (checks stay at least 4x their "
-        "own cost apart); None: a tenth of max_seconds when that is set, else epoch ends only",
+        "own cost apart); None: a twentieth of max_seconds when that is set, else epoch ends only",
     )
     anchor: float = Field(
         0.0,
@@ -86,7 +86,7 @@ class DistillConfig(StepConfig):
         2,
         ge=0,
         le=5,
-        description="times training goes back to the best state with 0.3x the learning rate when a fifth of the "
+        description="times training goes back to the best state with 0.3x the learning rate when a tenth of the "
         "training (steps or time) passes without a better selection check (a student that starts close to the "
         "teacher, e.g. refitted after a prune, is pushed away by the first rate); 0: never",
     )

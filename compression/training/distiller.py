@@ -34,9 +34,9 @@ HOLD_OUT_MIN = 8  # train samples needed before a part of them is held out for s
 GUARD_SAMPLES = 64  # a smaller unlabeled selection set is widened by mixed copies for the final check
 GUARD_MAX_COPIES = 15
 BN_MIN_BATCH = 16  # below this many samples per step, batch statistics are too noisy: BatchNorm stays frozen
-AUTO_CHECKS = 10  # with a time budget and no check_seconds: a selection check every tenth of it
+AUTO_CHECKS = 20  # with a time budget and no check_seconds: a selection check every twentieth of it
 CHECK_COST_RATIO = 4.0  # checks inside an epoch are at least this many times their own cost apart
-BACKOFF_PATIENCE = 0.2  # share of training without a better check before a backoff
+BACKOFF_PATIENCE = 0.1  # share of training without a better check before a backoff
 BACKOFF_FACTOR = 0.3  # the peak learning rate after a backoff, relative to before
 STUDENT_COST_RATIO = 2.0  # a student train step per sample costs at least this many teacher forwards
 
