@@ -15,7 +15,9 @@ strength lowers its held-out error, or when the solve fails or explodes.
 
 Layers are processed in topological order, in stages: one run of the pruned model serves every layer of
 a stage (and the layers reading the same tensor), so later stages see the earlier ones' new weights. The
-number of stages adapts to `prune_reconstruct_seconds` (one layer per stage when affordable). Each run
+number of stages adapts to `prune_reconstruct_seconds` (one layer per stage when affordable), and only the
+calibration feeds one run of the original model gets through in a tenth of the budget are used (at least
+two: a 640x640 detector keeps two images, and gets several stages instead of one). Each run
 also gives the model's outputs: when a stage's new weights moved them further from the original's (mean
 per-sample cosine on the calibration feeds), that stage goes back to its previous weights. Products are
 small and many, so numpy's BLAS runs on one thread meanwhile (its thread pool thrashes on a loaded
@@ -269,6 +271,7 @@ def _reconstruct(
             for layer in stage:
                 if time.perf_counter() - started > limits.seconds:
                     reports[layer.name].status = "kept (prune_reconstruct_seconds spent)"
+                    layer.stats.clear()
                     continue
                 solved = time.perf_counter()
                 step = _fit(model, layer, reports[layer.name])
@@ -610,8 +613,10 @@ def _accumulate(
             target = layer.targets[index]
             if held_out_feeds:
                 held_out = np.full(len(target), index % VALIDATION_EVERY == VALIDATION_EVERY - 1)
-            else:
+            elif len(target) > 1:
                 held_out = np.arange(len(target)) % 2 == 1
+            else:  # one row per feed (after global pooling): every other feed
+                held_out = np.array([index % 2 == 1])
             for key, mask in (("fit", ~held_out), ("held", held_out)):
                 if mask.any():
                     _add(layer.stats, key, patches[mask], target[mask], layer.b0 is not None)
@@ -645,8 +650,11 @@ def _error(w: np.ndarray, stats: tuple) -> float:
 
 def _fit(model: ir.Model, layer: Layer, entry: LayerReport) -> Callable[[], None] | None:
     """Solve the layer's ridge regressions, keep the best on held-out rows, write it; returns how to undo."""
-    if layer.stats.get("broken") or "fit" not in layer.stats or "held" not in layer.stats:
+    if layer.stats.get("broken"):
         entry.status = "skipped (its input rows could not be formed)"
+        return None
+    if "fit" not in layer.stats or "held" not in layer.stats:
+        entry.status = "kept (too few rows to hold some out)"
         return None
     fit, held = layer.stats["fit"], layer.stats["held"]
     entry.rows = fit[3] + held[3]
