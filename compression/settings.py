@@ -196,6 +196,13 @@ class QuantizeSettings(SettingsGroup):
         description="static with calibration_method minmax: per activation, keep the min-max range or clip its "
         "tails, whichever has the smaller expected quantization error on the calibration histogram",
     )
+    range_refinement_activation_mb: int | None = Field(
+        1024,
+        ge=1,
+        description="activation range choice: histogram at most this many MB of intermediate tensors (calibration "
+        "samples x the tensors' bytes per sample, at least one batch); the min-max ranges still come from every "
+        "sample. An 800x608 detector (830 MB per sample) histograms 1 sample instead of 8 (56 s -> 7 s); unset: all",
+    )
     smooth_quant: bool = Field(
         True,
         description="static/dynamic: SmoothQuant the MatMuls read by a LayerNormalization (divide its outlier "
@@ -215,6 +222,14 @@ class QuantizeSettings(SettingsGroup):
     )
     bias_correction_samples: int = Field(
         128, ge=1, description="calibration samples whose float channel means bias correction uses (streamed)"
+    )
+    bias_correction_activation_mb: int | None = Field(
+        1024,
+        ge=1,
+        description="bias correction: its float channel statistics cover at most this many MB of activations "
+        "(samples x the model's activation bytes per sample); when fewer than 2 samples fit, it is not run (metrics "
+        "`bias_correction.not_run`): on the 640x640 and 800x608 detectors it cost 18-29 s and was never kept; "
+        "unset: every bias_correction_samples sample",
     )
     transformer_fusion: bool = Field(
         True,

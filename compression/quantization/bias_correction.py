@@ -40,6 +40,7 @@ CONV_ATTRIBUTES = frozenset({"auto_pad", "dilations", "group", "kernel_shape", "
 BATCH = 32  # most samples per batch; fewer when their tensors would pass the memory setting
 DEFAULT_MEMORY_BYTES = 512 * 2**20  # the quant_activation_memory_mb default
 CHECK_SAMPLES = 64  # the keep-or-drop check runs both quantized models on this many of the samples
+MIN_STATS_SAMPLES = 2  # fewer within the activation volume cap: skipped (channel means of one image)
 EPS = 1e-12
 
 
@@ -55,6 +56,7 @@ class BiasCorrectionReport(BaseModel):
     )
     output_error_after: float | None = Field(None, description="the same with the corrected biases")
     kept: bool = Field(False, description="the corrected biases were kept (they lowered the output error)")
+    not_run: str | None = Field(None, description="why the correction was not computed at all (activation volume)")
 
 
 @dataclass
@@ -84,10 +86,15 @@ class ChannelStats:
 def memory_batch(path: Path, dataset: Dataset, memory_bytes: int, work: Path) -> int:
     """Samples per batch whose tensors fit `memory_bytes`: every float tensor of the model once (an upper bound
     on the tapped ones a run returns) plus two copies of the largest (the one being reduced)."""
+    return memory_plan(path, dataset, memory_bytes, work)[0]
+
+
+def memory_plan(path: Path, dataset: Dataset, memory_bytes: int, work: Path) -> tuple[int, int]:
+    """(`memory_batch`, the model's float activation bytes per sample)."""
     if dataset.n_samples == 0:
-        return 1
+        return 1, 0
     size = activation_size(path, dataset.take(1).first_feed(1), 1, work / "probe")
-    return batch_for(memory_bytes, size.activations + 2 * size.largest, cap=BATCH)
+    return batch_for(memory_bytes, size.activations + 2 * size.largest, cap=BATCH), int(size.activations)
 
 
 def channel_stats(
@@ -309,20 +316,37 @@ class BiasCorrector:
     """
 
     def __init__(
-        self, dataset: Dataset, samples: int, threads: int, work: Path, memory_bytes: int = DEFAULT_MEMORY_BYTES
+        self,
+        dataset: Dataset,
+        samples: int,
+        threads: int,
+        work: Path,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        max_bytes: int | None = None,
     ) -> None:
         self.dataset = dataset.take(samples)
         self.threads = threads
         self.work = work
         self.memory_bytes = memory_bytes  # quant_activation_memory_mb: sets the batch of every run here
+        self.max_bytes = max_bytes  # quant_bias_correction_activation_mb: caps the samples of the statistics
         self._batch: dict[Path, int] = {}
+        self._per_sample: dict[Path, int] = {}
         self._stats: dict[Path, dict[str, ChannelStats]] = {}
         self._outputs: dict[Path, dict[str, np.ndarray]] = {}
 
     def batch(self, float_path: Path) -> int:
         if float_path not in self._batch:
-            self._batch[float_path] = memory_batch(float_path, self.dataset, self.memory_bytes, self.work)
+            plan = memory_plan(float_path, self.dataset, self.memory_bytes, self.work)
+            self._batch[float_path], self._per_sample[float_path] = plan
         return self._batch[float_path]
+
+    def stats_samples(self, float_path: Path) -> int:
+        """Samples whose float activations (all tensors, per sample) fit `max_bytes`; all without a cap."""
+        self.batch(float_path)
+        per_sample = self._per_sample[float_path]
+        if self.max_bytes is None or per_sample <= 0:
+            return self.dataset.n_samples
+        return min(self.dataset.n_samples, self.max_bytes // per_sample)
 
     def _float_stats(self, float_path: Path, sites: list[Site]) -> dict[str, ChannelStats]:
         cached = self._stats.setdefault(float_path, {})
@@ -330,7 +354,8 @@ class BiasCorrector:
         missing = {name: axis for name, axis in wanted.items() if name not in cached}
         if missing:
             batch = self.batch(float_path)
-            cached.update(channel_stats(float_path, missing, self.dataset, self.threads, self.work, batch))
+            data = self.dataset.take(self.stats_samples(float_path))
+            cached.update(channel_stats(float_path, missing, data, self.threads, self.work, batch))
         return cached
 
     def apply(self, float_path: Path, quant_path: Path) -> BiasCorrectionReport:
@@ -339,6 +364,14 @@ class BiasCorrector:
         sites, skipped = find_sites(model, onnx.load(str(float_path), load_external_data=False))
         report = BiasCorrectionReport(skipped=skipped, samples=self.dataset.n_samples)
         if not sites:
+            return report
+        report.samples = self.stats_samples(float_path)
+        if report.samples < min(MIN_STATS_SAMPLES, self.dataset.n_samples):
+            mb = self._per_sample[float_path] / 2**20
+            report.not_run = (
+                f"{mb:.0f} MB of activations per sample: fewer than {MIN_STATS_SAMPLES} samples fit "
+                f"quant_bias_correction_activation_mb ({(self.max_bytes or 0) / 2**20:.0f})"
+            )
             return report
         stats = self._float_stats(float_path, sites)
         shifts = bias_shifts(sites, stats, self.work)

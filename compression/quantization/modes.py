@@ -38,7 +38,13 @@ from compression.quantization.ort_workarounds import static_extra_options
 from compression.quantization.prepare import Prepared, prepare, quantize_with_fallbacks
 from compression.quantization.saturation import reduce_range
 from compression.quantization.smooth_quant import smooth_prepared
-from compression.quantization.static_variants import pad_conv_file, tune_conv_layout
+from compression.quantization.static_variants import (
+    layout_kept,
+    layout_rejected,
+    pad_conv_file,
+    tune_conv_layout,
+    use_int8,
+)
 from compression.quantization.timing import phase
 from compression.quantization.weight_storage import conv_weights_to_int8, store_weights, weight_nodes
 
@@ -69,6 +75,20 @@ class ModeQuantizer(ABC):
 
     def tune(self, prepared: Prepared, evaluator: Evaluator) -> None:
         """Mode-specific choices that need a measurement on the prepared graph (default: none)."""
+        return None
+
+    def tune_returned(self, prepared: Prepared, evaluator: Evaluator, path: Path, exclude: list[str]) -> bool:
+        """Choices measured on the within-budget attempt the search returns (`path`, keeping `exclude` float).
+
+        True: a choice changed, and the search re-quantizes with `exclude` and judges that attempt; then
+        `returned_kept` or `returned_rejected` (it broke the budget: the first attempt stays). Default: none.
+        """
+        return False
+
+    def returned_kept(self, prepared: Prepared) -> None:
+        return None
+
+    def returned_rejected(self, prepared: Prepared, reasons: list[str]) -> None:
         return None
 
     def candidate_nodes(self, prepared: Prepared) -> list[str]:
@@ -192,16 +212,27 @@ class StaticQuantizer(ModeQuantizer):
             self.ctx.settings.latency.threads,
             self.work / "bias_correction",
             knobs.activation_memory_mb * 2**20,
+            None if knobs.bias_correction_activation_mb is None else knobs.bias_correction_activation_mb * 2**20,
         )
 
     def tune(self, prepared: Prepared, evaluator: Evaluator) -> None:
+        """The search's attempts use onnxruntime's own Conv layout; the faster ones are timed on the result."""
+        use_int8(prepared, self)
+
+    def tune_returned(self, prepared: Prepared, evaluator: Evaluator, path: Path, exclude: list[str]) -> bool:
         """Keep tiny-reduction Convs float, or pad Conv input channels, only where that measures faster.
 
         QLinearConv over a 1-channel stem is several times slower than float NCHWc Conv, but keeping
         it float costs a layout change and a QuantizeLinear after it; which wins depends on the graph
-        (static_variants.py).
+        (static_variants.py). Timed once, on the attempt the search returns.
         """
-        tune_conv_layout(self, prepared, evaluator)
+        return tune_conv_layout(self, prepared, evaluator, path, exclude)
+
+    def returned_kept(self, prepared: Prepared) -> None:
+        layout_kept(self)
+
+    def returned_rejected(self, prepared: Prepared, reasons: list[str]) -> None:
+        layout_rejected(prepared, self, reasons)
 
     def quantize(self, prepared: Prepared, dst: Path, exclude: list[str]) -> None:
         quantize_with_fallbacks(prepared, lambda: self._quantize_once(prepared, dst, exclude), self.report)
@@ -212,6 +243,7 @@ class StaticQuantizer(ModeQuantizer):
         op_types = None
         if config.op_types_to_exclude:
             op_types = sorted(self.quantizable_ops - set(config.op_types_to_exclude))
+        knobs = self.ctx.settings.quantize
         # ranges streamed into the cache below within quant_activation_memory_mb; the reader is a fallback
         with phase("calibration"):
             reader = calibrate_into_cache(prepared, self.calibration, config, op_types, self.ctx, self.work)
@@ -228,6 +260,9 @@ class StaticQuantizer(ModeQuantizer):
                     self.ctx.settings.latency.threads,
                     self.work / "ranges",
                     op_types,
+                    None
+                    if knobs.range_refinement_activation_mb is None
+                    else knobs.range_refinement_activation_mb * 2**20,
                 )
             if refined is not None:
                 self.details["activation_ranges"] = refined.model_dump()

@@ -1,10 +1,20 @@
-"""onnxruntime's quant_pre_process, with a fallback when its shape inference fails."""
+"""onnxruntime's quant_pre_process, with a fallback when its shape inference fails.
+
+`auto` prepares several candidates from the same graph, and on graphs whose symbolic shape inference fails
+each one repeated the failing attempt (ppocr_det: 8 s over 2 calls). The outcome is remembered per graph
+content (a hash of the file): the same graph again gets a copy of the first result, and a graph whose
+symbolic inference failed goes straight to the fallback. At most `_MEMO_SIZE` graphs are remembered; a
+result file that was deleted or rewritten since (another job's work dir) is simply recomputed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import shutil
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +25,26 @@ from compression.quantization.timing import phase
 # onnxruntime's symbolic shape inference saves `sym_shape_infer_temp.onnx` plus external-data files into the
 # current directory when it cannot finish; the working directory is process-wide, so one call at a time
 _CWD_LOCK = threading.Lock()
+_MEMO_SIZE = 16
+_RESULTS: OrderedDict[str, tuple[Path, str]] = OrderedDict()  # graph hash -> a preprocessed file, its hash
+_SYMBOLIC_FAILED: OrderedDict[str, str] = OrderedDict()  # graph hash -> why symbolic inference failed
+_MEMO_LOCK = threading.Lock()
+
+
+def _digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _remember(memo: OrderedDict, key: str, value: object) -> None:
+    with _MEMO_LOCK:
+        memo[key] = value
+        memo.move_to_end(key)
+        while len(memo) > _MEMO_SIZE:
+            memo.popitem(last=False)
 
 
 def preprocess(src: Path, dst: Path, report: Callable[[str], None]) -> Path:
@@ -24,13 +54,28 @@ def preprocess(src: Path, dst: Path, report: Callable[[str], None]) -> Path:
         {"skip_symbolic_shape": True},
     ]
     src, dst = src.resolve(), dst.resolve()
+    key = _digest(src) if src.is_file() and not _has_external_data(src) else None
+    cached, digest = _RESULTS.get(key, (None, "")) if key else (None, "")
+    if cached is not None and cached.is_file() and _digest(cached) == digest:  # not rewritten since
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with phase("preprocess"):
+            shutil.copyfile(cached, dst)
+        return dst
+    if key and key in _SYMBOLIC_FAILED:
+        report(f"quant_pre_process: symbolic shape inference failed on this graph before ({_SYMBOLIC_FAILED[key]})")
+        attempts = attempts[1:]
     for options in attempts:
         try:
             with _inside(dst.parent / "preprocess_scratch"), phase("preprocess"):
                 quant_pre_process(str(src), str(dst), skip_optimization=False, **options)
+            if key:
+                _remember(_RESULTS, key, (dst, _digest(dst)))
             return dst
         except Exception as exc:  # ORT raises bare Exceptions from its shape inference helpers
-            report(f"quant_pre_process failed with {options}: {type(exc).__name__}: {str(exc)[:300]}; falling back")
+            reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+            report(f"quant_pre_process failed with {options}: {reason}; falling back")
+            if key and not options["skip_symbolic_shape"]:
+                _remember(_SYMBOLIC_FAILED, key, reason[:120])
     report("quantizing without pre-processing")
     return src
 
@@ -46,3 +91,11 @@ def _inside(folder: Path) -> Iterator[None]:
             yield
         finally:
             os.chdir(previous)
+
+
+def _has_external_data(path: Path) -> bool:
+    """Weights in side files: the graph file's hash does not cover them, so nothing is remembered."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)

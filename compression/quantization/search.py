@@ -177,7 +177,28 @@ class BudgetSearch:
             self.clock.order.append(self.quantizer.config.mode)
         with collecting(self.times):
             self._refine(result, prepared, user, candidates)
+            self._tune_returned(result, prepared)
         return self._done(result, prepared)
+
+    def _tune_returned(self, result: SearchResult, prepared: Prepared) -> None:
+        """Mode choices timed once, on the within-budget attempt to be returned (static: its Conv layout).
+
+        Not under the clock: it decides the speed of the model returned, and costs at most the timing-only
+        quantizations of the other choices, one timing and one attempt.
+        """
+        best = result.best
+        if not best.verdict.ok or best.path is None:
+            return
+        with phase("tune_returned"):
+            changed = self.quantizer.tune_returned(prepared, self.evaluator, best.path, list(best.excluded))
+        if not changed:
+            return
+        attempt = self._record(result, self._attempt(prepared, list(best.excluded)))
+        if attempt.verdict.ok and attempt.path is not None:
+            result.best = attempt
+            self.quantizer.returned_kept(prepared)
+        else:
+            self.quantizer.returned_rejected(prepared, attempt.verdict.reasons)
 
     def _first(self, src: Path) -> tuple[SearchResult, Prepared, list[str], list[str]]:
         mode = self.quantizer.config.mode
