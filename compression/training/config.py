@@ -87,7 +87,7 @@ class DistillConfig(StepConfig):
         ge=0,
         le=5,
         description="times training goes back to the best state with 0.3x the learning rate when a tenth of the "
-        "training (steps or time) passes without a better selection check (a student that starts close to the "
+        "training (steps or time) and 3 selection checks pass without a better one (a student that starts close to the "
         "teacher, e.g. refitted after a prune, is pushed away by the first rate); 0: never",
     )
     unchanged_lr: float = Field(

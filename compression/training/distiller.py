@@ -37,6 +37,7 @@ BN_MIN_BATCH = 16  # below this many samples per step, batch statistics are too 
 AUTO_CHECKS = 20  # with a time budget and no check_seconds: a selection check every twentieth of it
 CHECK_COST_RATIO = 4.0  # checks inside an epoch are at least this many times their own cost apart
 BACKOFF_PATIENCE = 0.1  # share of training without a better check before a backoff
+BACKOFF_CHECKS = 3  # ... and at least this many checks (one noisy check on a few samples is no trend)
 BACKOFF_FACTOR = 0.3  # the peak learning rate after a backoff, relative to before
 STUDENT_COST_RATIO = 2.0  # a student train step per sample costs at least this many teacher forwards
 
@@ -458,10 +459,10 @@ class Distiller:
             interval = self._check_interval()
             last_check, check_cost = time.perf_counter(), checks[0].seconds
             last_result: EvalResult | None = None
-            peak, best_progress, backoffs = self.lr, 0.0, []
+            peak, best_progress, backoffs, since_best = self.lr, 0.0, [], 0
 
             def check(epoch: int) -> EvalResult:
-                nonlocal last_check, check_cost, last_result, optimizer, peak, best_progress
+                nonlocal last_check, check_cost, last_result, optimizer, peak, best_progress, since_best
                 if checks[-1].step == done and last_result is not None:  # checked after this very step
                     return last_result
                 began = time.perf_counter()
@@ -471,19 +472,21 @@ class Distiller:
                 checks.append(CheckRecord(epoch, done, result.loss, metric, last_check - start))
                 key = self._selection_key(metric, result.loss, done)
                 progress = self._progress(done, total_steps, start)
+                since_best += 1
                 if key > best.key:
                     best.update(key, epoch, done, self.module.state_dict())
-                    best_progress = progress
+                    best_progress, since_best = progress, 0
                 elif (
                     len(backoffs) < config.backoff
                     and config.select != "last"
                     and progress - best_progress >= BACKOFF_PATIENCE
+                    and since_best >= BACKOFF_CHECKS
                     and progress < 1.0
                 ):
                     # no check beat the best for a while: back to its weights with a lower learning rate
                     self.module.load_state_dict(best.state)
                     optimizer = torch.optim.AdamW(groups, lr=peak, weight_decay=config.weight_decay)
-                    peak, best_progress = peak * BACKOFF_FACTOR, progress
+                    peak, best_progress, since_best = peak * BACKOFF_FACTOR, progress, 0
                     backoffs.append(done)
                     hooks.event("distill: back to the best state, lower learning rate", step=done, lr=peak)
                 last_result = result
