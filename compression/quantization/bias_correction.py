@@ -40,7 +40,7 @@ CONV_ATTRIBUTES = frozenset({"auto_pad", "dilations", "group", "kernel_shape", "
 BATCH = 32  # most samples per batch; fewer when their tensors would pass the memory setting
 DEFAULT_MEMORY_BYTES = 512 * 2**20  # the quant_activation_memory_mb default
 CHECK_SAMPLES = 64  # the keep-or-drop check runs both quantized models on this many of the samples
-MIN_STATS_SAMPLES = 2  # fewer within the activation volume cap: skipped (channel means of one image)
+MIN_STATS_SAMPLES = 8  # fewer fit the activation volume cap: not run (per-sample activations too large)
 EPS = 1e-12
 
 
@@ -367,6 +367,7 @@ class BiasCorrector:
             return report
         report.samples = self.stats_samples(float_path)
         if report.samples < min(MIN_STATS_SAMPLES, self.dataset.n_samples):
+            report.samples = 0
             mb = self._per_sample[float_path] / 2**20
             report.not_run = (
                 f"{mb:.0f} MB of activations per sample: fewer than {MIN_STATS_SAMPLES} samples fit "
