@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import shutil
 
+import onnx
 from quant_helpers import bundle, run_step
 from test_quant_bias_correction import corrected_case
 from test_static_speed import _fake_latency
 
 import compression.quantization.modes as modes
 import compression.quantization.preprocess as preprocess_module
+import compression.quantization.search as search_module
 import compression.quantization.static_variants as static_variants
 from compression.quantization.activation_ranges import refine_ranges
 from compression.quantization.bias_correction import BiasCorrector
+from compression.quantization.budget import Verdict
 from compression.settings import EngineSettings
 
 STATIC = {"type": "quantize", "mode": "static", "speed_guard": False}
@@ -102,3 +105,25 @@ def test_failed_symbolic_shape_inference_is_not_repeated(tmp_path, monkeypatch, 
     assert seen == [False, True, True]
     third = preprocess_module.preprocess(source, tmp_path / "c" / "pre.onnx", lambda message: None)
     assert seen == [False, True, True] and third.read_bytes() == first.read_bytes()  # copied
+
+
+def test_a_faster_layout_that_breaks_the_budget_is_not_returned(digits_cnn, tmp_path, monkeypatch):
+    """The re-quantized faster layout is judged like any attempt: failing it, the int8 attempt is returned."""
+    monkeypatch.setattr(static_variants, "interleaved_latency", _fake_latency("int8_padded"))
+    real_judge = search_module.judge
+    judged: list[int] = []
+
+    def judge_failing_second(fidelity, budget):
+        judged.append(1)
+        if len(judged) == 2:
+            return Verdict(ok=False, reasons=["made to fail here"])
+        return real_judge(fidelity, budget)
+
+    monkeypatch.setattr(search_module, "judge", judge_failing_second)
+    result, _ = run_step(digits_cnn.path, STATIC, bundle(digits_cnn), tmp_path)
+    details = result.metrics.steps[0].details
+    layout = details["conv_layout"]
+    assert layout["chosen"] == "int8" and layout["fastest"] == "int8_padded"
+    assert layout["rejected"] == ["made to fail here"]
+    assert details["within_budget"] and details["conv_channels_padded"] == []
+    assert not [node for node in onnx.load(str(result.model_path)).graph.node if node.op_type == "Pad"]
