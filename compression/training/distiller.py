@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -407,15 +408,22 @@ class Distiller:
         return max(0, min(self.copies, int(affordable // max(self.given_samples, 1)) - 1))
 
     def _add_copies(self, copies: Dataset) -> None:
-        """The given samples (first in the train data, with their targets) followed by `copies`, labelled now."""
+        """The given samples (first in the train data, with their targets) followed by `copies`, labelled now.
+
+        An output whose length depends on the data (a decoder Loop) may come out of the two teacher runs with
+        other lengths: then every sample is labelled again in one run, as before copies were labelled apart."""
         n, settings = self.given_samples, self.settings
-        targets = teacher_targets(self.teacher_path, copies, self.hint_names, settings.distill.threads,
-                                  settings.evaluation.batch_size, settings.distill.max_target_mb << 20,
-                                  self.batch_axes)  # fmt: skip
         given = self.train.dataset
         arrays = {name: np.concatenate([a[:n], copies.arrays[name]]) for name, a in given.arrays.items()}
         data = Dataset(arrays=arrays, labels=None, layout=given.layout, synthetic=given.synthetic,
                        scalars=given.scalars)  # fmt: skip
+        label = functools.partial(teacher_targets, self.teacher_path, extra=self.hint_names,
+                                  threads=settings.distill.threads, batch_size=settings.evaluation.batch_size,
+                                  max_bytes=settings.distill.max_target_mb << 20, batch_axes=self.batch_axes)  # fmt: skip
+        targets = label(copies)
+        if any(t.shape[1:] != targets[name].shape[1:] for name, t in self.train.targets.items()):
+            self.train = _Data(data, label(data))
+            return
         self.train = _Data(
             data, {name: np.concatenate([t[:n], targets[name]]) for name, t in self.train.targets.items()}
         )

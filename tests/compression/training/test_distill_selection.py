@@ -127,6 +127,23 @@ def test_fresh_copies_are_new_every_epoch_and_labelled_by_the_teacher(pair: tupl
     assert not _distiller(pair, augment=0).fresh_copies  # nothing to refresh
 
 
+def test_outputs_of_another_length_for_the_copies_relabel_the_whole_set(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decoder Loop's output length depends on the inputs: copies labelled apart may not concatenate."""
+    real, calls = distiller_module.teacher_targets, []
+
+    def longer_for_copies(teacher, dataset, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(dataset.n_samples)
+        out = real(teacher, dataset, *args, **kwargs)
+        return {k: np.pad(v, ((0, 0), (0, 1))) for k, v in out.items()} if dataset.n_samples == 80 else out
+
+    monkeypatch.setattr(distiller_module, "teacher_targets", longer_for_copies)
+    distiller = _distiller(pair, augment=2)
+    assert calls[:3] == [40, 80, 120]  # the copies (2 x 40) came out 5 wide: all 120 samples labelled in one run
+    assert distiller.train.n == 120 and distiller.train.targets["y"].shape == (120, 4)
+
+
 def test_copies_the_time_budget_cannot_train_on_are_not_made(pair: tuple[Path, Path]) -> None:
     distiller = _distiller(pair, augment=3, max_seconds=10)  # 40 given samples
     assert distiller.copies == 3 and distiller.train.n == 160  # a fast teacher: every copy is affordable
