@@ -210,5 +210,7 @@ def test_nodes_inside_if_bodies_are_ranked_and_kept_float_by_the_search(tmp_path
     assert ranked["body_matmul_then"]["error"] > 0  # measured at the If's output, not unmatched (-1)
     kept = [set(attempt["kept_float"]) for attempt in details["attempt_history"]]
     assert any("body_matmul_then" in names for names in kept)
-    # kept float in every body it was quantized in: the returned model is the input (nothing left to quantize)
-    assert details["input_model_returned"]
+    # the branch that runs stays float; the give-back pass may quantize the other one again (it never runs, so
+    # it costs nothing): either way the returned model meets the 200 dB floor
+    assert "body_matmul_then" in details["nodes_kept_float"]
+    assert details["input_model_returned"] or details.get("given_back")
