@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from compression.pruning.importance import PositionStats
 from compression.pruning.layout import Analysis
-from compression.pruning.rewrite import Removal, positions, unique_name
+from compression.pruning.rewrite import Removal, positions, set_input_initializer
 
 COMPENSATED = frozenset({"Conv", "Gemm", "MatMul"})  # layers whose bias absorbs a removed input's mean
 
@@ -85,13 +85,5 @@ def _update_input(graph: ir.Graph, node: ir.Node, index: int, delta: np.ndarray,
         if base.ndim and base.shape[-1] not in (1, delta.shape[0]):
             return False
     updated = (np.asarray(base, dtype=np.float64) + delta / scale).astype(base.dtype)
-    name = unique_name(graph, f"{node.name or node.op_type}_bias_compensated")
-    value = ir.Value(
-        name=name, shape=ir.Shape(updated.shape), type=ir.TensorType(ir.DataType.from_numpy(updated.dtype))
-    )
-    value.const_value = ir.tensor(updated, name=name)
-    graph.register_initializer(value)
-    if len(node.inputs) <= index:
-        node.resize_inputs(index + 1)
-    node.replace_input_with(index, value)
+    set_input_initializer(graph, node, index, updated, f"{node.name or node.op_type}_bias_compensated")
     return True

@@ -50,7 +50,7 @@ from compression.metrics.activation_size import activation_size
 from compression.metrics.inference import make_session
 from compression.metrics.run_guard import RunTimeLimitError
 from compression.pruning.layout import Analysis
-from compression.pruning.rewrite import Removal, positions, unique_name
+from compression.pruning.rewrite import Removal, positions, set_input_initializer
 
 RECONSTRUCTED = frozenset({"Conv", "Gemm", "MatMul"})
 RIDGE_GRID = (1e-1, 1e-2, 1e-3)  # lambda / mean diagonal of the Gram matrix, tried from strong to weak
@@ -756,15 +756,7 @@ def _replace_input(
     """Point input `index` at a fresh initializer holding `array` (a shared one is never edited)."""
     previous = node.inputs[index] if len(node.inputs) > index else None
     updated = np.ascontiguousarray(np.asarray(array).astype(dtype if dtype.kind == "f" else np.float32))
-    name = unique_name(graph, stem)
-    value = ir.Value(
-        name=name, shape=ir.Shape(updated.shape), type=ir.TensorType(ir.DataType.from_numpy(updated.dtype))
-    )
-    value.const_value = ir.tensor(updated, name=name)
-    graph.register_initializer(value)
-    if len(node.inputs) <= index:
-        node.resize_inputs(index + 1)
-    node.replace_input_with(index, value)
+    value = set_input_initializer(graph, node, index, updated, stem)
 
     def undo() -> None:
         node.replace_input_with(index, previous)

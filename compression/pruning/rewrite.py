@@ -131,6 +131,18 @@ def taken_names(graph: ir.Graph) -> set[str]:
 _TAKEN: dict[int, set[str]] = {}  # id(graph) -> names, while a rewrite runs
 
 
+def set_input_initializer(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, stem: str) -> ir.Value:
+    """Point input `index` of `node` at a new initializer (a fresh name from `stem`) holding `array`.
+
+    The previous input is left as it was: an initializer another node (or a subgraph) reads is never edited.
+    """
+    value = _new_initializer(graph, stem, array)
+    if len(node.inputs) <= index:
+        node.resize_inputs(index + 1)
+    node.replace_input_with(index, value)
+    return value
+
+
 def unique_name(graph: ir.Graph, base: str) -> str:
     taken = _TAKEN.get(id(graph))
     if taken is None:
