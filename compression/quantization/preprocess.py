@@ -5,14 +5,21 @@ each one repeated the failing attempt (ppocr_det: 8 s over 2 calls). The outcome
 content (a hash of the file): the same graph again gets a copy of the first result, and a graph whose
 symbolic inference failed goes straight to the fallback. At most `_MEMO_SIZE` graphs are remembered; a
 result file that was deleted or rewritten since (another job's work dir) is simply recomputed.
+
+quant_pre_process imports `onnxruntime.tools.symbolic_shape_infer`, and `onnxruntime/tools/__init__.py`
+imports torch when it is installed (2.5 s of the 2.7 s the first preprocessing took on deepcut, whose
+symbolic inference then fails in 0.06 s). The package is registered without running that `__init__`
+(`_tools_package_without_torch`): the same module, with its one torch-backed name imported on first use.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import shutil
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -64,6 +71,7 @@ def preprocess(src: Path, dst: Path, report: Callable[[str], None]) -> Path:
     if key and key in _SYMBOLIC_FAILED:
         report(f"quant_pre_process: symbolic shape inference failed on this graph before ({_SYMBOLIC_FAILED[key]})")
         attempts = attempts[1:]
+    _tools_package_without_torch()
     for options in attempts:
         try:
             with _inside(dst.parent / "preprocess_scratch"), phase("preprocess"):
@@ -78,6 +86,31 @@ def preprocess(src: Path, dst: Path, report: Callable[[str], None]) -> Path:
                 _remember(_SYMBOLIC_FAILED, key, reason[:120])
     report("quantizing without pre-processing")
     return src
+
+
+def _tools_package_without_torch() -> None:
+    """Register `onnxruntime.tools` without executing its `__init__`, whose only work is importing torch for
+    `infer_input_info` (a PyTorch export helper no quantization code uses); that name stays, imported lazily."""
+    if "onnxruntime.tools" in sys.modules or "torch" in sys.modules:  # already paid for: nothing to save
+        return
+    spec = importlib.util.find_spec("onnxruntime.tools")
+    if spec is None or spec.submodule_search_locations is None:
+        return
+    package = importlib.util.module_from_spec(spec)  # __path__ set: submodules import from the real folder
+    package.have_torch = importlib.util.find_spec("torch")  # type: ignore[attr-defined]
+
+    def lazy(name: str) -> object:
+        if name == "infer_input_info":
+            from onnxruntime.tools.pytorch_export_helpers import infer_input_info
+
+            return infer_input_info
+        raise AttributeError(f"module 'onnxruntime.tools' has no attribute {name!r}")
+
+    package.__getattr__ = lazy  # type: ignore[method-assign]
+    if sys.modules.setdefault("onnxruntime.tools", package) is package:
+        import onnxruntime
+
+        onnxruntime.tools = package  # type: ignore[attr-defined]  # as the import system sets a subpackage
 
 
 @contextlib.contextmanager
