@@ -152,6 +152,14 @@ class QuantizeSettings(SettingsGroup):
         "attempt so far is kept and the metrics say what was not tried. Relative to the work, so it holds under "
         "load; unset: no bound",
     )
+    search_time_min_s: float = Field(
+        5.0,
+        ge=0,
+        description="auto: the search_time_factor bound never stops the search before this many seconds: on small "
+        "models every first attempt is cheap (deepcut 4.8 s, silero_vad 0.7-1.0 s) and the candidates' first "
+        "attempts alone pass factor x the largest one, which left no time for any search (silero_vad then "
+        "returned fp16_weights instead of int8_weights' search result); large models are unaffected",
+    )
     sensitivity_activation_mb: int = Field(
         2048,
         ge=16,

@@ -37,6 +37,7 @@ from compression.quantization.timing import SearchClock
 
 RECURRENT = {"LSTM", "GRU", "RNN"}
 MATMUL_LIKE = {"MatMul", "Gemm", "Attention"}
+FLOAT_COMPUTE = {"int8_weights", "fp16_weights"}  # weights stored small, folded to float at load
 
 
 def plan(model_path: Path, config: AutoQuantizeConfig, ctx: PassContext) -> tuple[list[ModeConfig], list[str]]:
@@ -130,6 +131,28 @@ def _smaller_storage_met(mode: str, started: list[BudgetSearch], objective: Obje
     return any(search.quantizer.config.mode == "int8_weights" and search.first_ok for search in started)
 
 
+def _cannot_be_chosen(search: BudgetSearch, started: list[BudgetSearch], objective: Objective, size_tie: float) -> str:
+    """Why the search of a candidate that missed the budget on its first attempt cannot change the choice, or "".
+
+    Its search only keeps nodes float, which adds bytes: its first attempt is the smallest model it can return.
+    Once a weight-storage candidate (float compute from folded weights: the input's speed, so not clearly
+    slower) met the budget at once and is smaller than that by more than `size_tie` (the 'balanced'
+    objective's margin for equally small candidates), the objectives 'size' and 'balanced' cannot pick it.
+    """
+    own = search.first_bytes
+    if objective == Objective.LATENCY or search.first_ok or own is None:
+        return ""
+    for other in started:
+        size = other.first_bytes
+        storage = other.quantizer.config.mode in FLOAT_COMPUTE
+        if storage and other is not search and other.first_ok and size is not None and own > size * (1.0 + size_tie):
+            return (
+                f"{other.quantizer.config.mode} met the budget at once at {size / own:.2f}x the size of this "
+                "candidate's first attempt, which keeping nodes float only grows"
+            )
+    return ""
+
+
 def run_auto(
     model_path: Path, config: AutoQuantizeConfig, ctx: PassContext, evaluator: Evaluator, work: Path
 ) -> tuple[Path | None, dict[str, Any]]:
@@ -138,7 +161,8 @@ def run_auto(
     budget = step_budget(config.max_accuracy_drop, config.budget_metric, ctx.settings, evaluator)
     results: list[SearchResult] = []
     by_mode: dict[str, dict[str, Any]] = {}
-    clock = SearchClock(ctx.settings.quantize.search_time_factor)  # one bound over every candidate's search
+    knobs = ctx.settings.quantize
+    clock = SearchClock(knobs.search_time_factor, knobs.search_time_min_s)  # one bound over every candidate's search
     started: list[BudgetSearch] = []
     for index, mode_config in enumerate(configs):
         if _smaller_storage_met(mode_config.mode, started, config.objective):
@@ -160,10 +184,15 @@ def run_auto(
     for search in sorted(started, key=lambda s: (s.first_ok, s.first_attempt_s)):
         mode = search.quantizer.config.mode
         ctx.progress(0.45 + 0.35 * len(results) / len(started), f"auto: searching {mode}")
-        result = _guarded(ctx, by_mode, mode, search.finish)
+        dominated = _cannot_be_chosen(search, started, config.objective, ctx.settings.quantize.size_tie)
+        if dominated:
+            notes.append(f"{mode}: search not continued after its first attempt: {dominated}")
+        result = _guarded(ctx, by_mode, mode, search.skip if dominated else search.finish)
         if result is not None:
             results.append(result)
             by_mode[mode] = result.summary()
+            if dominated:
+                by_mode[mode]["reasons"] = [*by_mode[mode]["reasons"], f"search not continued: {dominated}"]
     table = [by_mode[c.mode] for c in configs if c.mode in by_mode]  # in plan order
     ctx.check_canceled()
     ok = [r for r in results if r.ok]

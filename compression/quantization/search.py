@@ -154,6 +154,18 @@ class BudgetSearch:
         """The first attempt (after `start`) met the budget: `finish` has only optional work left."""
         return self._state is not None and self._state[0].best.verdict.ok
 
+    @property
+    def first_bytes(self) -> int | None:
+        """The size of the first attempt's model (after `start`); None when it produced none."""
+        path = self._state[0].best.path if self._state is not None else None
+        return path.stat().st_size if path is not None and path.is_file() else None
+
+    def skip(self) -> SearchResult:
+        """End after `start` with no further attempt (auto: a candidate that cannot be chosen whatever it finds)."""
+        assert self._state is not None, "start() first"
+        result, prepared, _, _ = self._state
+        return self._done(result, prepared)
+
     def start(self, src: Path) -> SearchResult:
         """Prepare, tune and judge the first attempt (the user's exclusions only); `finish` goes on from there.
 

@@ -65,14 +65,16 @@ def phase(name: str) -> Iterator[None]:
 
 
 class SearchClock:
-    """`auto`'s time bound: `factor` x the largest first full attempt's cost, counted from the search's start.
+    """`auto`'s time bound: `factor` x the largest first full attempt's cost (at least `min_s`), counted from the
+    search's start.
 
     `factor` None: no bound. The unit is known once `first_attempt` was called (after a candidate's first
     attempt was judged, with its cost since that candidate started); until then the clock never expires.
     """
 
-    def __init__(self, factor: float | None) -> None:
+    def __init__(self, factor: float | None, min_s: float = 0.0) -> None:
         self.factor = factor
+        self.min_s = min_s  # the bound never falls below this (small models' first attempts are all cheap)
         self.started = time.perf_counter()
         self.unit_s: float | None = None
         self.cut: dict[str, Any] | None = None  # what the search would have tried next, once cut
@@ -89,7 +91,7 @@ class SearchClock:
     def limit_s(self) -> float | None:
         if self.factor is None or self.unit_s is None:
             return None
-        return self.factor * self.unit_s
+        return max(self.factor * self.unit_s, self.min_s)
 
     def expired(self) -> bool:
         limit = self.limit_s

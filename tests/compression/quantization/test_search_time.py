@@ -88,7 +88,9 @@ def test_auto_cut_by_time_gives_every_candidate_its_first_attempt_and_reports_th
     src = _mlp_with_one_outlier(tmp_path / "m.onnx", layers=2)
     step = {"type": "quantize", "mode": "auto", "max_accuracy_drop": 0.05, "budget_metric": "cosine"}
     step["candidates"] = ["dynamic", "weight_only"]
-    settings = EngineSettings(quant_search_time_factor=1e-9, latency_runs=5)  # expired right after the unit
+    settings = EngineSettings(
+        quant_search_time_factor=1e-9, quant_search_time_min_s=0, latency_runs=5
+    )  # expired right after the unit
     result, _ = run_step(src, step, _data(src), tmp_path / "run", settings)
     details = result.metrics.steps[0].details
     search_time = details["search_time"]
