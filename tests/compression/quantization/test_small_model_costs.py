@@ -10,6 +10,11 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+from quant_helpers import feeds_dataset, matmul_model, run_step, save
+
+import compression.quantization.auto as auto
+from compression.datasets import DatasetBundle
 from compression.quantization.auto import _cannot_be_chosen
 from compression.quantization.config import Objective
 from compression.quantization.timing import SearchClock
@@ -71,3 +76,25 @@ def test_the_time_bound_has_a_floor_in_seconds():
     bare.first_attempt(0.01)
     assert bare.expired()
     assert EngineSettings().quantize.search_time_min_s > 0
+
+
+def test_a_search_not_continued_is_in_the_plan_notes_and_its_row(tmp_path, monkeypatch):
+    """The wiring: a candidate `_cannot_be_chosen` rules out makes no attempt after its first, and says why."""
+    rng = np.random.default_rng(2)
+    src = save(matmul_model((rng.standard_normal((512, 256)) * 0.05).astype(np.float32)), tmp_path / "big.onnx")
+    datasets = DatasetBundle(eval=feeds_dataset({"x": rng.standard_normal((64, 512)).astype(np.float32)}, src))
+    monkeypatch.setattr(
+        auto, "_cannot_be_chosen", lambda search, *_: "forced" if search.quantizer.config.mode == "weight_only" else ""
+    )
+    step = {
+        "type": "quantize",
+        "mode": "auto",
+        "max_accuracy_drop": 0.05,
+        "candidates": ["weight_only", "int8_weights"],
+    }
+    result, _ = run_step(src, step, datasets, tmp_path / "run")
+    details = result.metrics.steps[0].details
+    assert "weight_only: search not continued after its first attempt: forced" in details["plan"]
+    row = next(c for c in details["candidates"] if c["mode"] == "weight_only")
+    assert row["quantization_attempts"] == 1 and "search not continued: forced" in row["reasons"]
+    assert "weight_only" not in details["search_time"]["search_order"]
