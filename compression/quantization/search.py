@@ -24,7 +24,7 @@ from compression.model_info import iter_nodes
 from compression.quantization.budget import Budget, Verdict, judge
 from compression.quantization.modes import ModeQuantizer
 from compression.quantization.prepare import Prepared
-from compression.quantization.sensitivity import NodeSensitivity, rank_nodes
+from compression.quantization.sensitivity import NodeSensitivity, RankingStopped, rank_nodes
 from compression.quantization.timing import PhaseTimes, SearchClock, collecting, phase
 
 
@@ -343,16 +343,26 @@ class BudgetSearch:
     def _rank(self, prepared: Prepared, quantized: Path, candidates: list[str]) -> list[NodeSensitivity]:
         samples = self._sensitivity_samples()
         self.quantizer.details["sensitivity_samples"] = min(samples, self.evaluator.dataset.n_samples)
-        with phase("sensitivity"):
-            return rank_nodes(
-                prepared.path,
-                quantized,
-                candidates,
-                self.evaluator.dataset.take(samples),
-                self.quantizer.work / "sensitivity",
-                self.ctx.settings.latency.threads,
-                memory_bytes=self.ctx.settings.quantize.activation_memory_mb * 2**20,
-            )
+        # past the bound no attempt can follow the ranking (every later step checks the clock): one that runs
+        # into it is abandoned, which changes only the information table (deepcut: 3 s of a ranking no
+        # attempt used)
+        stop = self.clock.expired if self.clock is not None else None
+        try:
+            with phase("sensitivity"):
+                return rank_nodes(
+                    prepared.path,
+                    quantized,
+                    candidates,
+                    self.evaluator.dataset.take(samples),
+                    self.quantizer.work / "sensitivity",
+                    self.ctx.settings.latency.threads,
+                    memory_bytes=self.ctx.settings.quantize.activation_memory_mb * 2**20,
+                    stop=stop,
+                )
+        except RankingStopped:
+            self._out_of_time("finish the node sensitivity ranking (abandoned when the bound was reached)")
+            self.quantizer.details["sensitivity_abandoned"] = True
+            return []
 
     def _shrink(self, result: SearchResult, prepared: Prepared, before: list[str], chunk: list[str]) -> list[str]:
         """Bisect the group that met the budget for its shortest passing prefix (most sensitive first)."""

@@ -8,6 +8,7 @@ streamed: batches sized to the memory setting, cosines accumulated across them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,15 @@ FOLDED = frozenset({"Relu", "Clip"})
 DEFAULT_MEMORY_BYTES = 512 * 2**20  # the quant_activation_memory_mb default
 MAX_BATCH = 64
 HELD_COPIES = 4  # float and quantized outputs of one batch, plus float64 copies of one tensor pair
+
+
+class RankingStopped(Exception):  # noqa: N818  (a stop asked for, not an error)
+    """`rank_nodes`' `stop` said so between its stages: the ranking was abandoned."""
+
+
+def _check(stop: Callable[[], bool] | None) -> None:
+    if stop is not None and stop():
+        raise RankingStopped
 
 
 class NodeSensitivity(BaseModel):
@@ -91,11 +101,13 @@ def rank_nodes(
     work: Path,
     threads: int,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    stop: Callable[[], bool] | None = None,
 ) -> list[NodeSensitivity]:
     """Candidates ordered from most to least sensitive; nodes whose output cannot be matched come last.
 
     Both tapped models run batch by batch and each tensor's cosine is accumulated (dot product and norms),
-    so what is held at once is one batch of tapped tensors per model, sized to fit `memory_bytes`.
+    so what is held at once is one batch of tapped tensors per model, sized to fit `memory_bytes`. `stop` is
+    asked between stages (tapped models, sessions, batches): True raises `RankingStopped`.
     """
     model = onnx.load(str(float_model), load_external_data=False)
     initializers = {init.name for init in model.graph.initializer}
@@ -123,7 +135,10 @@ def rank_nodes(
     quant_names = {seen_as.get(name, name): name for name in wanted}
     exposed = expose(quant_model, quant_tapped, set(quant_names))
     matched = expose(float_model, float_tapped, wanted) & {quant_names[name] for name in exposed}
-    stats = _compare_streamed(float_tapped, quant_tapped, quant_names, matched, dataset, work, threads, memory_bytes)
+    _check(stop)
+    stats = _compare_streamed(
+        float_tapped, quant_tapped, quant_names, matched, dataset, work, threads, memory_bytes, stop
+    )
 
     def error(name: str) -> float | None:
         if name in inputs:
@@ -196,6 +211,7 @@ def _compare_streamed(
     work: Path,
     threads: int,
     memory_bytes: int,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, _CosineStats]:
     """Per matched tensor, the cosine statistics of the quantized model's value against the float model's."""
     if not matched or dataset.n_samples == 0:
@@ -203,12 +219,16 @@ def _compare_streamed(
     per_sample = activation_bytes_per_sample(float_tapped, dataset.take(1).first_feed(1), 1, work / "probe")
     # both models' tapped tensors and their float64 copies for one batch
     batch = max(1, min(MAX_BATCH, memory_bytes // (HELD_COPIES * per_sample)))
-    float_session, quant_session = lean_session(float_tapped, threads), lean_session(quant_tapped, threads)
+    _check(stop)
+    float_session = lean_session(float_tapped, threads)
+    _check(stop)
+    quant_session = lean_session(quant_tapped, threads)
     by_quant_name = {quant: name for quant, name in quant_names.items() if name in matched}
     float_wanted = sorted(matched)
     quant_wanted = sorted(by_quant_name)
     stats = {name: _CosineStats() for name in matched}
     for feed, _ in dataset.batches(batch):
+        _check(stop)
         ref = dict(zip(float_wanted, _run(float_session, float_wanted, feed), strict=True))
         out = _run(quant_session, quant_wanted, feed)
         for quant, value in zip(quant_wanted, out, strict=True):

@@ -11,6 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
+import pytest
 from quant_helpers import feeds_dataset, matmul_model, run_step, save
 
 import compression.quantization.auto as auto
@@ -98,3 +100,23 @@ def test_a_search_not_continued_is_in_the_plan_notes_and_its_row(tmp_path, monke
     row = next(c for c in details["candidates"] if c["mode"] == "weight_only")
     assert row["quantization_attempts"] == 1 and "search not continued: forced" in row["reasons"]
     assert "weight_only" not in details["search_time"]["search_order"]
+
+
+def test_a_ranking_that_runs_into_the_bound_is_abandoned(tmp_path):
+    """No attempt can follow a ranking past the bound: `rank_nodes` stops at its next stage when told to."""
+    from compression.quantization.sensitivity import RankingStopped, rank_nodes
+
+    rng = np.random.default_rng(3)
+    src = save(matmul_model((rng.standard_normal((64, 32)) * 0.05).astype(np.float32)), tmp_path / "m.onnx")
+    data = feeds_dataset({"x": rng.standard_normal((8, 64)).astype(np.float32)}, src)
+    nodes = [node.name for node in onnx.load(str(src)).graph.node]
+    asked: list[int] = []
+
+    def stop_at_second_check() -> bool:
+        asked.append(1)
+        return len(asked) >= 2
+
+    with pytest.raises(RankingStopped):
+        rank_nodes(src, src, nodes, data, tmp_path / "rank", 1, stop=stop_at_second_check)
+    assert len(asked) == 2
+    assert rank_nodes(src, src, nodes, data, tmp_path / "rank2", 1, stop=lambda: False)  # not stopped: ranked
