@@ -34,8 +34,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "submit": (
         "onnx_compress.remote_cli",
         "submit",
-        "Compress on a running service: upload the model and data, queue the spec; with --wait, show progress\n"
-        "and write --output/--metrics (same arguments as `compress`). Prints the job (or a summary) as JSON.",
+        "Compress on a running service: upload the model and data (or have the service import them from URLs),\n"
+        "queue the spec; with --wait, show progress and write --output/--metrics (same arguments as `compress`).\n"
+        "Prints the job (or a summary) as JSON.",
     ),
     "jobs": ("onnx_compress.remote_cli", "jobs_cli", "Jobs on a running service: list, get, cancel, delete, download."),
     "models": ("onnx_compress.remote_cli", "models_cli", "Uploaded models on a running service: list, delete."),
