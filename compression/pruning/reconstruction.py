@@ -47,15 +47,17 @@ from compression.datasets import Dataset
 from compression.errors import JobInterrupted
 from compression.graph_names import read_counts
 from compression.metrics.activation_size import activation_size
+from compression.metrics.fidelity import cosine
 from compression.metrics.inference import make_session
 from compression.metrics.run_guard import RunTimeLimitError
+from compression.pruning.layer_rows import input_rows, output_rows
 from compression.pruning.layout import Analysis
 from compression.pruning.rewrite import Removal, positions, set_input_initializer
+from compression.pruning.ridge import add_rows, solve_ridge, squared_error
 
 RECONSTRUCTED = frozenset({"Conv", "Gemm", "MatMul"})
 RIDGE_GRID = (1e-1, 1e-2, 1e-3)  # lambda / mean diagonal of the Gram matrix, tried from strong to weak
 MIN_GAIN = 0.01  # a fit must lower the held-out error by at least this fraction to replace the weights
-MAX_GROWTH = 1e3  # a fitted weight norm this many times the current one counts as ill-conditioned
 MIN_ROWS_PER_COLUMN = 1.0  # fewer rows than input columns: the fit is left to the ridge alone, skip it
 VALIDATION_EVERY = 4  # every fourth feed is held out (with at least this many feeds)
 FEED_SHARE = 0.1  # the feeds kept are those one run of the original model gets through in this share of the budget
@@ -491,7 +493,7 @@ def _original_targets(
             y = values.get(layer.y_name)
             if y is None or np.asarray(y).dtype.kind != "f":
                 continue
-            flat = _output_rows(layer, np.asarray(y))
+            flat = output_rows(layer.op, np.asarray(y))
             if flat is None:
                 continue
             rng = np.random.default_rng([limits.seed, number, index])
@@ -512,72 +514,6 @@ def _original_targets(
 def _float_or_none(array: Any) -> np.ndarray | None:
     array = np.asarray(array)
     return array if array.dtype.kind == "f" else None
-
-
-def _output_rows(layer: Layer, y: np.ndarray) -> np.ndarray | None:
-    """The layer's output as [rows, channels] (Conv: every batch entry and position)."""
-    if layer.op == "Conv":
-        if y.ndim < 3:
-            return None
-        return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
-    if y.ndim < 1:
-        return None
-    return y.reshape(-1, y.shape[-1]) if y.ndim > 1 else y.reshape(1, -1)
-
-
-def _input_rows(layer: Layer, x: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
-    """The layer's input as the [rows, K] matrix its weight multiplies, at the sampled output rows."""
-    node = layer.site.node
-    if layer.op == "Conv":
-        return _im2col(node, x, rows, layer.weight.const_value.numpy().shape)
-    if layer.op == "Gemm":
-        a = x.T if _int_attr(node, "transA", 0) else x
-        return a[rows] if a.ndim == 2 and rows.max() < a.shape[0] else None
-    flat = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
-    return flat[rows] if rows.max() < flat.shape[0] else None
-
-
-def _im2col(node: ir.Node, x: np.ndarray, rows: np.ndarray, weight_shape: tuple[int, ...]) -> np.ndarray | None:
-    """Patches of `x` [n, C, *spatial] under the output positions `rows` (flat over n and output space)."""
-    kernel = [int(k) for k in weight_shape[2:]]
-    dims = len(kernel)
-    if x.ndim != dims + 2 or x.shape[1] != weight_shape[1]:
-        return None
-    strides = _ints(node, "strides", [1] * dims)
-    dilations = _ints(node, "dilations", [1] * dims)
-    spatial = list(x.shape[2:])
-    auto_pad = node.attributes["auto_pad"].as_string() if "auto_pad" in node.attributes else "NOTSET"
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = [math.ceil(s / st) for s, st in zip(spatial, strides, strict=True)]
-        begin = []
-        for i in range(dims):
-            total = max((out[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - spatial[i], 0)
-            begin.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
-    else:
-        pads = _ints(node, "pads", [0] * (2 * dims)) if auto_pad != "VALID" else [0] * (2 * dims)
-        begin = pads[:dims]
-        out = [
-            (spatial[i] + pads[i] + pads[i + dims] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1
-            for i in range(dims)
-        ]
-    per_sample = int(np.prod(out))
-    if rows.max() >= x.shape[0] * per_sample:
-        return None
-    batch, position = np.divmod(rows, per_sample)
-    coords = np.unravel_index(position, out)
-    offsets = np.stack(np.unravel_index(np.arange(int(np.prod(kernel))), kernel))  # [dims, kk]
-    index, valid = [], np.ones((len(rows), offsets.shape[1]), dtype=bool)
-    for i in range(dims):
-        at = coords[i][:, None] * strides[i] - begin[i] + offsets[i][None, :] * dilations[i]
-        valid &= (at >= 0) & (at < spatial[i])
-        index.append(np.clip(at, 0, spatial[i] - 1))
-    patches = x[(batch[:, None], slice(None), *index)]  # advanced indices first: [rows, kk, C]
-    patches = np.where(valid[:, :, None], patches, 0)
-    return np.ascontiguousarray(patches.transpose(0, 2, 1).reshape(len(rows), -1))
-
-
-def _ints(node: ir.Node, name: str, default: list[int]) -> list[int]:
-    return [int(v) for v in node.attributes[name].as_ints()] if name in node.attributes else default
 
 
 def _accumulate(
@@ -606,7 +542,9 @@ def _accumulate(
             x = feed[layer.x_name] if layer.x_name in inputs else values.get(layer.x_name)
             if x is None:
                 continue
-            patches = _input_rows(layer, np.asarray(x), layer.rows_by_feed[index])
+            patches = input_rows(
+                layer.site.node, layer.weight.const_value.numpy().shape, np.asarray(x), layer.rows_by_feed[index]
+            )
             if patches is None or patches.shape[1] != layer.w0.shape[0]:
                 layer.stats["broken"] = True
                 continue
@@ -619,33 +557,10 @@ def _accumulate(
                 held_out = np.array([index % 2 == 1])
             for key, mask in (("fit", ~held_out), ("held", held_out)):
                 if mask.any():
-                    _add(layer.stats, key, patches[mask], target[mask], layer.b0 is not None)
+                    add_rows(layer.stats, key, patches[mask], target[mask], layer.b0 is not None)
         del values
     del session
     return outputs
-
-
-def _add(stats: dict[str, Any], key: str, x: np.ndarray, t: np.ndarray, intercept: bool) -> None:
-    """Add rows to the Gram sums (products in float32, a few hundred rows at a time; sums in float64)."""
-    xa = np.asarray(x, dtype=np.float32)
-    if intercept:
-        xa = np.concatenate([xa, np.ones((len(xa), 1), dtype=np.float32)], axis=1)
-    t32 = np.asarray(t, dtype=np.float32)
-    gram, cross = (xa.T @ xa).astype(np.float64), (xa.T @ t32).astype(np.float64)
-    squares = float(np.sum(np.square(t32, dtype=np.float64)))
-    if key in stats:
-        g, c, tt, n = stats[key]
-        stats[key] = (g + gram, c + cross, tt + squares, n + len(xa))
-    else:
-        stats[key] = (gram, cross, squares, len(xa))
-
-
-# --- solving and writing --------------------------------------------------------------------------------------
-
-
-def _error(w: np.ndarray, stats: tuple) -> float:
-    gram, cross, tt, _ = stats
-    return float(np.sum(w * (gram @ w)) - 2 * np.sum(w * cross) + tt)
 
 
 def _fit(model: ir.Model, layer: Layer, entry: LayerReport) -> Callable[[], None] | None:
@@ -662,7 +577,7 @@ def _fit(model: ir.Model, layer: Layer, entry: LayerReport) -> Callable[[], None
         entry.status = f"kept (fewer than {MIN_ROWS_PER_COLUMN} rows per input column)"
         return None
     start = layer.w0 if layer.b0 is None else np.concatenate([layer.w0, layer.b0[None, :]], axis=0)
-    base = _error(start, held)
+    base = squared_error(start, held)
     scale = held[2] if held[2] > 0 else 1.0
     entry.error_before = math.sqrt(max(base, 0.0) / scale)
     columns = layer.w0.shape[0]
@@ -672,10 +587,10 @@ def _fit(model: ir.Model, layer: Layer, entry: LayerReport) -> Callable[[], None
     diagonal = float(np.mean(np.diag(fit[0])[:columns])) or 1.0
     best: tuple[float, float] | None = None
     for strength in RIDGE_GRID:
-        solved = _solve(fit[0], fit[1], start, strength * diagonal * penalty)
+        solved = solve_ridge(fit[0], fit[1], start, strength * diagonal * penalty)
         if solved is None:
             continue
-        error = _error(solved, held)
+        error = squared_error(solved, held)
         if best is not None and error >= best[0]:
             break
         best = (error, strength)
@@ -688,24 +603,12 @@ def _fit(model: ir.Model, layer: Layer, entry: LayerReport) -> Callable[[], None
         entry.status = "kept (the fit did not lower its held-out error)"
         return None
     both = tuple(a + b for a, b in zip(fit, held, strict=True))
-    final = _solve(both[0], both[1], start, best[1] * diagonal * penalty)
+    final = solve_ridge(both[0], both[1], start, best[1] * diagonal * penalty)
     if final is None:
         entry.status = "kept (ill-conditioned)"
         return None
     entry.status = "reconstructed"
     return _write(model, layer, final[:columns], final[columns] if layer.b0 is not None else None)
-
-
-def _solve(gram: np.ndarray, cross: np.ndarray, start: np.ndarray, penalty: np.ndarray) -> np.ndarray | None:
-    """argmin ||X W - T||^2 + sum_i penalty_i ||W_i - start_i||^2 from the Gram sums; None when unstable."""
-    try:
-        solved = np.linalg.solve(gram + np.diag(penalty), cross + penalty[:, None] * start)
-    except np.linalg.LinAlgError:
-        return None
-    if not np.all(np.isfinite(solved)):
-        return None
-    reference = np.linalg.norm(start) or 1.0
-    return solved if np.linalg.norm(solved) <= MAX_GROWTH * reference else None
 
 
 def _write(model: ir.Model, layer: Layer, matrix: np.ndarray, bias: np.ndarray | None) -> Callable[[], None]:
@@ -787,10 +690,7 @@ def _cosine(reference: list[np.ndarray | None], candidate: list[np.ndarray | Non
     for ref, out in zip(reference, candidate, strict=True):
         if ref is None or out is None or ref.shape != out.shape:
             continue
-        a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
-        na, nb = np.linalg.norm(a), np.linalg.norm(b)
-        value = (1.0 if na == nb else 0.0) if na == 0 or nb == 0 else float(np.dot(a, b) / (na * nb))
-        worst = min(worst, value)
+        worst = min(worst, cosine(ref, out))
     return worst
 
 
