@@ -14,6 +14,8 @@ zero-point are padded; bodies of If/Loop/Scan are left alone and every new name 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -82,17 +84,21 @@ def pad_conv_channels(model: onnx.ModelProto, multiple: int = CHANNEL_MULTIPLE) 
     return padded
 
 
+def conv_weight_dims(model: onnx.ModelProto) -> Iterator[tuple[onnx.NodeProto, list[int]]]:
+    """Every top-level Conv whose weight is an initializer, with that weight's dims."""
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and len(node.input) >= 2 and node.input[1] in shapes:
+            yield node, shapes[node.input[1]]
+
+
 def paddable_convs(model: onnx.ModelProto, multiple: int = CHANNEL_MULTIPLE) -> list[str]:
     """Top-level float Convs (weights as initializers, one group) whose input channels are not a multiple."""
-    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
-    found = []
-    for node in model.graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in shapes:
-            continue
-        dims = shapes[node.input[1]]
-        if len(dims) >= 3 and dims[1] % multiple and not any(a.name == "group" and a.i != 1 for a in node.attribute):
-            found.append(node.name)
-    return found
+    return [
+        node.name
+        for node, dims in conv_weight_dims(model)
+        if len(dims) >= 3 and dims[1] % multiple and not any(a.name == "group" and a.i != 1 for a in node.attribute)
+    ]
 
 
 def _plan(

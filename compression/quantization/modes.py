@@ -6,6 +6,7 @@ upgrade, Constant lifting) is split from the quantizer call.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +33,7 @@ from compression.quantization.config import (
     StaticQuantizeConfig,
     WeightOnlyQuantizeConfig,
 )
+from compression.quantization.conv_channel_pad import conv_weight_dims
 from compression.quantization.fusion import tune_fusion
 from compression.quantization.opset import ensure_opset
 from compression.quantization.ort_workarounds import static_extra_options
@@ -317,18 +319,7 @@ def small_convs(path: Path, min_reduction: int) -> list[str]:
     NCHWc Conv there, so quantizing it costs speed for almost no size.
     """
     model = onnx.load(str(path), load_external_data=False)
-    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
-    found = []
-    for node in model.graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in shapes:
-            continue
-        dims = shapes[node.input[1]]
-        reduction = 1
-        for d in dims[1:]:
-            reduction *= d
-        if reduction < min_reduction and node.name:
-            found.append(node.name)
-    return found
+    return [node.name for node, dims in conv_weight_dims(model) if node.name and math.prod(dims[1:]) < min_reduction]
 
 
 class WeightOnlyQuantizer(ModeQuantizer):
