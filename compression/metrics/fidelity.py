@@ -10,7 +10,9 @@ slice are depends on the output's kind, read from its shape (`output_kind`):
 - `values`: fewer than 2 values per sample (a probability, a score): pooled figures, and the largest change of
   one value (`worst_value_fidelity`): a pooled cosine of 0.999 hides a probability that moved by 0.03.
 - `class_scores`: one axis of >= 2 values per sample, all other axes 1 ([N, C], [N, 1, C], [N, C, 1, 1]):
-  top-1 agreement and per-sample cosine.
+  top-1 agreement and per-sample cosine; when every value lies in [0, 1] but the rows are not distributions
+  (independent sigmoids: multi-label scores, or a VAD's per-frame probabilities stacked in one sample), also
+  the largest change of one value (`worst_value_fidelity`).
 - `sequence`: `p` of rank 2, [T, C] (a recognizer's steps, a tagger's tokens, a detector's anchors):
   per-sample cosine and per-step cosine over C; `top1_per_step` when C >= 2, and `step_scores` says whether
   the steps are probability (or log-probability) distributions, i.e. step-wise class scores. With C = 1 (one
@@ -205,6 +207,12 @@ def _step_scores(rows: np.ndarray) -> bool:
     return False
 
 
+def _independent_probabilities(rows: np.ndarray) -> bool:
+    """Every value in [0, 1] while the rows are not distributions: each value is a probability of its own (a
+    sigmoid per label or per frame), whose top-1 says nothing; e.g. 32 frames of a VAD stacked in one sample."""
+    return bool(rows.size and rows.min() >= 0.0 and rows.max() <= 1.0 and not _step_scores(rows))
+
+
 def _snr_db(ref: np.ndarray, out: np.ndarray) -> float:
     """Worst per-sample signal-to-noise ratio of [N, F] rows, in dB."""
     signal = np.square(ref).sum(axis=1)
@@ -256,6 +264,8 @@ def compare_output(
     fidelity.worst_sample_snr_db = _snr_db(ref_rows, out_rows)
     if kind == OutputKind.CLASS_SCORES:
         fidelity.top1_agreement = float(np.mean(ref_rows.argmax(1) == out_rows.argmax(1)))
+        if _independent_probabilities(ref_rows):  # sigmoid outputs (multi-label, per-frame): each value counts
+            fidelity.worst_value_fidelity = 1.0 - float(diff.max())
     elif kind == OutputKind.SEQUENCE:
         steps, width = per_sample
         ref_steps, out_steps = ref64.reshape(n_samples, steps, width), out64.reshape(n_samples, steps, width)

@@ -76,6 +76,21 @@ def test_a_damaged_map_tile_shows_in_the_worst_per_slice_cosine() -> None:
     assert fidelity.worst_sample_cosine > 0.97 and fidelity.worst_slice_cosine < 0.9
 
 
+def test_independent_probabilities_are_judged_by_their_largest_change() -> None:
+    """A VAD's 32 per-frame probabilities stacked in one sample read as class scores; top-1 of them says nothing
+    (silero_vad: top-1 1.0 and cosine 0.999 while one frame moved by 0.07), so each value's change counts."""
+    ref = RNG.uniform(0.0, 0.2, (16, 32)).astype(np.float32)
+    out = ref.copy()
+    out[3, int(ref[3].argmin())] += 0.07  # the lowest frame: its top-1 does not move
+    fidelity = compare_output(ref, out, 16, "stacked")
+    assert fidelity.kind == OutputKind.CLASS_SCORES and fidelity.top1_agreement == 1.0
+    assert fidelity.worst_value_fidelity == pytest.approx(0.93, abs=1e-6)
+    softmax = np.exp(ref) / np.exp(ref).sum(axis=1, keepdims=True)  # distributions: top-1 stays the rule
+    assert compare_output(softmax, softmax * 1.01, 16).worst_value_fidelity is None
+    logits = RNG.standard_normal((16, 10)).astype(np.float32)
+    assert compare_output(logits, logits, 16).worst_value_fidelity is None
+
+
 def test_tiny_slices_are_not_judged() -> None:
     """Background anchors scoring 0.001 vs 0.002 are not a broken model."""
     ref = np.zeros((2, 50, 6), np.float32)
