@@ -34,6 +34,7 @@ from compression.quantization.config import (
     WeightOnlyQuantizeConfig,
 )
 from compression.quantization.conv_channel_pad import conv_weight_dims
+from compression.quantization.conv_weights import conv_weights_to_int8
 from compression.quantization.fusion import tune_fusion
 from compression.quantization.opset import ensure_opset
 from compression.quantization.ort_workarounds import static_extra_options
@@ -48,7 +49,7 @@ from compression.quantization.static_variants import (
     use_int8,
 )
 from compression.quantization.timing import phase
-from compression.quantization.weight_storage import conv_weights_to_int8, store_weights, weight_nodes
+from compression.quantization.weight_storage import store_weights, weight_nodes
 
 GATHER_INT4_MIN_OPSET = 21
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}

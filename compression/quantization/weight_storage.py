@@ -300,12 +300,3 @@ def _elements(dims: Iterable[int]) -> int:
     for d in dims:
         total *= d
     return total
-
-
-def conv_weights_to_int8(model: onnx.ModelProto, exclude: set[str], only: set[str] | None = None) -> int:
-    """int8 storage for Conv weights only (dynamic's `conv: int8_weights`, static's Convs kept float for speed).
-
-    onnxruntime's dynamic ConvInteger runs several times slower than float Conv on CPU; with the weights
-    stored int8 and rebuilt by a constant-folded Cast * scale, the Conv keeps its fast NCHWc kernels.
-    """
-    return store_weights(model, op_types={"Conv"}, exclude=exclude, only=only).tensors

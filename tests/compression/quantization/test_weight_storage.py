@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -14,6 +15,7 @@ from compression.datasets import Dataset, DatasetBundle
 from compression.model_info import inspect_model
 from compression.quantization.auto import plan
 from compression.quantization.config import AutoQuantizeConfig
+from compression.quantization.conv_weights import conv_weights_to_int8
 from compression.quantization.weight_storage import store_weights, weight_nodes
 from tests.compression.quantization.quant_helpers import SETTINGS, feeds_dataset, run_step, save
 
@@ -304,3 +306,17 @@ def test_a_weight_reaching_its_op_through_layout_ops_is_stored():
     assert "W_int8" in {init.name for init in model.graph.initializer}
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert _cosine(got[0], expected[0]) > 0.999
+
+
+@pytest.mark.parametrize("as_ir", [False, True])
+def test_conv_weights_to_int8_stores_only_conv_weights(as_ir):
+    """dynamic's `conv: int8_weights`: the Conv weight alone is stored int8, an onnx proto or an onnx_ir model."""
+    model = mixed_model()
+    reference = _run(model, True)
+    target = ir.from_proto(model) if as_ir else onnx.ModelProto.FromString(model.SerializeToString())
+    assert conv_weights_to_int8(target, exclude=set()) == 1
+    stored = ir.to_proto(target) if as_ir else target
+    names = {init.name: init.data_type for init in stored.graph.initializer}
+    assert names["conv_w_int8"] == TensorProto.INT8 and names["W_shared"] == TensorProto.FLOAT
+    for got, want in zip(_run(stored, True), reference, strict=True):
+        assert _cosine(got, want) > 0.999
