@@ -106,6 +106,17 @@ def _elements(dims: Any) -> int:
     return total
 
 
+FIRST_ATTEMPTS = (0.1, 0.45)  # the step's progress while every candidate makes its first attempt
+SEARCHES = (0.45, 0.8)  # ... while the searches go on, in the order they run
+
+
+def _span(phase: tuple[float, float], index: int, count: int) -> tuple[float, float]:
+    """The `index`-th of `count` equal parts of a phase's progress range."""
+    low, high = phase
+    width = (high - low) / max(count, 1)
+    return low + width * index, low + width * (index + 1)
+
+
 def _guarded(
     ctx: PassContext, by_mode: dict[str, dict[str, Any]], mode: str, step: Callable[..., SearchResult], *args: Any
 ) -> SearchResult | None:
@@ -172,18 +183,19 @@ def run_auto(
                 "reasons": ["not tried: int8_weights met the budget, smaller at the same float compute"],
             }
             continue
-        ctx.progress(0.1 + 0.35 * index / max(len(configs), 1), f"auto: trying {mode_config.mode}")
+        span = _span(FIRST_ATTEMPTS, index, len(configs))
+        ctx.progress(span[0], f"auto: trying {mode_config.mode}")
         quantizer = make_quantizer(mode_config, ctx, work / f"{index}_{mode_config.mode}")
-        span = (0.1 + 0.7 * index / len(configs), 0.1 + 0.7 * (index + 1) / len(configs))
         search = BudgetSearch(quantizer, ctx, evaluator, budget, f"quantize_auto_{mode_config.mode}", span, clock)
         if _guarded(ctx, by_mode, mode_config.mode, search.start, model_path) is not None:
             started.append(search)
     # every candidate has had its first attempt: the searches that still need attempts go on cheapest first, so
     # the time bound (quant_search_time_factor) falls on the expensive ones; those met at once go last (their
     # sensitivity ranking is information only)
-    for search in sorted(started, key=lambda s: (s.first_ok, s.first_attempt_s)):
+    for index, search in enumerate(sorted(started, key=lambda s: (s.first_ok, s.first_attempt_s))):
         mode = search.quantizer.config.mode
-        ctx.progress(0.45 + 0.35 * len(results) / len(started), f"auto: searching {mode}")
+        search.progress = _span(SEARCHES, index, len(started))  # progress only moves forward: a span per pass
+        ctx.progress(search.progress[0], f"auto: searching {mode}")
         dominated = _cannot_be_chosen(search, started, config.objective, ctx.settings.quantize.size_tie)
         if dominated:
             notes.append(f"{mode}: search not continued after its first attempt: {dominated}")
@@ -222,9 +234,9 @@ def run_auto(
         return None, metrics
     ctx.progress(0.85, "auto: measuring latency against the input")
     paths = [r.best.path for r in timed if r.best.path is not None]
-    started = time.perf_counter()
+    measuring = time.perf_counter()
     comparison = measure_candidates(model_path, paths, evaluator, config.objective, ctx.settings, ctx.check_canceled)
-    metrics["latency_comparison_s"] = round(time.perf_counter() - started, 3)
+    metrics["latency_comparison_s"] = round(time.perf_counter() - measuring, 3)
     base = comparison.models[0]
     metrics["input_latency_ms"] = base.median_ms
     metrics["latency_measurement"] = comparison.summary()

@@ -23,9 +23,10 @@ SETTINGS = EngineSettings(latency_runs=40)
 @dataclass
 class Recorder:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    progress_values: list[float] = field(default_factory=list)
 
     def progress(self, fraction: float, message: str | None = None) -> None:
-        pass
+        self.progress_values.append(fraction)
 
     def event(self, message: str, data: dict[str, Any] | None = None) -> None:
         self.events.append((message, data or {}))

@@ -33,6 +33,13 @@ def test_auto_picks_static_for_a_convnet_within_budget(auto_cnn):
     assert result.metrics.fidelity.accuracy.drop <= 0.01
 
 
+def test_auto_progress_only_moves_forward(auto_cnn):
+    """Every candidate's first attempt, then the searches in another order: each pass has its own progress span."""
+    _, recorder = auto_cnn
+    values = recorder.progress_values
+    assert len(values) > 5 and values == sorted(values)
+
+
 def test_auto_never_returns_a_slower_model(auto_cnn):
     """Every candidate within budget was timed against the input in one interleaved session set; the chosen
     one's interval is not wholly above the slowdown tolerance, and the metrics carry each ratio's interval."""
