@@ -21,7 +21,8 @@ graphs whose outputs do not survive int8 weights (near-tied classes, softmax ste
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,8 +30,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compression.graph_names import iter_graphs, subgraphs
-from compression.model_info import default_opset
+from compression.graph_names import iter_graphs
+from compression.model_info import default_opset, iter_nodes
 
 Rebuild = Literal["cast_mul", "dequantize_linear"]
 StorageType = Literal["int8", "float16"]
@@ -114,7 +115,7 @@ def store_weights(
                 or init.data_type != onnx.TensorProto.FLOAT
                 or names & exclude
                 or (only is not None and not names & only)
-                or _elements(init.dims) < min_elements
+                or math.prod(init.dims) < min_elements
             ):
                 kept.append(init)
                 continue
@@ -162,7 +163,7 @@ def weight_nodes(model: onnx.ModelProto, op_types: Iterable[str] = WEIGHT_OPS, m
     for scope in iter_graphs(model.graph):
         readers = _weight_readers(scope, kinds)
         for init in scope.initializer:
-            if init.data_type != onnx.TensorProto.FLOAT or _elements(init.dims) < min_elements:
+            if init.data_type != onnx.TensorProto.FLOAT or math.prod(init.dims) < min_elements:
                 continue
             names += [reader.node.name for reader in readers.get(init.name, []) if reader.node.name]
     return list(dict.fromkeys(names))
@@ -176,7 +177,7 @@ def _weight_readers(scope: onnx.GraphProto, kinds: set[str]) -> dict[str, list[_
     """
     found: dict[str, list[_Reader]] = {}
     sources: dict[str, list[str]] = {}  # a layout op's output -> the data it is made of
-    for node in _nodes_within(scope):
+    for node in iter_nodes(scope):
         if node.op_type in FORWARDERS and node.domain in STANDARD and node.input and node.input[0]:
             data = [name for name in node.input if name] if node.op_type == "Concat" else [node.input[0]]
             sources.update({name: data for name in node.output if name})
@@ -195,13 +196,6 @@ def _weight_readers(scope: onnx.GraphProto, kinds: set[str]) -> dict[str, list[_
             for source in frontier:
                 found.setdefault(source, []).extend(forwarded)
     return found
-
-
-def _nodes_within(scope: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in scope.node:
-        yield node
-        for body in subgraphs(node):
-            yield from _nodes_within(body)
 
 
 def _channel_axes(reader: _Reader, ndim: int) -> tuple[int, ...]:
@@ -293,10 +287,3 @@ def _all_names(graph: onnx.GraphProto) -> set[str]:
             names.update(node.input)
             names.update(node.output)
     return names
-
-
-def _elements(dims: Iterable[int]) -> int:
-    total = 1
-    for d in dims:
-        total *= d
-    return total
