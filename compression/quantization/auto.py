@@ -19,6 +19,7 @@ from compression.metrics.evaluation import Evaluator
 from compression.model_info import inspect_model
 from compression.quantization.budget import step_budget
 from compression.quantization.config import (
+    FLOAT_COMPUTE_MODES,
     AutoQuantizeConfig,
     DynamicQuantizeConfig,
     Fp16QuantizeConfig,
@@ -37,7 +38,6 @@ from compression.quantization.timing import SearchClock
 
 RECURRENT = {"LSTM", "GRU", "RNN"}
 MATMUL_LIKE = {"MatMul", "Gemm", "Attention"}
-FLOAT_COMPUTE = {"int8_weights", "fp16_weights"}  # weights stored small, folded to float at load
 
 
 def plan(model_path: Path, config: AutoQuantizeConfig, ctx: PassContext) -> tuple[list[ModeConfig], list[str]]:
@@ -66,11 +66,18 @@ def plan(model_path: Path, config: AutoQuantizeConfig, ctx: PassContext) -> tupl
         if _largest_matmul_weight(model_path) >= ctx.settings.quantize.weight_only_min_elements:
             wanted.append("weight_only")
             notes.append("weight_only: the graph has large MatMul weights")
-        wanted += ["int8_weights", "fp16_weights"]
-        notes.append(
-            "int8_weights: every weight stored int8 with float compute (weight rounding error only; bodies included)"
-        )
-        notes.append("fp16_weights: every weight stored float16 with float compute (half the size, tiny error)")
+        if config.objective == Objective.LATENCY:
+            notes.append(
+                "int8_weights and fp16_weights skipped: objective 'latency' and both compute in float from weights "
+                "folded at load, the input's own kernels, so they are never faster"
+            )
+        else:
+            wanted += ["int8_weights", "fp16_weights"]
+            notes.append(
+                "int8_weights: every weight stored int8 with float compute (weight rounding error only; bodies "
+                "included)"
+            )
+            notes.append("fp16_weights: every weight stored float16 with float compute (half the size, tiny error)")
     configs: list[ModeConfig] = []
     for mode in dict.fromkeys(wanted):
         if mode == "static":
@@ -155,7 +162,7 @@ def _cannot_be_chosen(search: BudgetSearch, started: list[BudgetSearch], objecti
         return ""
     for other in started:
         size = other.first_bytes
-        storage = other.quantizer.config.mode in FLOAT_COMPUTE
+        storage = other.quantizer.config.mode in FLOAT_COMPUTE_MODES
         if storage and other is not search and other.first_ok and size is not None and own > size * (1.0 + size_tie):
             return (
                 f"{other.quantizer.config.mode} met the budget at once at {size / own:.2f}x the size of this "
@@ -224,13 +231,24 @@ def run_auto(
     for result in ok:
         assert result.best.path is not None
         rows[result.mode]["size_ratio"] = result.best.path.stat().st_size / size_in
-    timed = [r for r in ok if config.objective == Objective.LATENCY or rows[r.mode]["size_ratio"] < 1.0]
+    if config.objective == Objective.LATENCY:  # float compute runs the input's kernels: nothing to time
+        timed = [r for r in ok if r.mode not in FLOAT_COMPUTE_MODES]
+        for result in ok:
+            if result.mode in FLOAT_COMPUTE_MODES:
+                rows[result.mode]["reasons"] = [
+                    *rows[result.mode].get("reasons", []),
+                    "not timed under objective 'latency': float compute from folded weights is never faster",
+                ]
+    else:
+        timed = [r for r in ok if rows[r.mode]["size_ratio"] < 1.0]
     if not timed:
         sizes = ", ".join(f"{r.mode} {rows[r.mode]['size_ratio']:.3f}x" for r in ok)
-        metrics["reason"] = (
-            f"objective '{config.objective.value}': no candidate within budget is smaller than the input ({sizes}); "
-            "returning the input model"
+        why = (
+            "no candidate within budget computes other than in float, so none can be faster"
+            if config.objective == Objective.LATENCY
+            else "no candidate within budget is smaller than the input"
         )
+        metrics["reason"] = f"objective '{config.objective.value}': {why} ({sizes}); returning the input model"
         return None, metrics
     ctx.progress(0.85, "auto: measuring latency against the input")
     paths = [r.best.path for r in timed if r.best.path is not None]

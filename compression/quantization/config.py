@@ -19,6 +19,11 @@ class Objective(StrEnum):
     BALANCED = "balanced"  # the smallest not clearly slower; among about equally small ones, the fastest
 
 
+# modes that store weights smaller and compute in float from weights onnxruntime folds at load: the input's own
+# kernels, so never faster than it (a faster reading is measurement noise) and chosen only for size
+FLOAT_COMPUTE_MODES = frozenset({"int8_weights", "fp16_weights"})
+
+
 class CalibrationMethodName(StrEnum):
     """How static quantization turns calibration tensors into activation ranges (onnxruntime's methods; the
     mapping to onnxruntime's enum is `calibration.ort_method`)."""
