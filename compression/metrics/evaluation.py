@@ -4,6 +4,9 @@ Memory is bounded by the eval settings: the batch shrinks so one batch's interme
 `eval_activation_memory_mb`, and the samples are capped so one model's outputs fit `eval_max_output_mb`
 (both measured per sample on the reference model, `metrics.activation_size`). A 640x640 detector with
 256-sample batches would otherwise hold GBs of activations per run.
+
+`fidelity` is remembered per file content (a digest): the pipeline's step fidelity of the model a quantize
+search already judged (the same file, moved to the step's output) is not computed again.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from compression.metrics.activation_size import ActivationSize, activation_size
 from compression.metrics.fidelity import Fidelity, compare
 from compression.metrics.inference import make_session, run_dataset
 from compression.metrics.latency import LatencyComparison, LatencyStats
-from compression.metrics.latency_cache import LatencyCache
+from compression.metrics.latency_cache import LatencyCache, file_digest
 from compression.metrics.output_heads import score_head_outputs
 from compression.settings import EngineSettings
 
@@ -40,6 +43,8 @@ class Evaluator:
         self.dataset, self.batch_size = self._plan(reference_model, dataset.take(settings.evaluation.max_samples))
         self.score_heads = score_head_outputs(reference_model)  # per-step logits are judged by their argmax
         self.reference_outputs = self.outputs(reference_model)
+        self.fidelity_computed = 0  # models actually run by `fidelity` (the others were remembered)
+        self._fidelity: dict[str, Fidelity] = {}
 
     def _plan(self, model: Path, dataset: Dataset) -> tuple[Dataset, int]:
         """Eval samples and batch within the eval memory settings (measured on one sample of the model)."""
@@ -61,7 +66,13 @@ class Evaluator:
         return run_dataset(session, self.dataset, self.batch_size, ragged=True)
 
     def fidelity(self, model_path: Path) -> Fidelity:
-        return self.compare_outputs(self.outputs(model_path))
+        """The model's outputs compared with the reference; a file content judged before is not run again."""
+        key = file_digest(model_path)
+        known = self._fidelity.get(key)
+        if known is None:
+            known = self._fidelity[key] = self.compare_outputs(self.outputs(model_path))
+            self.fidelity_computed += 1
+        return known.model_copy(deep=True)
 
     def compare_outputs(self, outputs: dict[str, np.ndarray]) -> Fidelity:
         return compare(

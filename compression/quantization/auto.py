@@ -33,7 +33,7 @@ from compression.quantization.config import (
 from compression.quantization.modes import make_quantizer
 from compression.quantization.objective import Option, choose
 from compression.quantization.search import BudgetSearch, SearchResult
-from compression.quantization.speed import latency_facts, measure_candidates, speed_verdict
+from compression.quantization.speed import SpeedVerdict, latency_facts, measure_candidates, speed_verdict
 from compression.quantization.timing import SearchClock
 
 RECURRENT = {"LSTM", "GRU", "RNN"}
@@ -149,26 +149,82 @@ def _smaller_storage_met(mode: str, started: list[BudgetSearch], objective: Obje
     return any(search.quantizer.config.mode == "int8_weights" and search.first_ok for search in started)
 
 
-def _cannot_be_chosen(search: BudgetSearch, started: list[BudgetSearch], objective: Objective, size_tie: float) -> str:
-    """Why the search of a candidate that missed the budget on its first attempt cannot change the choice, or "".
-
-    Its search only keeps nodes float, which adds bytes: its first attempt is the smallest model it can return.
-    Once a weight-storage candidate (float compute from folded weights: the input's speed, so not clearly
-    slower) met the budget at once and is smaller than that by more than `size_tie` (the 'balanced'
-    objective's margin for equally small candidates), the objectives 'size' and 'balanced' cannot pick it.
-    """
-    own = search.first_bytes
-    if objective == Objective.LATENCY or search.first_ok or own is None:
+def _dominated(
+    own: int, started: list[BudgetSearch], objective: Objective, size_tie: float, skip: BudgetSearch | None = None
+) -> str:
+    """Why a model of `own` bytes that missed the budget cannot be chosen, or "": a weight-storage candidate (float
+    compute from folded weights: the input's speed, so not clearly slower) met the budget at once and is smaller
+    than `own` by more than `size_tie` (the 'balanced' objective's margin for equally small candidates), so the
+    objectives 'size' and 'balanced' cannot pick it. `skip`: the search asking (not compared with itself)."""
+    if objective == Objective.LATENCY:
         return ""
     for other in started:
         size = other.first_bytes
         storage = other.quantizer.config.mode in FLOAT_COMPUTE_MODES
-        if storage and other is not search and other.first_ok and size is not None and own > size * (1.0 + size_tie):
-            return (
-                f"{other.quantizer.config.mode} met the budget at once at {size / own:.2f}x the size of this "
-                "candidate's first attempt, which keeping nodes float only grows"
-            )
+        if storage and other is not skip and other.first_ok and size is not None and own > size * (1.0 + size_tie):
+            return f"{other.quantizer.config.mode} met the budget at once at {size / own:.2f}x the size"
     return ""
+
+
+def _cannot_be_chosen(search: BudgetSearch, started: list[BudgetSearch], objective: Objective, size_tie: float) -> str:
+    """Why the search of a candidate that missed the budget on its first attempt cannot change the choice, or "".
+
+    Its search only keeps nodes float, which adds bytes: its first attempt is the smallest model it can return.
+    Once a weight-storage candidate met the budget at once and is smaller than that by more than `size_tie`,
+    the objectives 'size' and 'balanced' cannot pick it (`_dominated`).
+    """
+    own = search.first_bytes
+    if search.first_ok or own is None:
+        return ""
+    why = _dominated(own, started, objective, size_tie, skip=search)
+    return f"{why} of this candidate's first attempt, which keeping nodes float only grows" if why else ""
+
+
+def _met_but_cannot_be_chosen(
+    search: BudgetSearch, started: list[BudgetSearch], objective: Objective, size_tie: float
+) -> str:
+    """Why a candidate that met the budget at once cannot be chosen, or "": what is left of its search (the
+    information-only sensitivity ranking, static's Conv-layout timing) cannot change the choice either."""
+    own = search.first_bytes
+    if not search.first_ok or own is None:
+        return ""
+    why = _dominated(own, started, objective, size_tie, skip=search)
+    return f"{why} of this candidate" if why else ""
+
+
+def first_attempt_order(configs: list[ModeConfig]) -> list[tuple[int, ModeConfig]]:
+    """(plan index, config) in the order the first attempts run: the weight-storage candidates first (cheap: no
+    calibration, no tuning), so the others' first attempts know whether one of them met the budget and can skip
+    work whose result could not be chosen (dynamic's transformer-fusion timing, `ModeQuantizer.cannot_be_chosen`);
+    the rest in plan order. Which model each candidate's first attempt returns does not depend on the order."""
+    return sorted(enumerate(configs), key=lambda item: item[1].mode not in FLOAT_COMPUTE_MODES)
+
+
+def timing_plan(sizes: dict[str, float], objective: Objective, size_tie: float) -> tuple[list[str], list[str]]:
+    """(modes to time now, modes that cannot be chosen while the smallest of those is not clearly slower).
+
+    Under 'size' and 'balanced' only the candidates within `size_tie` of the smallest can be picked as long as
+    the smallest is not clearly slower ('size': the equally small ones); 'latency' picks the fastest: all."""
+    if objective == Objective.LATENCY or not sizes:
+        return list(sizes), []
+    tie = size_tie if objective == Objective.BALANCED else 0.0
+    smallest = min(sizes.values())
+    now = [mode for mode, size in sizes.items() if size <= smallest * (1.0 + tie)]
+    return now, [mode for mode in sizes if mode not in now]
+
+
+def later_needed(
+    sizes: dict[str, float], later: list[str], not_slower: list[str], objective: Objective, size_tie: float
+) -> bool:
+    """The candidates left untimed might be chosen after all: the smallest not-clearly-slower timed candidate
+    (if any) does not rule them out by size."""
+    if not later:
+        return False
+    if not not_slower:
+        return True
+    tie = size_tie if objective == Objective.BALANCED else 0.0
+    bound = min(sizes[mode] for mode in not_slower) * (1.0 + tie)
+    return any(sizes[mode] <= bound for mode in later)
 
 
 def run_auto(
@@ -182,7 +238,8 @@ def run_auto(
     knobs = ctx.settings.quantize
     clock = SearchClock(knobs.search_time_factor, knobs.search_time_min_s)  # one bound over every candidate's search
     started: list[BudgetSearch] = []
-    for index, mode_config in enumerate(configs):
+    tie = knobs.size_tie
+    for position, (index, mode_config) in enumerate(first_attempt_order(configs)):
         if _smaller_storage_met(mode_config.mode, started, config.objective):
             by_mode[mode_config.mode] = {
                 "mode": mode_config.mode,
@@ -190,9 +247,10 @@ def run_auto(
                 "reasons": ["not tried: int8_weights met the budget, smaller at the same float compute"],
             }
             continue
-        span = _span(FIRST_ATTEMPTS, index, len(configs))
+        span = _span(FIRST_ATTEMPTS, position, len(configs))  # progress only moves forward: spans in run order
         ctx.progress(span[0], f"auto: trying {mode_config.mode}")
         quantizer = make_quantizer(mode_config, ctx, work / f"{index}_{mode_config.mode}")
+        quantizer.cannot_be_chosen = lambda size: _dominated(size, started, config.objective, tie)
         search = BudgetSearch(quantizer, ctx, evaluator, budget, f"quantize_auto_{mode_config.mode}", span, clock)
         if _guarded(ctx, by_mode, mode_config.mode, search.start, model_path) is not None:
             started.append(search)
@@ -203,15 +261,23 @@ def run_auto(
         mode = search.quantizer.config.mode
         search.progress = _span(SEARCHES, index, len(started))  # progress only moves forward: a span per pass
         ctx.progress(search.progress[0], f"auto: searching {mode}")
-        dominated = _cannot_be_chosen(search, started, config.objective, ctx.settings.quantize.size_tie)
+        dominated = _cannot_be_chosen(search, started, config.objective, tie)
+        met_dominated = _met_but_cannot_be_chosen(search, started, config.objective, tie)
         if dominated:
             notes.append(f"{mode}: search not continued after its first attempt: {dominated}")
-        result = _guarded(ctx, by_mode, mode, search.skip if dominated else search.finish)
+        if met_dominated:
+            notes.append(
+                f"{mode}: met the budget at once; no sensitivity ranking or layout timing, it cannot be chosen: "
+                f"{met_dominated}"
+            )
+        result = _guarded(ctx, by_mode, mode, search.skip if dominated or met_dominated else search.finish)
         if result is not None:
             results.append(result)
             by_mode[mode] = result.summary()
             if dominated:
                 by_mode[mode]["reasons"] = [*by_mode[mode]["reasons"], f"search not continued: {dominated}"]
+            if met_dominated:
+                by_mode[mode]["cannot_be_chosen"] = met_dominated
     table = [by_mode[c.mode] for c in configs if c.mode in by_mode]  # in plan order
     ctx.check_canceled()
     ok = [r for r in results if r.ok]
@@ -251,18 +317,25 @@ def run_auto(
         metrics["reason"] = f"objective '{config.objective.value}': {why} ({sizes}); returning the input model"
         return None, metrics
     ctx.progress(0.85, "auto: measuring latency against the input")
-    paths = [r.best.path for r in timed if r.best.path is not None]
     measuring = time.perf_counter()
-    comparison = measure_candidates(model_path, paths, evaluator, config.objective, ctx.settings, ctx.check_canceled)
+    sizes = {r.mode: rows[r.mode]["size_ratio"] for r in timed}
+    now, later = timing_plan(sizes, config.objective, tie)
+    options = _time_candidates(model_path, [r for r in timed if r.mode in now], rows, evaluator, config, ctx, metrics)
+    not_slower = [mode for mode, option in options.items() if option.verdict != SpeedVerdict.SLOWER]
+    if later_needed(sizes, later, not_slower, config.objective, tie):  # the smallest ones were clearly slower
+        rest = [r for r in timed if r.mode in later]
+        options.update(_time_candidates(model_path, rest, rows, evaluator, config, ctx, metrics))
+        metrics["latency_second_measurement"] = True
+    else:
+        smallest = min(now, key=lambda mode: sizes[mode])
+        for mode in later:
+            rows[mode]["reasons"] = [
+                *rows[mode].get("reasons", []),
+                f"not timed: more than quant_size_tie larger than {smallest} ({sizes[smallest]:.3f}x), which is "
+                "not clearly slower, so it cannot be chosen",
+            ]
     metrics["latency_comparison_s"] = round(time.perf_counter() - measuring, 3)
-    base = comparison.models[0]
-    metrics["input_latency_ms"] = base.median_ms
-    metrics["latency_measurement"] = comparison.summary()
-    options: dict[str, Option] = {}
-    for result, stats, interval in zip(timed, comparison.models[1:], comparison.ratios, strict=True):
-        rows[result.mode].update(latency_facts(base, stats, interval, ctx.settings))
-        verdict = speed_verdict(interval, ctx.settings)
-        options[result.mode] = Option(result.mode, rows[result.mode]["size_ratio"], interval, verdict)
+    metrics["latency_timed"] = [mode for mode in sizes if mode in options]
     choice = choose(config.objective, list(options.values()), ctx.settings.quantize.size_tie)
     metrics["reason"] = choice.reason
     if choice.option is None:
@@ -273,3 +346,26 @@ def run_auto(
     metrics.update(rows[best.mode])
     metrics.update(mode="auto", chosen=best.mode, objective=config.objective.value, reason=choice.reason)
     return best.best.path, metrics
+
+
+def _time_candidates(
+    model_path: Path,
+    timed: list[SearchResult],
+    rows: dict[str, dict[str, Any]],
+    evaluator: Evaluator,
+    config: AutoQuantizeConfig,
+    ctx: PassContext,
+    metrics: dict[str, Any],
+) -> dict[str, Option]:
+    """Time `timed` against the input in one interleaved measurement; their rows get the figures."""
+    paths = [r.best.path for r in timed if r.best.path is not None]
+    comparison = measure_candidates(model_path, paths, evaluator, config.objective, ctx.settings, ctx.check_canceled)
+    base = comparison.models[0]
+    metrics["input_latency_ms"] = base.median_ms
+    metrics["latency_measurement"] = comparison.summary()
+    options: dict[str, Option] = {}
+    for result, stats, interval in zip(timed, comparison.models[1:], comparison.ratios, strict=True):
+        rows[result.mode].update(latency_facts(base, stats, interval, ctx.settings))
+        verdict = speed_verdict(interval, ctx.settings)
+        options[result.mode] = Option(result.mode, rows[result.mode]["size_ratio"], interval, verdict)
+    return options

@@ -245,19 +245,40 @@ def tune_fusion(quantizer: ModeQuantizer, prepared: Prepared, evaluator: Evaluat
         except Exception as exc:  # a variant onnxruntime cannot quantize or run is skipped, not fatal
             candidate.error = f"{type(exc).__name__}: {str(exc)[:200]}"
     runnable = [t for t in timed if t.latency_ms is not None]
-    if len(runnable) > 1:
-        stats = interleaved_latency([t.path for t in runnable], evaluator, settings)
-        for candidate, stat in zip(runnable, stats, strict=True):
+    within = [t for t in runnable if t.within_budget]
+    to_time = within or runnable  # pick() chooses among the variants within budget when there are any
+    not_timed = "" if within else _cannot_be_chosen(quantizer, runnable)
+    measured = len(to_time) > 1 and not not_timed
+    if measured:
+        stats = interleaved_latency([t.path for t in to_time], evaluator, settings)
+        for candidate, stat in zip(to_time, stats, strict=True):
             candidate.latency_ms = stat.median_ms
-    chosen = pick(timed) if runnable else timed[0]
+    chosen = (runnable[0] if not_timed else pick(to_time)) if runnable else timed[0]
+    for candidate in runnable:  # ran, but not timed: no latency figure
+        if not measured or candidate not in to_time:
+            candidate.latency_ms = None
     quantizer.details["transformer_fusion"] = {
         "applied": chosen.name != "unfused",
         "chosen": chosen.name,
         "variants": {t.name: t.row() for t in timed},
+        **({"not_timed": not_timed} if not_timed else {}),
     }
     if chosen.name != "unfused":
         prepared.path = chosen.prepared
         quantizer.report(f"transformer fusion '{chosen.name}' kept ({chosen.fused_ops}): its quantized model is faster")
+
+
+def _cannot_be_chosen(quantizer: ModeQuantizer, variants: list[Timed]) -> str:
+    """Why timing the variants can change nothing, or "": none met the budget and auto says a first attempt of any
+    of their sizes could not be chosen (a weight-storage candidate met the budget clearly smaller), so this
+    candidate's search is not continued whichever variant its first attempt uses; the unfused one is kept."""
+    hook = quantizer.cannot_be_chosen
+    if hook is None or not variants:
+        return ""
+    reasons = [hook(variant.path.stat().st_size) for variant in variants]
+    if not all(reasons):
+        return ""
+    return f"no variant met the budget and none could be chosen: {reasons[0]} of the first variant"
 
 
 def _graph(path: Path) -> onnx.GraphProto:

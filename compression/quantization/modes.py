@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ class ModeQuantizer(ABC):
 
     quantizable_ops: frozenset[str] = frozenset()
     quantizes_bodies: bool = False  # the quantizer also rewrites nodes inside If/Loop/Scan bodies
+    # auto: why a first attempt of this many bytes that missed the budget could not be chosen ("": it could)
+    cannot_be_chosen: Callable[[int], str] | None = None
 
     def __init__(self, config: ModeConfig, ctx: PassContext, work: Path) -> None:
         self.config = config
