@@ -30,6 +30,7 @@ from compression.quantization.config import (
     StaticQuantizeConfig,
     WeightOnlyQuantizeConfig,
 )
+from compression.quantization.fusion import worth_fusing
 from compression.quantization.modes import make_quantizer
 from compression.quantization.objective import Option, choose
 from compression.quantization.search import BudgetSearch, SearchResult
@@ -192,12 +193,29 @@ def _met_but_cannot_be_chosen(
     return f"{why} of this candidate" if why else ""
 
 
-def first_attempt_order(configs: list[ModeConfig]) -> list[tuple[int, ModeConfig]]:
-    """(plan index, config) in the order the first attempts run: the weight-storage candidates first (cheap: no
-    calibration, no tuning), so the others' first attempts know whether one of them met the budget and can skip
-    work whose result could not be chosen (dynamic's transformer-fusion timing, `ModeQuantizer.cannot_be_chosen`);
-    the rest in plan order. Which model each candidate's first attempt returns does not depend on the order."""
-    return sorted(enumerate(configs), key=lambda item: item[1].mode not in FLOAT_COMPUTE_MODES)
+def first_attempt_order(configs: list[ModeConfig], storage_early: bool) -> list[tuple[int, ModeConfig]]:
+    """(plan index, config) in the order the first attempts run: the plan order, or with `storage_early` the
+    weight-storage candidates right after static (cheap: no calibration, no tuning), so dynamic's first attempt
+    knows whether one of them met the budget and can skip its transformer-fusion timing when no variant could
+    be chosen (`ModeQuantizer.cannot_be_chosen`). Static stays first, so the process's first-use costs still
+    fall on the candidate whose first attempt is the most expensive anyway: the searches run cheapest first
+    attempt first, and candidates a tenth of a second apart would otherwise swap places (silero_vad returned
+    fp16_weights when int8_weights' first attempt came first). Which model each first attempt returns does not
+    depend on the order."""
+    indexed = list(enumerate(configs))
+    if not storage_early:
+        return indexed
+    static = [item for item in indexed if item[1].mode == "static"]
+    storage = [item for item in indexed if item[1].mode in FLOAT_COMPUTE_MODES]
+    return static + storage + [item for item in indexed if item not in static and item not in storage]
+
+
+def _fusion_will_be_tuned(model_path: Path, configs: list[ModeConfig], ctx: PassContext) -> bool:
+    """dynamic is planned and its first attempt will quantize, judge and time transformer-fusion variants."""
+    dynamic = next((c for c in configs if c.mode == "dynamic"), None)
+    if dynamic is None or not ctx.settings.quantize.transformer_fusion:
+        return False
+    return worth_fusing(model_path, dynamic.nodes_to_exclude, dynamic.op_types_to_exclude) is None
 
 
 def timing_plan(sizes: dict[str, float], objective: Objective, size_tie: float) -> tuple[list[str], list[str]]:
@@ -239,7 +257,8 @@ def run_auto(
     clock = SearchClock(knobs.search_time_factor, knobs.search_time_min_s)  # one bound over every candidate's search
     started: list[BudgetSearch] = []
     tie = knobs.size_tie
-    for position, (index, mode_config) in enumerate(first_attempt_order(configs)):
+    storage_early = _fusion_will_be_tuned(model_path, configs, ctx)
+    for position, (index, mode_config) in enumerate(first_attempt_order(configs, storage_early)):
         if _smaller_storage_met(mode_config.mode, started, config.objective):
             by_mode[mode_config.mode] = {
                 "mode": mode_config.mode,

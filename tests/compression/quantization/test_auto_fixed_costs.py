@@ -33,15 +33,29 @@ from compression.settings import EngineSettings
 BALANCED, SIZE, LATENCY = Objective.BALANCED, Objective.SIZE, Objective.LATENCY
 
 
-def test_weight_storage_candidates_make_their_first_attempts_first():
+def test_weight_storage_candidates_make_their_first_attempts_right_after_static():
     configs = [
         StaticQuantizeConfig(mode="static"),
         DynamicQuantizeConfig(mode="dynamic"),
         Int8WeightsQuantizeConfig(mode="int8_weights"),
         Fp16WeightsQuantizeConfig(mode="fp16_weights"),
     ]
-    order = [(index, config.mode) for index, config in first_attempt_order(configs)]
-    assert order == [(2, "int8_weights"), (3, "fp16_weights"), (0, "static"), (1, "dynamic")]
+    order = [(index, config.mode) for index, config in first_attempt_order(configs, storage_early=True)]
+    assert order == [(0, "static"), (2, "int8_weights"), (3, "fp16_weights"), (1, "dynamic")]
+    assert [config.mode for _, config in first_attempt_order(configs[1:], storage_early=True)] == [
+        "int8_weights",
+        "fp16_weights",
+        "dynamic",
+    ]
+    assert first_attempt_order(configs, storage_early=False) == list(enumerate(configs))  # no fusion to skip
+
+
+def test_storage_goes_early_only_when_dynamic_tunes_a_transformer_fusion(transformer_block, digits_cnn, tmp_path):
+    ctx = PassContext(work_dir=tmp_path, original_model=transformer_block.path, datasets=DatasetBundle())
+    dynamic = [DynamicQuantizeConfig(mode="dynamic"), Int8WeightsQuantizeConfig(mode="int8_weights")]
+    assert auto._fusion_will_be_tuned(transformer_block.path, dynamic, ctx)
+    assert not auto._fusion_will_be_tuned(digits_cnn.path, dynamic, ctx)  # a convnet: nothing to fuse
+    assert not auto._fusion_will_be_tuned(transformer_block.path, dynamic[1:], ctx)  # no dynamic planned
 
 
 def test_only_candidates_within_the_size_tie_of_the_smallest_are_timed_first():
