@@ -7,7 +7,9 @@ Conv (residual_cnn stem: 73 us int8 vs 21 us float, batch 32, 1 thread), so the 
 which costs a layout change, a QuantizeLinear and a Transpose after it.
 
 The rewrite is exact: the quantized input gets extra channels holding its zero-point (real value 0) and the
-weights extra input channels of 0, so every output is the same sum. Only top-level Convs whose weight
+weights extra input channels of 0, so every output is the same sum (on x86 without VNNI only with 7-bit weights,
+which the engine uses there: onnxruntime's u8s8 kernel saturates pairs of products in int16, and the padding
+changes which products pair up). Only top-level Convs whose weight
 zero-points are all zero (what the direct kernel needs anyway) and whose input has one scale and
 zero-point are padded; bodies of If/Loop/Scan are left alone and every new name is unused anywhere.
 """

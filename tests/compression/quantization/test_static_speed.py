@@ -30,7 +30,9 @@ def qdq_conv_model(
 ) -> onnx.ModelProto:
     """x -> Q -> DQ -> Conv (int8 per-channel weights via DQ) -> Q -> DQ -> y; optionally an If body reads the input DQ."""
     out_channels = 8
-    weight = RNG.integers(-127, 128, (out_channels, in_channels // group, 3, 3)).astype(np.int8)
+    # 7-bit weights, as the engine quantizes on x86 without VNNI (saturation.py): there onnxruntime's u8s8 kernel
+    # adds pairs of products into a saturating int16, and padding channels changes which products pair up
+    weight = RNG.integers(-64, 64, (out_channels, in_channels // group, 3, 3)).astype(np.int8)
     inits = [
         _init("x_scale", np.array(0.02, np.float32)),
         _init("x_zp", np.array(128, np.uint8)),
