@@ -9,7 +9,7 @@ the pruned model and the distilled model with the original on the model's EVAL i
 saw: worst per-sample output cosine (and worst per-slice, top-1 agreement where outputs are scores).
 
     .venv/bin/python bench/distill_real.py [--models a,b] [--epochs 30] [--max-seconds 90] [--timeout 420]
-                                           [--sparsity 0.3] [--json out.json]
+                                           [--sparsity 0.3] [--allocation uniform] [--json out.json]
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class DistillResult:
     loss_curve: list[float] | None = None  # eval loss at each check
     backoffs: int | None = None  # times training went back to its best state with a lower learning rate
     refit: str | None = None  # the prune step's least-squares reconstruction: layers refitted / considered
+    allocation: str | None = None  # the prune step's per-group sparsity: method, groups measured, seconds
 
     @property
     def reached(self) -> bool:
@@ -71,7 +72,8 @@ class DistillResult:
 
 
 def _prune_spec(args: argparse.Namespace) -> dict[str, Any]:
-    return {"steps": [{"type": "prune", "method": "structured", "sparsity": args.sparsity, "speed_check": False}]}
+    step = {"type": "prune", "method": "structured", "sparsity": args.sparsity, "speed_check": False}
+    return {"steps": [{**step, **({"allocation": args.allocation} if args.allocation else {})}]}
 
 
 def _distill_step(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,7 +119,8 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
                               LogProgress(), settings=settings)  # fmt: skip
         prune = to_jsonable(pruned.metrics)["steps"][0]
         record = {"ok": True, "pruned": None, "prune_reason": str(prune["details"].get("reason", "")),
-                  "prune_s": prune["wall_time_s"], "refit": _refit(prune["details"].get("reconstruction"))}  # fmt: skip
+                  "prune_s": prune["wall_time_s"], "refit": _refit(prune["details"].get("reconstruction")),
+                  "allocation": _allocation(prune["details"].get("allocation"))}  # fmt: skip
         if prune["changed"]:
             # the teacher is the pipeline's input (the original); the pruned model is the student
             distill_spec = {"steps": [{**specs["distill"], "student": str(pruned.model_path)}]}
@@ -147,6 +150,16 @@ def child_main(model: Path, spec_json: str, work: Path) -> None:
         record = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
     record["wall_s"] = time.perf_counter() - started
     (work / RESULT_FILE).write_text(json.dumps(record, indent=1, default=str))
+
+
+def _allocation(report: Any) -> str | None:
+    """'sensitivity 17/19 in 11 s' (groups measured / prunable), or 'uniform (reason)'."""
+    if not isinstance(report, dict):
+        return None
+    if report.get("method") != "sensitivity":
+        return f"uniform ({report['reason']})" if report.get("reason") else "uniform"
+    groups = report.get("groups_measured", 0) + report.get("groups_fixed", 0)
+    return f"sensitivity {report.get('groups_measured', 0)}/{groups} in {report.get('seconds', 0):.0f} s"
 
 
 def _refit(report: Any) -> str | None:
@@ -213,6 +226,7 @@ def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespac
         "fresh_copies",
         "loss_curve",
         "refit",
+        "allocation",
         "backoffs",
     ):
         setattr(result, key, record.get(key))
@@ -245,8 +259,8 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def table(results: list[DistillResult]) -> list[str]:
     lines = [
         "| model | params ratio | worst sample pruned → distilled | worst slice pruned → distilled | top-1 "
-        "| best / run epochs | best / run steps | checks (backoffs) | s/epoch | hints | refit | prune s | distill s | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| best / run epochs | best / run steps | checks (backoffs) | s/epoch | hints | allocation | refit | prune s | distill s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         epochs = "-" if r.best_epoch is None else f"{r.best_epoch} / {r.epochs_run}"
@@ -255,7 +269,7 @@ def table(results: list[DistillResult]) -> list[str]:
             f"| {r.name} | {_fmt(r.parameters_ratio, 3)} | {_fmt(r.before_sample)} → {_fmt(r.after_sample)} "
             f"| {_fmt(r.before_slice)} → {_fmt(r.after_slice)} | {_fmt(r.after_top1, 3)} | {epochs} | {steps} "
             f"| {'-' if r.checks is None else r.checks} ({r.backoffs or 0}) "
-            f"| {_fmt(r.s_per_epoch, 1)} | {'-' if r.auto_hints is None else r.auto_hints} | {r.refit or '-'} | {_fmt(r.prune_s, 0)} | {_fmt(r.distill_s, 0)} | {r.note.replace('|', '/')} |"
+            f"| {_fmt(r.s_per_epoch, 1)} | {'-' if r.auto_hints is None else r.auto_hints} | {r.allocation or '-'} | {r.refit or '-'} | {_fmt(r.prune_s, 0)} | {_fmt(r.distill_s, 0)} | {r.note.replace('|', '/')} |"
         )
     return lines
 
@@ -264,6 +278,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="", help="comma-separated names (default: every third-party model)")
     parser.add_argument("--sparsity", type=float, default=0.3)
+    parser.add_argument("--allocation", choices=["sensitivity", "uniform"], default=None,
+                        help="the prune step's per-group sparsity (default: the engine's, sensitivity)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=4, help="samples (stacked: entries) per optimizer step")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the engine's)")

@@ -285,6 +285,16 @@ class PruneSettings(SettingsGroup):
         "matrices (MB)",
     )
     reconstruct_samples: int = Field(64, ge=1, description="calibration samples the reconstruction runs on")
+    allocation_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="time budget of structured pruning's sensitivity allocation (each group tried alone at a few "
+        "sparsities); groups not measured when it is spent keep the requested sparsity",
+    )
+    allocation_samples: int = Field(8, ge=1, description="calibration samples each allocation trial runs on")
+    allocation_max_group_sparsity: float = Field(
+        0.8, gt=0, lt=1, description="sensitivity allocation never removes more than this fraction of one group"
+    )
 
 
 class DistillSettings(SettingsGroup):

@@ -13,6 +13,7 @@ from compression.datasets import Dataset
 from compression.metrics.macs import count_macs
 from compression.metrics.model_stats import gzip_size, model_stats
 from compression.passes.registry import register_pass
+from compression.pruning.allocation import allocation_limits
 from compression.pruning.batchnorm import recalibrate_batchnorm
 from compression.pruning.config import (
     MagnitudePruneConfig,
@@ -89,6 +90,7 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
                 check_canceled=ctx.check_canceled,
                 bias_compensation=config.bias_compensation,
                 reconstruction=reconstruction_limits(ctx.settings) if config.reconstruct else None,
+                allocation=allocation_limits(ctx.settings) if config.allocation == "sensitivity" else None,
             )
 
         details = prune(out, config.round_to)

@@ -48,7 +48,19 @@ class StructuredPruneConfig(PruneBase):
     """Remove whole output channels/features and everything coupled to them; the graph gets smaller."""
 
     method: Literal["structured"]
-    sparsity: float = Field(ge=0.0, le=1.0, description="fraction of channels removed per prunable group")
+    sparsity: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="fraction of channels removed per prunable group (allocation 'uniform'), or the fraction whose "
+        "weights are removed in total, spread by measured damage (allocation 'sensitivity')",
+    )
+    allocation: Literal["sensitivity", "uniform"] = Field(
+        "sensitivity",
+        description="'sensitivity': with calibration/train data, each group is tried alone at a few sparsities and "
+        "gets the one that keeps the outputs closest to the original while the weights removed in total are at "
+        "least uniform pruning's (bounded by the prune_allocation_* settings; uniform without data); 'uniform': "
+        "every group loses `sparsity` of its channels",
+    )
     importance: Literal["l1", "l2", "activation"] = Field(
         "l2",
         description="weight magnitude over the group's coupled layers, or mean |activation| (times the weight "

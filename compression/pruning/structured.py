@@ -12,6 +12,7 @@ from onnx_ir.passes import common
 from pydantic import BaseModel
 
 from compression.datasets import Dataset
+from compression.pruning.allocation import AllocationLimits, allocate, report_dict
 from compression.pruning.compensation import compensate_biases
 from compression.pruning.dependency import analyze
 from compression.pruning.importance import (
@@ -47,9 +48,15 @@ def channels_to_keep(size: int, sparsity: float, round_to: int, min_channels: in
 
 
 def plan_removal(
-    analysis: Analysis, scores: dict[int, np.ndarray], sparsity: float, round_to: int, min_channels: int
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    sparsity: float,
+    round_to: int,
+    min_channels: int,
+    sparsities: dict[int, float] | None = None,
 ) -> tuple[dict[int, np.ndarray], list[GroupReport]]:
-    """Least important channels of each prunable group; groups tiled from a head-dim group follow it."""
+    """Least important channels of each prunable group (`sparsities[group id]`, else `sparsity`); groups tiled
+    from a head-dim group follow it."""
     removal: dict[int, np.ndarray] = {}
     reports: list[GroupReport] = []
     tiled = [g for g in analysis.roots() if g.tile_of is not None]
@@ -61,7 +68,8 @@ def plan_removal(
             reports.append(GroupReport(producers=group.producers, channels=group.size, kept=group.size,
                                        status="skipped", reason=reasons))  # fmt: skip
             continue
-        keep = channels_to_keep(group.size, sparsity, round_to, min_channels)
+        level = sparsity if sparsities is None else sparsities.get(group.id, sparsity)
+        keep = channels_to_keep(group.size, level, round_to, min_channels)
         # Stable sort: ties (e.g. identical norms) drop the later channel, so results are reproducible.
         order = np.argsort(scores[group.id], kind="stable")
         removed = np.sort(order[: group.size - keep])
@@ -125,13 +133,15 @@ def structured_prune(
     check_canceled: Callable[[], None],
     bias_compensation: bool = False,
     reconstruction: ReconstructionLimits | None = None,
+    allocation: AllocationLimits | None = None,
 ) -> dict[str, Any]:
     """Remove `sparsity` of the channels of every prunable group; returns the per-group report and totals.
 
     With a dataset, activation statistics of the unpruned model drive `activation` importance and bias
     compensation (the mean of each removed channel folded into the next layer's bias), and with
     `reconstruction` the layers reading removed channels are refitted to the original's outputs by least
-    squares (`reconstruction.py`).
+    squares (`reconstruction.py`). With `allocation`, each group's sparsity comes from its measured output damage
+    at the same total of weights removed (`allocation.py`); without it every group loses `sparsity`.
     """
     model = load_for_pruning(model_path, dataset.first_feed(1) if dataset is not None else None)
     analysis = analyze(model, set(exclude))
@@ -143,7 +153,18 @@ def structured_prune(
         stats = probe_statistics(model, probe_targets(prunable), dataset, batch_size, max_samples, check_canceled)
     scores = group_scores(analysis, importance, stats)
     check_canceled()
-    removal, reports = plan_removal(analysis, scores, sparsity, round_to, min_channels)
+    sparsities: dict[int, float] | None = None
+    allocated: dict[str, Any] = {"method": "uniform"}
+    if allocation is not None:
+
+        def keep(size: int, level: float) -> int:
+            return channels_to_keep(size, level, round_to, min_channels)
+
+        sparsities, report = allocate(
+            model, analysis, scores, sparsity, keep, dataset, batch_size, allocation, check_canceled
+        )
+        allocated = report_dict(report)
+    removal, reports = plan_removal(analysis, scores, sparsity, round_to, min_channels, sparsities)
     compensated: list[str] = []
     if bias_compensation and stats:
         compensated = compensate_biases(model, analysis, removal, stats)
@@ -174,6 +195,7 @@ def structured_prune(
     else:
         summary["bias_compensation"] = compensated
     summary["reconstruction"] = refit
+    summary["allocation"] = allocated
     return summary
 
 

@@ -124,6 +124,7 @@ def test_reconstruct_off_gives_the_plain_prune(mlp: DevModel, tmp_path: Path) ->
                     "method": "structured",
                     "sparsity": 0.5,
                     "reconstruct": False,
+                    "allocation": "uniform",
                     "speed_check": False,
                     "recalibrate_batchnorm": False,
                 }
