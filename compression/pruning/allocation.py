@@ -34,6 +34,7 @@ import onnx_ir as ir
 from pydantic import BaseModel, Field
 
 from compression.datasets import Dataset
+from compression.errors import JobInterrupted
 from compression.graph_names import read_counts
 from compression.metrics.inference import make_session
 from compression.pruning.layout import Analysis, Group, Slot
@@ -74,7 +75,6 @@ class AllocationReport(BaseModel):
 @dataclass
 class _Trial:
     group: Group
-    per_channel: int  # weights removed per channel
     levels: list[float]  # candidate sparsities, 0 first
     damage: list[float]  # measured at each level
     kept: list[int]  # channels kept at each level
@@ -82,6 +82,7 @@ class _Trial:
 
 
 def _per_channel_weights(group: Group) -> int:
+    """Weights one channel of the group spans over its slots (overlaps counted twice: for ordering only)."""
     total = 0
     for slot in group.slots:
         value = slot.node.inputs[slot.input_index]
@@ -356,7 +357,7 @@ def _measure(
         damage = [0.0 if k == group.size else math.nan for k in kept]
         if kept[target] < group.size:
             damage[target] = trial_damage(group, slots, kept[target])
-        trials.append(_Trial(group, _per_channel_weights(group), levels, damage, kept))
+        trials.append(_Trial(group, levels, damage, kept))
     for trial, (_, slots) in zip(trials, tryable, strict=False):
         for index, value in enumerate(trial.damage):
             if not math.isnan(value):
@@ -420,10 +421,17 @@ def allocate(
             report.method, report.reason = "uniform", "the model has no float outputs to measure damage on"
             return uniform, report
         deadline = started + limits.seconds
-        report.samples = probe.fit_samples(dataset, min(limits.samples, dataset.n_samples), batch_size,
-                                           len(tryable), deadline)  # fmt: skip
         base = {name: model.graph.initializers[name].const_value.numpy() for name in names}  # type: ignore[union-attr]
-        trials = _measure(probe, tryable, scores, sparsity, keep, base, limits, deadline, check_canceled)
+        try:
+            report.samples = probe.fit_samples(dataset, min(limits.samples, dataset.n_samples), batch_size,
+                                               len(tryable), deadline)  # fmt: skip
+            trials = _measure(probe, tryable, scores, sparsity, keep, base, limits, deadline, check_canceled)
+        except JobInterrupted:
+            raise
+        except Exception as exc:  # a trial onnxruntime cannot run (or the run limit): the prune goes on uniform
+            report.method, report.reason = "uniform", f"a trial run failed: {str(exc).splitlines()[0][:200]}"
+            report.groups = []
+            return uniform, report
     for group, _ in tryable[len(trials) :]:
         report.groups.append(GroupDamage(producers=group.producers, channels=group.size, sparsity=sparsity,
                                          note="not measured: prune_allocation_seconds ran out"))  # fmt: skip

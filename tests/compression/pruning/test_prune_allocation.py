@@ -172,3 +172,15 @@ def test_levels_there_was_no_time_for_are_extrapolated(tmp_path: Path, monkeypat
         assert trial.estimated == {i for i, level in enumerate(trial.levels) if level not in (0.0, 0.5)}
         quarter = trial.levels.index(0.25)
         assert trial.damage[quarter] == pytest.approx(trial.damage[target] * 0.5**allocation.EXPONENT)
+
+
+def test_a_failing_trial_falls_back_to_uniform(tmp_path: Path, monkeypatch) -> None:
+    def fail(self, weights):  # noqa: ANN001
+        raise RuntimeError("onnxruntime cannot run this trial")
+
+    monkeypatch.setattr(allocation._Probe, "damage", fail)
+    source = _two_branches(tmp_path / "two.onnx")
+    calibration, _ = _data(source)
+    report = prune(source, tmp_path / "pruned.onnx", 0.5, dataset=calibration, allocation=LIMITS)
+    assert report["allocation"]["method"] == "uniform" and "cannot run this trial" in report["allocation"]["reason"]
+    assert _kept(report, "fc_a") == _kept(report, "fc_b") == 8
