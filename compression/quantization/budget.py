@@ -195,6 +195,24 @@ class Verdict(BaseModel):
     collapsed_outputs: list[str] = Field(default_factory=list)
     outputs: dict[str, OutputJudgement] = Field(default_factory=dict, description="per output: metric, why, figure")
 
+    def miss(self) -> float:
+        """How far the worst output is from its limit, as a multiple of the allowed change (<= 1: within): a
+        rate's drop over the budget, a cosine's distance from 1 over the floor's, the SNR floor over the SNR.
+        Load-independent, so it can order candidates whose costs are a near tie."""
+        worst = 0.0
+        for judged in self.outputs.values():
+            value, threshold = judged.value, judged.threshold
+            if value is None or threshold is None:
+                continue
+            if judged.metric in RATES:
+                ratio = value / threshold if threshold > 0 else (0.0 if value <= 0 else float("inf"))
+            elif judged.metric == BudgetMetric.SNR_DB:
+                ratio = threshold / value if value > 0 else float("inf")
+            else:
+                ratio = (1.0 - value) / (1.0 - threshold) if threshold < 1 else float("inf")
+            worst = max(worst, ratio)
+        return worst
+
 
 def _floor_failures(name: str, out: OutputFidelity, budget: Budget) -> list[str]:
     """Reasons the output counts as collapsed (empty when every floor holds).

@@ -155,6 +155,11 @@ class BudgetSearch:
         return self._state is not None and self._state[0].best.verdict.ok
 
     @property
+    def first_miss(self) -> float:
+        """How far the first attempt missed the budget (`Verdict.miss`); infinite before `start` or without one."""
+        return self._state[0].best.verdict.miss() if self._state is not None else float("inf")
+
+    @property
     def first_bytes(self) -> int | None:
         """The size of the first attempt's model (after `start`); None when it produced none."""
         path = self._state[0].best.path if self._state is not None else None
