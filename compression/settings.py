@@ -286,7 +286,7 @@ class PruneSettings(SettingsGroup):
     )
     reconstruct_samples: int = Field(64, ge=1, description="calibration samples the reconstruction runs on")
     allocation_seconds: float = Field(
-        20.0,
+        15.0,
         gt=0,
         description="time budget of structured pruning's sensitivity allocation (each group tried alone at a few "
         "sparsities); groups not measured when it is spent keep the requested sparsity",

@@ -96,8 +96,8 @@ def test_without_data_or_time_every_group_keeps_the_requested_sparsity(tmp_path:
     hurried = AllocationLimits(seconds=1e-9, samples=16, max_group_sparsity=0.8)
     report = prune(source, tmp_path / "no_time.onnx", 0.5, dataset=calibration, allocation=hurried)
     allocation = report["allocation"]
+    assert allocation["method"] == "uniform" and "one trial for 0 of 2 groups" in allocation["reason"]
     assert allocation["groups_measured"] == 0 and allocation["groups_fixed"] == 2
-    assert all("prune_allocation_seconds" in g["note"] for g in allocation["groups"])
     assert _kept(report, "fc_a") == _kept(report, "fc_b") == 8
 
 
