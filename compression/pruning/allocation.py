@@ -4,17 +4,19 @@ Uniform structured pruning removes the same fraction of every group, yet groups 
 in how much the model's outputs move when they lose channels (a recurrent layer's hidden units or a detector's
 last stage against a wide early convolution). With calibration data, each prunable group is tried alone at a
 few sparsities (its least important channels, in the same order the prune uses) and the damage is measured:
-the mean relative squared error of the model's float outputs on a few calibration feeds. Then each group gets
-the level that minimizes the summed damage while the total weights removed are at least what uniform pruning
-at the requested sparsity removes (a Lagrangian search over one multiplier), so a prune at 0.3 is as small
-as before, with its cuts where they hurt least.
+the relative squared error of the model's float outputs on a few calibration samples (`_damage`). Then each
+group gets the level that keeps the summed damage lowest while the weights removed in all, counted exactly
+over the sliced initializers, are at least what uniform pruning at the requested sparsity removes (a local
+search from the uniform levels, `_choose`), so a prune at 0.3 is at least as small, with its cuts where they
+hurt least.
 
 A trial never rewrites the graph: removing a group's channels leaves its consumers reading nothing from them,
 which is what zeroing the consumers' input weights for those channels does. The consumers' weights become
 overridable graph inputs of one probe session, and each trial feeds zeroed copies (one session, no rebuild).
-Groups this cannot try (attention-head tiles, weights inside If/Loop/Scan bodies, a group without main-graph
-consumer weights) keep the requested sparsity, as does every group when the time budget
-(`prune_allocation_seconds`) runs out before they are measured.
+Groups this cannot try (attention-head tiles, consumer weights inside If/Loop/Scan bodies or also read
+elsewhere, a group without consumer weights) keep the requested sparsity. The time budget
+(`prune_allocation_seconds`) first buys every group one trial at the requested level, then the other levels
+(extrapolated when time runs out); when it cannot buy every group its one trial, the prune stays uniform.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class GroupDamage(BaseModel):
     producers: list[str]
     channels: int
     sparsity: float  # the level chosen
-    damage: dict[str, float] = Field(default_factory=dict)  # level -> mean relative squared output error
+    damage: dict[str, float] = Field(default_factory=dict)  # level -> relative squared output error (_damage)
     estimated: list[str] | None = None  # levels whose damage was extrapolated from the requested level's
     note: str | None = None  # why the group kept the requested sparsity
 
@@ -197,6 +199,11 @@ def _damage(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]], 
     return 0.5 * (float(np.mean(values)) + float(np.max(values))) if values else 0.0
 
 
+def _cut(trials: list[_Trial], picks: list[int], uniform_cut: dict[int, int]) -> dict[int, int]:
+    """Channels removed per group id: the trials' picked levels, uniform pruning's for the groups not tried."""
+    return {**uniform_cut, **{t.group.id: t.group.size - t.kept[i] for t, i in zip(trials, picks, strict=True)}}
+
+
 def _choose(
     trials: list[_Trial], start: list[int], counter: _WeightCount, uniform_cut: dict[int, int], max_moves: int = 10_000
 ) -> list[int]:
@@ -209,14 +216,9 @@ def _choose(
     middle levels.
     """
     picks = list(start)
-
-    def cut_of(choice: list[int]) -> dict[int, int]:
-        own = {t.group.id: t.group.size - t.kept[i] for t, i in zip(trials, choice, strict=True)}
-        return {**uniform_cut, **own}
-
-    target = counter.removed(cut_of(picks))
+    target = counter.removed(_cut(trials, picks, uniform_cut))
     for _ in range(max_moves):
-        cut = cut_of(picks)
+        cut = _cut(trials, picks, uniform_cut)
         slack = counter.removed(cut) - target
         moves = [
             (
@@ -256,16 +258,11 @@ def _choose(
 def _meet_exact_target(
     trials: list[_Trial], picks: list[int], counter: _WeightCount, uniform_cut: dict[int, int]
 ) -> list[int]:
-    """`picks` cut deeper where it costs the least damage per weight until they remove, counted exactly, at least
-    as many weights as uniform pruning (the search counted per channel, which misjudges overlapping cuts)."""
+    """`picks` cut deeper where it costs the least damage per weight until they remove at least as many weights as
+    uniform pruning (a pair move of `_choose` adds the two groups' gains, which overlapping cuts do not)."""
     picks = list(picks)
     target = counter.removed(uniform_cut)
-
-    def cut_of(choice: list[int]) -> dict[int, int]:
-        own = {t.group.id: t.group.size - t.kept[i] for t, i in zip(trials, choice, strict=True)}
-        return {**uniform_cut, **own}
-
-    cut = cut_of(picks)
+    cut = _cut(trials, picks, uniform_cut)
     while counter.removed(cut) < target:
         best: tuple[float, int, int] | None = None
         for index, trial in enumerate(trials):
@@ -279,7 +276,7 @@ def _meet_exact_target(
         if best is None:
             break
         picks[best[1]] = best[2]
-        cut = cut_of(picks)
+        cut = _cut(trials, picks, uniform_cut)
     return picks
 
 
@@ -450,7 +447,7 @@ def allocate(
         uniform_cut = {g.id: g.size - keep(g.size, sparsity) for g in prunable}
         picks = _choose(trials, target_level, counter, uniform_cut)
         picks = _meet_exact_target(trials, picks, counter, uniform_cut)
-        cut = {**uniform_cut, **{t.group.id: t.group.size - t.kept[i] for t, i in zip(trials, picks, strict=True)}}
+        cut = _cut(trials, picks, uniform_cut)
         report.weights_removed_uniform = counter.removed(uniform_cut)
         report.weights_removed = counter.removed(cut)
         report.damage_uniform = float(sum(t.damage[i] for t, i in zip(trials, target_level, strict=True)))
