@@ -321,6 +321,19 @@ class _Probe:
         return _damage(self.reference, self.run(weights), self.batched)
 
 
+UNREACHED = (
+    "no measured cut moved the outputs at all: the calibration data never reaches these channels (an If branch it "
+    "does not take), so the group keeps the requested sparsity instead of losing the most"
+)
+
+
+def _unreached(trial: _Trial) -> bool:
+    """Every measured level that removes channels left the outputs exactly as they were."""
+    measured = [d for i, (d, k) in enumerate(zip(trial.damage, trial.kept, strict=True))
+                if k < trial.group.size and i not in trial.estimated]  # fmt: skip
+    return bool(measured) and all(d == 0.0 for d in measured)
+
+
 EXPONENT = 1.5  # damage ~ level ** EXPONENT: the extrapolation of levels there was no time to measure
 UNKNOWN = 1e9  # the damage of a level neither measured nor extrapolated
 
@@ -438,6 +451,10 @@ def allocate(
         report.groups_measured, report.groups_fixed, report.groups = len(trials), len(tryable) - len(trials), []
         report.seconds = round(time.monotonic() - started, 3)
         return uniform, report
+    for trial in [t for t in trials if _unreached(t)]:
+        trials.remove(trial)
+        report.groups.append(GroupDamage(producers=trial.group.producers, channels=trial.group.size,
+                                         sparsity=sparsity, note=UNREACHED))  # fmt: skip
     report.groups_measured = len(trials)
     report.groups_fixed = len(report.groups)
     chosen = dict(uniform)

@@ -24,12 +24,12 @@ from compression.spec import CompressionSpec
 LIMITS = AllocationLimits(seconds=60.0, samples=16, max_group_sparsity=0.8)
 
 
-def _two_branches(path: Path) -> Path:
+def _two_branches(path: Path, b_scale: float = 0.01) -> Path:
     """y = fc_a_out(relu(fc_a(x))) + fc_b_out(relu(fc_b(x))); branch b's output weights are 100x smaller, so its
     hidden units barely move y. Both hidden layers are 16 wide with the same weights per channel."""
     rng = np.random.default_rng(0)
     inits, nodes = [], []
-    for branch, scale in (("a", 1.0), ("b", 0.01)):
+    for branch, scale in (("a", 1.0), ("b", b_scale)):
         inits += [
             numpy_helper.from_array(rng.normal(0, 0.5, (8, 16)).astype(np.float32), f"w_{branch}"),
             numpy_helper.from_array(np.full(16, 0.1, np.float32), f"b_{branch}"),
@@ -184,3 +184,14 @@ def test_a_failing_trial_falls_back_to_uniform(tmp_path: Path, monkeypatch) -> N
     report = prune(source, tmp_path / "pruned.onnx", 0.5, dataset=calibration, allocation=LIMITS)
     assert report["allocation"]["method"] == "uniform" and "cannot run this trial" in report["allocation"]["reason"]
     assert _kept(report, "fc_a") == _kept(report, "fc_b") == 8
+
+
+def test_a_group_the_data_never_reaches_keeps_the_requested_sparsity(tmp_path: Path) -> None:
+    """Branch b's output weights are zero, as for channels behind an If branch the calibration data never takes:
+    no cut moves the outputs, which says nothing about how much it matters, so it is not cut deeper."""
+    source = _two_branches(tmp_path / "two.onnx", b_scale=0.0)
+    calibration, _ = _data(source)
+    report = prune(source, tmp_path / "pruned.onnx", 0.5, dataset=calibration, allocation=LIMITS)
+    groups = {g["producers"][0]: g for g in report["allocation"]["groups"]}
+    assert "never reaches" in groups["fc_b"]["note"] and groups["fc_b"]["sparsity"] == 0.5
+    assert _kept(report, "fc_b") == 8 and report["allocation"]["groups_measured"] == 1
