@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 
 from compression.datasets import Dataset
 from compression.errors import JobInterrupted
-from compression.graph_names import read_counts
+from compression.graph_names import iter_graphs, read_counts
 from compression.metrics.inference import make_session
 from compression.pruning.layout import Analysis, Group, Slot
 
@@ -134,23 +134,39 @@ class _WeightCount:
         return sum(self._left(name, cut) - self._left(name, moved) for name in names)
 
 
-def _consumer_slots(group: Group, model: ir.Model, reads: Counter[str]) -> list[Slot] | str:
-    """The slots whose zeroing stands for removing the group's channels, or why the group cannot be tried."""
+def _consumer_slots(group: Group, reads: Counter[str], defined: Counter[str]) -> list[Slot] | str:
+    """The slots whose zeroing stands for removing the group's channels, or why the group cannot be tried.
+
+    A consumer weight must be an initializer (of the main graph, or of an If/Loop/Scan body, which the probe
+    moves to the main graph: the body then reads it from the outer scope) whose name is defined once in the model.
+    """
     if group.tile_of is not None:
         return "attention-head tile: follows its head group"
     slots = [slot for slot in group.slots if slot.role == "weight_in"]
     if not slots:
         return "no consumer weights to zero"
-    main = model.graph.initializers
     own: Counter[str] = Counter()
     for slot in slots:
         value = slot.node.inputs[slot.input_index]
-        if value is None or value.name not in main or main[value.name] is not value:
-            return "a consumer's weight is not a main-graph initializer (inside a body or computed)"
+        graph = value.graph if value is not None else None
+        if value is None or graph is None or graph.initializers.get(value.name) is not value:
+            return "a consumer's weight is not an initializer (computed in the graph)"
+        if defined[value.name] != 1:
+            return "a consumer's weight shares its name with another value of the model (in another body)"
         own[value.name] += 1
     if any(reads[name] > count for name, count in own.items()):  # a feed would change the other readers too
         return "a consumer's weight is also read elsewhere (another node or an If/Loop/Scan body)"
     return slots
+
+
+def _definitions(graph: onnx.GraphProto) -> Counter[str]:
+    """How many times each name is defined (graph inputs, initializers, node outputs), bodies included."""
+    counts: Counter[str] = Counter()
+    for scope in iter_graphs(graph):
+        counts.update(value.name for value in scope.input)
+        counts.update(init.name for init in scope.initializer)
+        counts.update(name for node in scope.node for name in node.output if name)
+    return counts
 
 
 def _levels(sparsity: float, cap: float) -> list[float]:
@@ -287,6 +303,10 @@ class _Probe:
         self, proto: onnx.ModelProto, names: set[str], feeds: list[dict[str, np.ndarray]], folder: Path
     ) -> None:
         declared = {i.name for i in proto.graph.input}
+        for body in list(iter_graphs(proto.graph))[1:]:  # body weights move out: the body reads the outer value
+            for init in [init for init in body.initializer if init.name in names]:
+                body.initializer.remove(init)
+                proto.graph.initializer.append(init)
         for init in proto.graph.initializer:
             if init.name in names and init.name not in declared:
                 proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
@@ -406,9 +426,9 @@ def allocate(
     report = AllocationReport(method="sensitivity")
     tryable: list[tuple[Group, list[Slot]]] = []
     proto = ir.to_proto(model)
-    reads = read_counts(proto.graph)
+    reads, defined = read_counts(proto.graph), _definitions(proto.graph)
     for group in prunable:
-        slots = _consumer_slots(group, model, reads)
+        slots = _consumer_slots(group, reads, defined)
         if isinstance(slots, str):
             report.groups.append(GroupDamage(producers=group.producers, channels=group.size, sparsity=sparsity,
                                              note=slots))  # fmt: skip
@@ -431,7 +451,11 @@ def allocate(
             report.method, report.reason = "uniform", "the model has no float outputs to measure damage on"
             return uniform, report
         deadline = started + limits.seconds
-        base = {name: model.graph.initializers[name].const_value.numpy() for name in names}  # type: ignore[union-attr]
+        base = {
+            slot.node.inputs[slot.input_index].name: slot.node.inputs[slot.input_index].const_value.numpy()  # type: ignore[union-attr]
+            for _, slots in tryable
+            for slot in slots
+        }
         try:
             report.samples = probe.fit_samples(dataset, min(limits.samples, dataset.n_samples), batch_size,
                                                len(tryable), deadline)  # fmt: skip

@@ -195,3 +195,51 @@ def test_a_group_the_data_never_reaches_keeps_the_requested_sparsity(tmp_path: P
     groups = {g["producers"][0]: g for g in report["allocation"]["groups"]}
     assert "never reaches" in groups["fc_b"]["note"] and groups["fc_b"]["sparsity"] == 0.5
     assert _kept(report, "fc_b") == 8 and report["allocation"]["groups_measured"] == 1
+
+
+def _branches(path: Path) -> Path:
+    """y = If(flag) {Conv a -> Relu -> Conv b} else {the same with other weights}: every weight a body initializer."""
+    rng = np.random.default_rng(11)
+
+    def branch(name: str) -> onnx.GraphProto:
+        inits = [
+            numpy_helper.from_array(rng.normal(0, 0.4, (8, 2, 3, 3)).astype(np.float32), f"{name}_a.w"),
+            numpy_helper.from_array(np.full(8, 0.1, np.float32), f"{name}_a.b"),
+            numpy_helper.from_array(rng.normal(0, 0.4, (4, 8, 3, 3)).astype(np.float32), f"{name}_b.w"),
+        ]
+        nodes = [
+            helper.make_node("Conv", ["x", f"{name}_a.w", f"{name}_a.b"], [f"{name}_a"], name=f"{name}_a", pads=[1] * 4),
+            helper.make_node("Relu", [f"{name}_a"], [f"{name}_r"]),
+            helper.make_node("Conv", [f"{name}_r", f"{name}_b.w"], [f"{name}_out"], name=f"{name}_b", pads=[1] * 4),
+        ]  # fmt: skip
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)],
+                                 inits)  # fmt: skip
+
+    if_node = helper.make_node("If", ["flag"], ["y"], name="if", then_branch=branch("then"), else_branch=branch("else"))
+    graph = helper.make_graph(
+        [if_node],
+        "branches",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 5, 5]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 5, 5])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_weights_inside_a_taken_branch_are_measured_and_the_other_branch_keeps_its_sparsity(tmp_path: Path) -> None:
+    """Body initializers move to the probe's main graph (the body reads them from the outer scope), so the groups
+    of the branch the data takes are measured; the other branch's are never reached and keep the request."""
+    source = _branches(tmp_path / "branches.onnx")
+    x = np.random.default_rng(12).normal(size=(16, 2, 5, 5)).astype(np.float32)
+    calibration = Dataset.bind({"x": x, "flag": np.array(True)}, inspect_model(source).inputs)
+    out = tmp_path / "pruned.onnx"
+    report = prune(source, out, 0.5, importance="l2", dataset=calibration, allocation=LIMITS)
+    groups = {g["producers"][0]: g for g in report["allocation"]["groups"]}
+    assert report["allocation"]["method"] == "sensitivity"
+    assert groups["then_a"]["damage"]["0.5"] > 0 and groups["then_a"].get("note") is None
+    assert "never reaches" in groups["else_a"]["note"] and groups["else_a"]["sparsity"] == 0.5
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    for flag in (True, False):  # both branches still run
+        y = run(out, {"x": x[:4], "flag": np.array(flag)})[0]
+        assert y.shape == (4, 4, 5, 5) and np.isfinite(y).all()
