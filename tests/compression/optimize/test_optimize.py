@@ -57,8 +57,13 @@ def test_returns_a_candidate_within_the_accuracy_target(residual_cnn, tmp_path: 
     assert result.metrics.ratios["size"] < 0.5  # int8 at least
     pruned = details["candidates"][1]
     assert pruned["steps"][:2] == ["prune", "distill"], pruned
-    # quantize (auto) gives a QDQ graph here: quantization-aware fine-tuning follows it
-    assert pruned["steps"][3].startswith("distill (QAT)") and not pruned["skipped"], pruned
+    assert pruned["steps"][2].startswith("quantize"), pruned
+    # quantization-aware fine-tuning follows when quantize (auto) returned a QDQ graph; which mode auto picks
+    # depends on the CPU (static int8 gains with VNNI, and is slower than float without it)
+    if len(pruned["steps"]) > 3:
+        assert pruned["steps"][3].startswith("distill (QAT)") and not pruned["skipped"], pruned
+    else:
+        assert pruned["skipped"] == ["distill (QAT): quantize returned no QDQ graph with integer weights"], pruned
     assert sum(1 for message, _ in sink.messages if message == "optimize: candidate finished") == 2
 
 
