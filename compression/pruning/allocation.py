@@ -215,14 +215,15 @@ def _damage(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]], 
     return 0.5 * (float(np.mean(values)) + float(np.max(values))) if values else 0.0
 
 
+MOVES_PER_GROUP = 8  # the local search stops after this many moves per measured group (4 levels each)
+
+
 def _cut(trials: list[_Trial], picks: list[int], uniform_cut: dict[int, int]) -> dict[int, int]:
     """Channels removed per group id: the trials' picked levels, uniform pruning's for the groups not tried."""
     return {**uniform_cut, **{t.group.id: t.group.size - t.kept[i] for t, i in zip(trials, picks, strict=True)}}
 
 
-def _choose(
-    trials: list[_Trial], start: list[int], counter: _WeightCount, uniform_cut: dict[int, int], max_moves: int = 10_000
-) -> list[int]:
+def _choose(trials: list[_Trial], start: list[int], counter: _WeightCount, uniform_cut: dict[int, int]) -> list[int]:
     """Level indices with the least summed damage among those removing at least what `start` removes.
 
     Local search from `start` (the requested sparsity everywhere): each move changes one group's level, or two
@@ -233,7 +234,7 @@ def _choose(
     """
     picks = list(start)
     target = counter.removed(_cut(trials, picks, uniform_cut))
-    for _ in range(max_moves):
+    for _ in range(MOVES_PER_GROUP * len(trials)):  # bounded: every move is a full pass over the candidates
         cut = _cut(trials, picks, uniform_cut)
         slack = counter.removed(cut) - target
         moves = [
