@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 
 from compression.datasets import Dataset
 from compression.errors import JobInterrupted
-from compression.graph_names import iter_graphs, read_counts
+from compression.graph_names import defined_names, iter_graphs, read_counts
 from compression.metrics.inference import make_session
 from compression.pruning.layout import Analysis, Group, Slot
 
@@ -81,19 +81,6 @@ class _Trial:
     damage: list[float]  # measured at each level
     kept: list[int]  # channels kept at each level
     estimated: set[int] = field(default_factory=set)  # level indices extrapolated, not measured
-
-
-def _per_channel_weights(group: Group) -> int:
-    """Weights one channel of the group spans over its slots (overlaps counted twice: for ordering only)."""
-    total = 0
-    for slot in group.slots:
-        value = slot.node.inputs[slot.input_index]
-        if value is None or value.const_value is None:
-            continue
-        dims = value.const_value.shape.numpy()
-        if slot.axis < len(dims) and dims[slot.axis]:
-            total += int(np.prod(dims)) // int(dims[slot.axis]) * slot.block
-    return total
 
 
 class _WeightCount:
@@ -160,13 +147,8 @@ def _consumer_slots(group: Group, reads: Counter[str], defined: Counter[str]) ->
 
 
 def _definitions(graph: onnx.GraphProto) -> Counter[str]:
-    """How many times each name is defined (graph inputs, initializers, node outputs), bodies included."""
-    counts: Counter[str] = Counter()
-    for scope in iter_graphs(graph):
-        counts.update(value.name for value in scope.input)
-        counts.update(init.name for init in scope.initializer)
-        counts.update(name for node in scope.node for name in node.output if name)
-    return counts
+    """How many graphs define each name (inputs, initializers, node outputs), bodies included."""
+    return Counter(name for scope in iter_graphs(graph) for name in defined_names(scope))
 
 
 def _levels(sparsity: float, cap: float) -> list[float]:
@@ -438,8 +420,9 @@ def allocate(
     if not tryable:
         report.method, report.reason = "uniform", "no group can be tried"
         return uniform, report
-    # largest groups first: when the budget runs out, the groups that decide the size were measured
-    tryable.sort(key=lambda item: -item[0].size * _per_channel_weights(item[0]))
+    # largest groups first (the weights they span): when the budget runs out, those that decide the size were measured
+    counter = _WeightCount(prunable)
+    tryable.sort(key=lambda item: -counter.gain({}, item[0].id, item[0].size))
     feeds = [feed for feed, _ in dataset.take(limits.samples).batches(batch_size)]
     names = {slot.node.inputs[slot.input_index].name for _, slots in tryable for slot in slots}  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory() as tmp:
@@ -485,7 +468,6 @@ def allocate(
     chosen = dict(uniform)
     if trials:
         target_level = [t.levels.index(sparsity) for t in trials]
-        counter = _WeightCount(prunable)
         uniform_cut = {g.id: g.size - keep(g.size, sparsity) for g in prunable}
         picks = _choose(trials, target_level, counter, uniform_cut)
         picks = _meet_exact_target(trials, picks, counter, uniform_cut)
