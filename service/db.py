@@ -8,6 +8,8 @@ on the job's side never delays a lease renewal, and a renewal that hangs gives u
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -20,13 +22,29 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.settings import Settings
 
 DB_TIMEOUT_S = 30.0  # the job store's lock wait (SQLite busy timeout)
+WAL_RETRY_S = 0.05
+
+
+def _enable_wal(cursor: sqlite3.Cursor, timeout_s: float) -> None:
+    """Switch to WAL, retrying until `timeout_s`: when several processes open a new database file at once, the
+    switch answers "database is locked" at once (SQLite does not call the busy handler there: two connections
+    upgrading the same shared lock would deadlock), so the busy timeout does not cover it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(WAL_RETRY_S)
 
 
 def _sqlite_pragmas(timeout_s: float) -> Any:
     def set_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+        _enable_wal(cursor, timeout_s)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -17,7 +17,7 @@ import yaml
 from alembic import command
 from sqlalchemy import inspect, text
 
-from service.db import forget_inherited_connections, get_engine
+from service.db import engine_for, forget_inherited_connections, get_engine
 from service.schema import (
     BASELINE_REVISION,
     SchemaNotCurrentError,
@@ -172,3 +172,30 @@ def test_compose_migrates_once_before_api_and_workers() -> None:
     assert services["migrate"]["restart"] == "no"
     for name in ("api", "worker"):
         assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+
+
+def _open_in_child(url: str, barrier: Barrier, results: Queue) -> None:
+    forget_inherited_connections()
+    barrier.wait()
+    try:
+        with engine_for(url).connect() as connection:
+            results.put(connection.exec_driver_sql("PRAGMA journal_mode").scalar())
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_new_sqlite_database_at_once_all_get_wal(tmp_path: Path) -> None:
+    """The api and a worker starting together on a new embedded database: switching it to WAL answered
+    "database is locked" at once to all but one (without the busy timeout); now each open waits its turn.
+    Before the fix about one round in four failed, so 12 rounds of 4 processes catch it."""
+    context = multiprocessing.get_context("fork")
+    for round_number in range(12):
+        url = f"sqlite:///{tmp_path / f'new-{round_number}.db'}"
+        barrier, results = context.Barrier(4), context.Queue()
+        children = [context.Process(target=_open_in_child, args=(url, barrier, results)) for _ in range(4)]
+        for child in children:
+            child.start()
+        outcomes = [results.get(timeout=120) for _ in children]
+        for child in children:
+            child.join(timeout=60)
+        assert outcomes == ["wal"] * 4, outcomes
