@@ -188,10 +188,12 @@ def bench_model(name: str, spec_json: str, folder: Path, args: argparse.Namespac
     work.mkdir(parents=True, exist_ok=True)
     calibration = third_party_inputs.calibration_set(name)
     third_party_inputs.write_npz(calibration, work / "calibration.npz")
-    n = third_party_inputs.n_samples(calibration)
+    # the job's train data: the calibration set itself, or --train-samples unlabeled inputs of the same kind
+    train = third_party_inputs.calibration_set(name, args.train_samples) if args.train_samples else calibration
+    n = third_party_inputs.n_samples(train)
     keep = n - max(2, n // 5)
-    third_party_inputs.write_npz({k: v[:keep] for k, v in calibration.items()}, work / "train.npz")
-    third_party_inputs.write_npz({k: v[keep:] for k, v in calibration.items()}, work / "selection.npz")
+    third_party_inputs.write_npz({k: v[:keep] for k, v in train.items()}, work / "train.npz")
+    third_party_inputs.write_npz({k: v[keep:] for k, v in train.items()}, work / "selection.npz")
     record_path = work / RESULT_FILE
     if args.rejudge:  # a finished job folder of an earlier run: judged again, not rerun
         if not record_path.is_file():
@@ -289,6 +291,9 @@ def main() -> None:
     parser.add_argument("--augment", type=int, default=None, help="mixed copies per train sample (engine default)")
     parser.add_argument("--no-fresh-copies", action="store_true", help="the same mixed copies every epoch")
     parser.add_argument("--max-seconds", type=float, default=90.0, help="training time budget per model")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="unlabeled train inputs drawn like the calibration set (default: the calibration set "
+                        "itself, 16-32 samples); the last fifth picks the best state")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=420.0, help="wall-time limit per job (prune + distill)")
     parser.add_argument("--max-rss-mb", type=float, default=6000.0)
     parser.add_argument("--json", type=Path, default=None)
