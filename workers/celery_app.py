@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 
 from service.queue import broker_transport_options, job_queue, webhook_queue
 from service.settings import Settings, get_settings
@@ -14,8 +17,6 @@ from workers import observability  # noqa: F401  (connects the logging and task-
 def make_celery(settings: Settings) -> Celery:
     tasks = ["workers.tasks", "workers.recovery", "workers.webhook_tasks"]
     celery = Celery("onnx_compress", broker=settings.resolved_broker_url, include=tasks)
-    if settings.resolved_broker_url.startswith("sqla+sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
     celery.conf.update(
         task_queues=[job_queue(settings), webhook_queue(settings)],  # the queues service.queue publishes to
         task_default_queue=settings.queue_name,
@@ -35,6 +36,18 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
     )
     return celery
+
+
+EMBEDDED_BROKER_PREFIX = "sqla+sqlite:///"
+
+
+@worker_init.connect
+def _make_embedded_broker_folder(sender: Any = None, **_: Any) -> None:
+    """The embedded (SQLite) broker's folder is made when a worker starts, not when this module is imported
+    (importing it, as `celery inspect` or a health check does, must not create ./data in the working directory)."""
+    url = str(getattr(getattr(sender, "app", None), "conf", {}).get("broker_url") or "")
+    if url.startswith(EMBEDDED_BROKER_PREFIX):
+        Path(url.removeprefix(EMBEDDED_BROKER_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
 
 
 @lru_cache

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from functools import cache
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from celery import Celery
+from celery import Celery, signals
 from celery.worker.request import Request
 
 from service.queue import (
@@ -24,6 +27,9 @@ from service.queue import (
 )
 from service.settings import Settings
 from tests.service.stack import REDIS_URL
+from workers.celery_app import get_celery
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @cache
@@ -101,3 +107,23 @@ def test_broker_down_is_one_clear_error(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", broker_url="redis://127.0.0.1:1/0")
     with pytest.raises(BrokerUnavailableError, match="127.0.0.1:1"):
         enqueue_job(settings, "job-1")
+
+
+def test_importing_the_celery_app_creates_no_folder_and_a_starting_worker_makes_its_broker_folder(
+    tmp_path: Path,
+) -> None:
+    """Importing workers.celery_app (celery inspect, health checks) used to create ./data in the working
+    directory; the embedded broker's folder is now made by the worker_init signal, when a worker starts."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATA_DIR", "BROKER_URL", "DATABASE_URL"}}
+    code = "import workers.tasks, workers.celery_app"
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(cwd.iterdir()) == []
+    data_dir = tmp_path / "fresh" / "data"
+    app = get_celery(Settings(data_dir=data_dir))
+    starting_worker = type("WorkController", (), {"app": app})()  # what Celery sends: a hashable object with .app
+    signals.worker_init.send(sender=starting_worker)
+    assert data_dir.is_dir()
