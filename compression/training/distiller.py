@@ -19,6 +19,7 @@ from onnx import numpy_helper
 
 from compression.datasets import Dataset
 from compression.errors import CompressionError, DatasetMismatchError
+from compression.metrics.activation_size import activation_size
 from compression.settings import EngineSettings
 from compression.training import losses
 from compression.training.augment import augment, auto_copies
@@ -245,7 +246,7 @@ class Distiller:
         hint_names = [h.teacher for h in config.hints] + self.auto_hints
         self.hint_names = hint_names
         max_bytes = settings.distill.max_target_mb << 20
-        batch = settings.evaluation.batch_size
+        batch = self.run_batch = _memory_batch(teacher_path, train, settings)
         self.batch_axes: dict[str, int] = {}  # outputs whose samples are not on axis 0 (time-major sequences)
         threads = settings.distill.threads
         # the given samples first (timed): copies the time budget could never train on are not labelled
@@ -334,7 +335,7 @@ class Distiller:
         label_plan = next((p for p in self.plans if p.use_labels), None)
         kl_plan = label_plan or next((p for p in self.plans if p.kind == "kl"), None)
         total_loss, seen, correct, agree, rows = 0.0, 0, 0, 0, 0
-        step = self.settings.evaluation.batch_size if self.eval.dataset.layout == "batched" else 1
+        step = self.run_batch if self.eval.dataset.layout == "batched" else 1
         with torch.no_grad():
             for start in range(0, self.eval.n, step):
                 index = np.arange(start, min(start + step, self.eval.n))
@@ -418,7 +419,7 @@ class Distiller:
         data = Dataset(arrays=arrays, labels=None, layout=given.layout, synthetic=given.synthetic,
                        scalars=given.scalars)  # fmt: skip
         label = functools.partial(teacher_targets, self.teacher_path, extra=self.hint_names,
-                                  threads=settings.distill.threads, batch_size=settings.evaluation.batch_size,
+                                  threads=settings.distill.threads, batch_size=self.run_batch,
                                   max_bytes=settings.distill.max_target_mb << 20, batch_axes=self.batch_axes)  # fmt: skip
         targets = label(copies)
         if any(t.shape[1:] != targets[name].shape[1:] for name, t in self.train.targets.items()):
@@ -583,7 +584,7 @@ class Distiller:
     def guard(self, trained: onnx.ModelProto) -> GuardVerdict:
         """The input student and the trained one, run by onnxruntime on the selection data against the teacher."""
         pairs = [(p.student_output, p.teacher_output) for p in self.plans]
-        threads, batch = self.settings.distill.threads, self.settings.evaluation.batch_size
+        threads, batch = self.settings.distill.threads, self.run_batch
         max_bytes = self.settings.distill.max_target_mb << 20
         data, targets = self.eval.dataset, self.eval.targets
         if data.n_samples < GUARD_SAMPLES and data.labels is None:
@@ -665,6 +666,17 @@ def lr_factor(progress: float, warmup: float) -> float:
         return (progress + 1e-3) / warmup
     rest = (progress - warmup) / max(1.0 - warmup, 1e-9)
     return 0.5 * (1.0 + math.cos(math.pi * min(max(rest, 0.0), 1.0)))
+
+
+def _memory_batch(teacher_path: Path, data: Dataset, settings: EngineSettings) -> int:
+    """Samples per inference batch (teacher labelling, selection checks, the guard): eval_batch_size, fewer when
+    one batch's intermediate tensors would pass eval_activation_memory_mb (measured on one sample of the teacher;
+    a pruned student's are smaller). A 640x640 detector's 128 train samples in one batch needed over 6 GB."""
+    knobs = settings.evaluation
+    if data.layout != "batched" or data.n_samples <= 1:
+        return knobs.batch_size
+    size = activation_size(teacher_path, data.take(1).first_feed(1))
+    return int(max(1, min(knobs.batch_size, (knobs.activation_memory_mb << 20) // size.activations)))
 
 
 def _common(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
