@@ -69,7 +69,7 @@ class AllocationReport(BaseModel):
     groups_fixed: int = 0
     weights_removed_uniform: int = 0  # what uniform pruning at the requested sparsity removes
     weights_removed: int = 0  # what the chosen levels remove (both counted exactly over the sliced initializers)
-    damage_uniform: float | None = None  # summed measured damage of the uniform levels (measured groups)
+    damage_uniform: float | None = None  # summed damage (_Trial.cost) of the uniform levels (measured groups)
     damage: float | None = None  # ... of the chosen levels
     groups: list[GroupDamage] = Field(default_factory=list)
 
@@ -81,6 +81,14 @@ class _Trial:
     damage: list[float]  # measured at each level
     kept: list[int]  # channels kept at each level
     estimated: set[int] = field(default_factory=set)  # level indices extrapolated, not measured
+
+    @property
+    def cost(self) -> list[float]:
+        """The damage the choice goes by: never lower at a deeper level than at a shallower one. A deeper level
+        removes the shallower one's channels and more, so a lower reading there is the few samples' noise or
+        an interaction of cuts, not a reason to remove more than was asked (lac read less damage at 0.6 than at
+        0.3 in its largest group, and the prune removed 57% of the weights for a requested 0.3)."""
+        return np.maximum.accumulate(np.asarray(self.damage, dtype=np.float64)).tolist()
 
 
 class _WeightCount:
@@ -206,7 +214,7 @@ def _cut(trials: list[_Trial], picks: list[int], uniform_cut: dict[int, int]) ->
 
 
 def _choose(trials: list[_Trial], start: list[int], counter: _WeightCount, uniform_cut: dict[int, int]) -> list[int]:
-    """Level indices with the least summed damage among those removing at least what `start` removes.
+    """Level indices with the least summed damage (`_Trial.cost`) among those removing at least what `start` removes.
 
     Local search from `start` (the requested sparsity everywhere): each move changes one group's level, or two
     groups' levels together (one cut deeper, one spared), when that keeps enough weights removed (counted
@@ -215,6 +223,7 @@ def _choose(trials: list[_Trial], start: list[int], counter: _WeightCount, unifo
     middle levels.
     """
     picks = list(start)
+    costs = [t.cost for t in trials]
     target = counter.removed(_cut(trials, picks, uniform_cut))
     for _ in range(MOVES_PER_GROUP * len(trials)):  # bounded: every move is a full pass over the candidates
         cut = _cut(trials, picks, uniform_cut)
@@ -224,7 +233,7 @@ def _choose(trials: list[_Trial], start: list[int], counter: _WeightCount, unifo
                 g,
                 level,
                 counter.gain(cut, t.group.id, t.group.size - t.kept[level]),
-                t.damage[level] - t.damage[picks[g]],
+                costs[g][level] - costs[g][picks[g]],
             )
             for g, t in enumerate(trials)
             for level in range(len(t.levels))
@@ -260,6 +269,7 @@ def _meet_exact_target(
     """`picks` cut deeper where it costs the least damage per weight until they remove at least as many weights as
     uniform pruning (a pair move of `_choose` adds the two groups' gains, which overlapping cuts do not)."""
     picks = list(picks)
+    costs = [t.cost for t in trials]
     target = counter.removed(uniform_cut)
     cut = _cut(trials, picks, uniform_cut)
     while counter.removed(cut) < target:
@@ -269,7 +279,7 @@ def _meet_exact_target(
                 gain = counter.gain(cut, trial.group.id, trial.group.size - trial.kept[level])
                 if gain <= 0:
                     continue
-                cost = (trial.damage[level] - trial.damage[picks[index]]) / gain
+                cost = (costs[index][level] - costs[index][picks[index]]) / gain
                 if best is None or cost < best[0]:
                     best = (cost, index, level)
         if best is None:
@@ -474,8 +484,8 @@ def allocate(
         cut = _cut(trials, picks, uniform_cut)
         report.weights_removed_uniform = counter.removed(uniform_cut)
         report.weights_removed = counter.removed(cut)
-        report.damage_uniform = float(sum(t.damage[i] for t, i in zip(trials, target_level, strict=True)))
-        report.damage = float(sum(t.damage[i] for t, i in zip(trials, picks, strict=True)))
+        report.damage_uniform = float(sum(t.cost[i] for t, i in zip(trials, target_level, strict=True)))
+        report.damage = float(sum(t.cost[i] for t, i in zip(trials, picks, strict=True)))
         for trial, index in zip(trials, picks, strict=True):
             chosen[trial.group.id] = trial.levels[index]
             report.groups.append(GroupDamage(

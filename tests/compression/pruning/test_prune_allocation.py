@@ -243,3 +243,22 @@ def test_weights_inside_a_taken_branch_are_measured_and_the_other_branch_keeps_i
     for flag in (True, False):  # both branches still run
         y = run(out, {"x": x[:4], "flag": np.array(flag)})[0]
         assert y.shape == (4, 4, 5, 5) and np.isfinite(y).all()
+
+
+def test_a_deeper_cut_that_reads_less_damage_is_not_taken(tmp_path: Path) -> None:
+    """A deeper level removes the shallower one's channels and more; when a few samples read it as less damaging,
+    the choice goes by the monotone envelope and does not remove more than asked (lac: 57% for 0.3)."""
+    source = _two_branches(tmp_path / "two.onnx")
+    analysis = analyze(load_for_pruning(source), set())
+    a, b = sorted((g for g in analysis.roots() if g.prunable), key=lambda g: g.producers)
+    levels, kept = [0.0, 0.25, 0.5, 0.8], [16, 12, 8, 3]
+    noisy = allocation._Trial(a, levels, [0.0, 0.10, 0.30, 0.20], kept)  # 0.8 reads lower than 0.5
+    assert noisy.cost == [0.0, 0.10, 0.30, 0.30]
+    counter = allocation._WeightCount([a, b])
+    uniform_cut = {a.id: 8, b.id: 8}
+    picks = allocation._choose([noisy], [2], counter, uniform_cut)  # b not measured: keeps the uniform cut
+    assert allocation._meet_exact_target([noisy], picks, counter, uniform_cut) == [2]  # not 0.8 for free
+    # a pair move that lowers the damage with enough weights removed is still made: sparing a saves 0.2, and
+    # cutting b deeper costs 0.05 (b's first cut is what hurts)
+    steep = allocation._Trial(b, levels, [0.0, 0.25, 0.30, 0.35], kept)
+    assert allocation._choose([noisy, steep], [2, 2], counter, uniform_cut) == [1, 3]
