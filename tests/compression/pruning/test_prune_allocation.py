@@ -262,3 +262,46 @@ def test_a_deeper_cut_that_reads_less_damage_is_not_taken(tmp_path: Path) -> Non
     # cutting b deeper costs 0.05 (b's first cut is what hurts)
     steep = allocation._Trial(b, levels, [0.0, 0.25, 0.30, 0.35], kept)
     assert allocation._choose([noisy, steep], [2, 2], counter, uniform_cut) == [1, 3]
+
+
+def _unequal_branches(path: Path) -> Path:
+    """Two independent branches x -> Gemm(8x16) -> Relu -> MatMul: branch a's output is 4 wide, b's 64, so one
+    of b's hidden channels spans 73 weights and one of a's 13."""
+    rng = np.random.default_rng(0)
+    inits, nodes, outputs = [], [], []
+    for branch, width in (("a", 4), ("b", 64)):
+        inits += [
+            numpy_helper.from_array(rng.normal(0, 0.5, (8, 16)).astype(np.float32), f"w_{branch}"),
+            numpy_helper.from_array(np.full(16, 0.1, np.float32), f"b_{branch}"),
+            numpy_helper.from_array(rng.normal(0, 0.5, (16, width)).astype(np.float32), f"w_{branch}_out"),
+        ]
+        nodes += [
+            helper.make_node("Gemm", ["x", f"w_{branch}", f"b_{branch}"], [f"h_{branch}"], name=f"fc_{branch}"),
+            helper.make_node("Relu", [f"h_{branch}"], [f"r_{branch}"]),
+            helper.make_node("MatMul", [f"r_{branch}", f"w_{branch}_out"], [f"y_{branch}"], name=f"out_{branch}"),
+        ]
+        outputs.append(helper.make_tensor_value_info(f"y_{branch}", TensorProto.FLOAT, ["n", width]))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])]
+    graph = helper.make_graph(nodes, "unequal", inputs, outputs, inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_the_choice_removes_at_most_a_quarter_more_weights_than_asked(tmp_path: Path, monkeypatch) -> None:
+    """Sparing a small group by cutting a wide one deeper lowers the damage but removes far more weights than the
+    requested sparsity (lac: 57% for 0.3); moves stay within MAX_OVERSHOOT above uniform pruning's weights."""
+    analysis = analyze(load_for_pruning(_unequal_branches(tmp_path / "unequal.onnx")), set())
+    a, b = sorted((g for g in analysis.roots() if g.prunable), key=lambda g: g.producers)
+    levels, kept = [0.0, 0.25, 0.5, 0.8], [16, 12, 8, 3]
+    trials = [
+        allocation._Trial(a, levels, [0.0, 0.10, 0.30, 0.60], kept),  # the narrow branch: every cut hurts
+        allocation._Trial(b, levels, [0.0, 0.10, 0.30, 0.31], kept),  # the wide one: 0.8 costs little more
+    ]
+    counter = allocation._WeightCount([a, b])
+    uniform_cut = {a.id: 8, b.id: 8}
+    target = counter.removed(uniform_cut)
+    picks = allocation._choose(trials, [2, 2], counter, uniform_cut)
+    assert counter.removed(allocation._cut(trials, picks, uniform_cut)) <= (1 + allocation.MAX_OVERSHOOT) * target
+    assert picks == [2, 2]
+    monkeypatch.setattr(allocation, "MAX_OVERSHOOT", 10.0)  # without the bound, the trade is made
+    assert allocation._choose(trials, [2, 2], counter, uniform_cut) == [0, 3]
