@@ -307,6 +307,14 @@ class DistillSettings(SettingsGroup):
     max_train_samples: int = Field(100_000, ge=1, description="train samples used by distill (first N)")
     max_target_mb: int = Field(2048, ge=1, description="memory cap on the cached teacher outputs")
     max_loop_iterations: int = Field(10_000, ge=1, description="iterations a Loop or Scan may run per forward")
+    activation_memory_mb: int = Field(
+        2048,
+        ge=16,
+        description="intermediate tensors one training forward may keep for its backward pass (MB, 3x the "
+        "teacher's measured per-sample activations): an optimizer step of batch_size samples runs as several "
+        "smaller forwards with their gradients summed when one would pass this (a 640x640 detector: 1-2 samples "
+        "per forward); the step's batch and learning rate stay the same",
+    )
     auto_hint_mb: int = Field(
         256, ge=1, description="memory cap on the teacher targets of the automatically found hint tensors"
     )

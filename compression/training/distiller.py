@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from compression.datasets import Dataset
 from compression.errors import CompressionError, DatasetMismatchError
-from compression.metrics.activation_size import activation_size
+from compression.metrics.activation_size import ActivationSize, activation_size
 from compression.settings import EngineSettings
 from compression.training import losses
 from compression.training.augment import augment, auto_copies
@@ -36,6 +36,7 @@ HOLD_OUT_MIN = 8  # train samples needed before a part of them is held out for s
 GUARD_SAMPLES = 64  # a smaller unlabeled selection set is widened by mixed copies for the final check
 GUARD_MAX_COPIES = 15
 BN_MIN_BATCH = 16  # below this many samples per step, batch statistics are too noisy: BatchNorm stays frozen
+BACKWARD_MEMORY_FACTOR = 3  # a training forward keeps its activations for the backward pass, which adds gradients
 AUTO_CHECKS = 20  # with a time budget and no check_seconds: a selection check every twentieth of it
 CHECK_COST_RATIO = 4.0  # checks inside an epoch are at least this many times their own cost apart
 BACKOFF_PATIENCE = 0.1  # share of training without a better check before a backoff
@@ -162,11 +163,13 @@ class _Data:
         labels = self.dataset.labels
         return inputs, targets, None if labels is None else torch.from_numpy(np.ascontiguousarray(labels[pick]))
 
-    def chunks(self, order: np.ndarray, batch_size: int) -> Iterator[list[np.ndarray]]:
-        """Per optimizer step, the forwards to run: one batch, or one forward per stacked entry."""
+    def chunks(self, order: np.ndarray, batch_size: int, micro_batch: int) -> Iterator[list[np.ndarray]]:
+        """Per optimizer step, the forwards to run: batches of at most `micro_batch` samples, or one forward per
+        stacked entry."""
+        size = micro_batch if self.dataset.layout == "batched" else 1
         for start in range(0, len(order), batch_size):
             part = order[start : start + batch_size]
-            yield [part] if self.dataset.layout == "batched" else [part[i : i + 1] for i in range(len(part))]
+            yield [part[i : i + size] for i in range(0, len(part), size)]
 
 
 @contextlib.contextmanager
@@ -210,8 +213,11 @@ class Distiller:
         self.student_proto = onnx.load(str(student_path))
         teacher_proto = onnx.load(str(teacher_path), load_external_data=False)
         per_step = min(config.batch_size, train.n_samples)
-        bn_train = config.batchnorm == "train" or (
-            config.batchnorm == "auto" and train.layout == "batched" and per_step >= BN_MIN_BATCH
+        size = _activation_size(teacher_path, train)
+        self.run_batch = _memory_batch(size, settings.evaluation.activation_memory_mb, settings.evaluation.batch_size)
+        self.micro_batch = _memory_batch(size, settings.distill.activation_memory_mb, per_step, BACKWARD_MEMORY_FACTOR)
+        bn_train = config.batchnorm == "train" or (  # batch statistics come from one forward's samples
+            config.batchnorm == "auto" and train.layout == "batched" and min(per_step, self.micro_batch) >= BN_MIN_BATCH
         )
         self.qat = find_qat_weights(self.student_proto.graph) if config.qat == "auto" else QatPlan()
         trainable = self.qat.learnable_scales + self.qat.activation_scales if config.learn_scales else []
@@ -246,7 +252,7 @@ class Distiller:
         hint_names = [h.teacher for h in config.hints] + self.auto_hints
         self.hint_names = hint_names
         max_bytes = settings.distill.max_target_mb << 20
-        batch = self.run_batch = _memory_batch(teacher_path, train, settings)
+        batch = self.run_batch
         self.batch_axes: dict[str, int] = {}  # outputs whose samples are not on axis 0 (time-major sequences)
         threads = settings.distill.threads
         # the given samples first (timed): copies the time budget could never train on are not labelled
@@ -507,13 +513,14 @@ class Distiller:
                 self._refresh_copies(epoch)
                 self.module.train()
                 running, count = 0.0, 0
-                for forwards in self.train.chunks(rng.permutation(self.train.n), config.batch_size):
+                for forwards in self.train.chunks(rng.permutation(self.train.n), config.batch_size, self.micro_batch):
                     hooks.check_canceled()
                     optimizer.zero_grad(set_to_none=True)
+                    samples = sum(len(index) for index in forwards)
                     for index in forwards:
                         inputs, targets, labels = self.train.feeds(index)
                         loss = self.loss(self.forward(inputs), targets, labels)
-                        (loss / len(forwards)).backward()
+                        (loss * (len(index) / samples)).backward()  # the step's mean over its samples
                         running += loss.item() * len(index)
                         count += len(index)
                     lr = peak * lr_factor(self._progress(done, total_steps, start), config.warmup)
@@ -668,15 +675,21 @@ def lr_factor(progress: float, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(max(rest, 0.0), 1.0)))
 
 
-def _memory_batch(teacher_path: Path, data: Dataset, settings: EngineSettings) -> int:
-    """Samples per inference batch (teacher labelling, selection checks, the guard): eval_batch_size, fewer when
-    one batch's intermediate tensors would pass eval_activation_memory_mb (measured on one sample of the teacher;
-    a pruned student's are smaller). A 640x640 detector's 128 train samples in one batch needed over 6 GB."""
-    knobs = settings.evaluation
-    if data.layout != "batched" or data.n_samples <= 1:
-        return knobs.batch_size
-    size = activation_size(teacher_path, data.take(1).first_feed(1))
-    return int(max(1, min(knobs.batch_size, (knobs.activation_memory_mb << 20) // size.activations)))
+def _activation_size(teacher_path: Path, data: Dataset) -> ActivationSize | None:
+    """The teacher's intermediate tensors per sample (a pruned student's are smaller); None for stacked data,
+    which runs one entry at a time anyway."""
+    if data.layout != "batched" or data.n_samples < 1:
+        return None
+    return activation_size(teacher_path, data.take(1).first_feed(1))
+
+
+def _memory_batch(size: ActivationSize | None, memory_mb: int, batch: int, factor: int = 1) -> int:
+    """`batch`, fewer samples when `factor` x their intermediate tensors would pass `memory_mb`. Inference runs
+    (teacher labels, selection checks, the final check) use eval_activation_memory_mb: a 640x640 detector's 103
+    train samples labelled in one batch passed 6 GB; training forwards use distill_activation_memory_mb."""
+    if size is None:
+        return batch
+    return int(max(1, min(batch, (memory_mb << 20) // (factor * size.activations))))
 
 
 def _common(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

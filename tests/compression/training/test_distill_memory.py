@@ -1,4 +1,5 @@
-"""Distillation's inference batches (teacher labels, selection checks, the guard) follow the eval memory setting."""
+"""Distillation's batches follow the memory settings: inference runs (teacher labels, selection checks, the guard)
+eval_activation_memory_mb, training forwards distill_activation_memory_mb (a step split into smaller forwards)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,26 @@ def test_teacher_labels_and_checks_run_in_batches_that_fit_the_memory_setting(tm
     assert outcome.history and np.isfinite(outcome.history[-1].eval_loss)
     roomy = EngineSettings(eval_activation_memory_mb=4096)  # room for a full batch: the configured one is kept
     assert Distiller(teacher, student, train, selection, step, roomy, QuietHooks()).run_batch == 256
+
+
+def test_a_training_step_too_large_for_memory_runs_as_smaller_forwards(tmp_path: Path, monkeypatch) -> None:
+    teacher = _wide_cnn(tmp_path / "teacher.onnx")
+    student = _wide_cnn(tmp_path / "student.onnx", scale=0.9)
+    step = DistillConfig.model_validate({"epochs": 1, "batch_size": 8, "auto_hints": 0, "augment": 0})
+    settings = EngineSettings(distill_activation_memory_mb=16)  # 3 x ~4 MB per sample: 1 sample per forward
+    distiller = Distiller(teacher, student, _data(24, 1), _data(8, 2), step, settings, QuietHooks())
+    assert distiller.micro_batch == 1 and distiller.run_batch > 1
+    sizes: list[int] = []
+    forward = distiller.forward
+
+    def counted(inputs):  # noqa: ANN001, ANN202
+        if distiller.module.training:
+            sizes.append(int(inputs["x"].shape[0]))
+        return forward(inputs)
+
+    monkeypatch.setattr(distiller, "forward", counted)
+    outcome = distiller.run()
+    assert sizes and max(sizes) == 1 and sum(sizes) == 24  # every sample trained, one per forward
+    assert outcome.history[-1].epoch == 1
+    roomy = Distiller(teacher, student, _data(24, 1), _data(8, 2), step, EngineSettings(), QuietHooks())
+    assert roomy.micro_batch == 8  # the step's batch when it fits
