@@ -221,9 +221,8 @@ def _choose(trials: list[_Trial], start: list[int], counter: _WeightCount, unifo
     groups' levels together (one cut deeper, one spared), when that keeps enough weights removed (counted
     exactly), not more than MAX_OVERSHOOT above them (a prune asked for 0.3 stays about that size: lac's
     embedding at 0.6 for both GRUs spared removed 57% of its weights), and lowers the summed damage; the best
-    move is taken until none helps. Damage curves are not
-    convex (a group's loss can jump at its first cut and then flatten), so a Lagrangian sweep would skip the
-    middle levels.
+    move is taken until none helps. Damage curves are not convex (a group's loss can jump at its first cut and
+    then flatten), so a Lagrangian sweep would skip the middle levels.
     """
     picks = list(start)
     costs = [t.cost for t in trials]
