@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 from pydantic import BaseModel
 
+from compression.datasets import Dataset
 from compression.metrics.inference import make_session
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
@@ -53,6 +54,21 @@ def activation_size(
         largest=max(1, max(sizes.values()) // per),
         measured=True,
     )
+
+
+def batch_within(size: ActivationSize | None, memory_mb: int, batch: int, factor: float = 1.0) -> int:
+    """`batch`, or fewer samples (at least 1) when `factor` x their float tensors would pass `memory_mb`."""
+    if size is None:
+        return batch
+    return int(max(1, min(batch, (memory_mb << 20) // max(1, int(factor * size.activations)))))
+
+
+def memory_batch(model_path: Path, dataset: Dataset, memory_mb: int, batch: int, factor: float = 1.0) -> int:
+    """Samples per run of `model_path` over `dataset`: `batch`, fewer when one batch's float tensors (measured on
+    one sample) would pass `memory_mb`. Stacked data runs one entry at a time: `batch` unchanged."""
+    if dataset.layout != "batched" or dataset.n_samples < 1:
+        return batch
+    return batch_within(activation_size(model_path, dataset.take(1).first_feed(1)), memory_mb, batch, factor)
 
 
 def activation_bytes_per_sample(model_path: Path, feed: dict[str, np.ndarray], samples_in_feed: int, work: Path) -> int:

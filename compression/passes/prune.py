@@ -10,6 +10,7 @@ from typing import Any
 
 from compression.contract import CompressionPass, PassContext, PassResult
 from compression.datasets import Dataset
+from compression.metrics.activation_size import memory_batch
 from compression.metrics.macs import count_macs
 from compression.metrics.model_stats import gzip_size, model_stats
 from compression.passes.registry import register_pass
@@ -75,6 +76,8 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
     def _structured(
         self, model_path: Path, out: Path, config: StructuredPruneConfig, dataset: Dataset | None, ctx: PassContext
     ) -> dict[str, Any]:
+        batch_size = self._batch(model_path, dataset, ctx)
+
         def prune(destination: Path, round_to: int) -> dict[str, Any]:
             return structured_prune(
                 model_path,
@@ -85,7 +88,7 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
                 min_channels=ctx.settings.prune.min_channels,
                 exclude=config.exclude,
                 dataset=dataset,
-                batch_size=ctx.settings.evaluation.batch_size,
+                batch_size=batch_size,
                 max_samples=ctx.settings.prune.activation_samples,
                 check_canceled=ctx.check_canceled,
                 bias_compensation=config.bias_compensation,
@@ -148,6 +151,17 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
             ctx.event("BatchNorm statistics kept: give a calibration or train dataset to re-estimate them")
             return "skipped (needs a calibration or train dataset)"
         ctx.progress(0.7, "re-estimating BatchNorm statistics")
+        batch_size = self._batch(path, dataset, ctx)
         return recalibrate_batchnorm(
-            path, dataset, ctx.settings.evaluation.batch_size, ctx.settings.prune.activation_samples, ctx.check_canceled
+            path, dataset, batch_size, ctx.settings.prune.activation_samples, ctx.check_canceled
         )
+
+    @staticmethod
+    def _batch(model_path: Path, dataset: Dataset | None, ctx: PassContext) -> int:
+        """Samples per run of the model on the calibration data (importance statistics, allocation trials, BatchNorm
+        statistics): eval_batch_size, fewer when one batch's tensors would pass eval_activation_memory_mb (a
+        640x640 detector: one page per run; 64 pages in one run would hold ~40 GB)."""
+        knobs = ctx.settings.evaluation
+        if dataset is None:
+            return knobs.batch_size
+        return memory_batch(model_path, dataset, knobs.activation_memory_mb, knobs.batch_size)

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from compression.datasets import Dataset
 from compression.errors import CompressionError, DatasetMismatchError
-from compression.metrics.activation_size import ActivationSize, activation_size
+from compression.metrics.activation_size import activation_size, batch_within
 from compression.settings import EngineSettings
 from compression.training import losses
 from compression.training.augment import augment, auto_copies
@@ -213,9 +213,11 @@ class Distiller:
         self.student_proto = onnx.load(str(student_path))
         teacher_proto = onnx.load(str(teacher_path), load_external_data=False)
         per_step = min(config.batch_size, train.n_samples)
-        size = _activation_size(teacher_path, train)
-        self.run_batch = _memory_batch(size, settings.evaluation.activation_memory_mb, settings.evaluation.batch_size)
-        self.micro_batch = _memory_batch(size, settings.distill.activation_memory_mb, per_step, BACKWARD_MEMORY_FACTOR)
+        # inference runs (teacher labels, checks) within eval_activation_memory_mb, training forwards within
+        # distill_activation_memory_mb, both measured on one sample of the teacher (a pruned student's are smaller)
+        size = activation_size(teacher_path, train.take(1).first_feed(1)) if train.layout == "batched" else None
+        self.run_batch = batch_within(size, settings.evaluation.activation_memory_mb, settings.evaluation.batch_size)
+        self.micro_batch = batch_within(size, settings.distill.activation_memory_mb, per_step, BACKWARD_MEMORY_FACTOR)
         bn_train = config.batchnorm == "train" or (  # batch statistics come from one forward's samples
             config.batchnorm == "auto" and train.layout == "batched" and min(per_step, self.micro_batch) >= BN_MIN_BATCH
         )
@@ -673,23 +675,6 @@ def lr_factor(progress: float, warmup: float) -> float:
         return (progress + 1e-3) / warmup
     rest = (progress - warmup) / max(1.0 - warmup, 1e-9)
     return 0.5 * (1.0 + math.cos(math.pi * min(max(rest, 0.0), 1.0)))
-
-
-def _activation_size(teacher_path: Path, data: Dataset) -> ActivationSize | None:
-    """The teacher's intermediate tensors per sample (a pruned student's are smaller); None for stacked data,
-    which runs one entry at a time anyway."""
-    if data.layout != "batched" or data.n_samples < 1:
-        return None
-    return activation_size(teacher_path, data.take(1).first_feed(1))
-
-
-def _memory_batch(size: ActivationSize | None, memory_mb: int, batch: int, factor: int = 1) -> int:
-    """`batch`, fewer samples when `factor` x their intermediate tensors would pass `memory_mb`. Inference runs
-    (teacher labels, selection checks, the final check) use eval_activation_memory_mb: a 640x640 detector's 103
-    train samples labelled in one batch passed 6 GB; training forwards use distill_activation_memory_mb."""
-    if size is None:
-        return batch
-    return int(max(1, min(batch, (memory_mb << 20) // (factor * size.activations))))
 
 
 def _common(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

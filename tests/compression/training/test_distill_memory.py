@@ -6,51 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
-from compression.datasets import Dataset
 from compression.metrics.inference import make_session
 from compression.settings import EngineSettings
 from compression.training.config import DistillConfig
 from compression.training.distiller import Distiller, QuietHooks
-
-SIDE = 96  # 32 channels x 96 x 96 float32 = 1.2 MB per activation tensor and sample
-
-
-def _wide_cnn(path: Path, scale: float = 1.0) -> Path:
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array((rng.normal(0, 0.3, (32, 3, 3, 3)) * scale).astype(np.float32), "w1"),
-        numpy_helper.from_array(rng.normal(0, 0.1, (32, 32, 3, 3)).astype(np.float32), "w2"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
-        helper.make_node("GlobalAveragePool", ["c2"], ["p"]),
-        helper.make_node("Flatten", ["p"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "wide",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIDE, SIDE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
-        inits,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
-
-
-def _data(n: int, seed: int) -> Dataset:
-    x = np.random.default_rng(seed).normal(0, 1, (n, 3, SIDE, SIDE)).astype(np.float32)
-    return Dataset(arrays={"x": x}, labels=None, layout="batched")
+from tests.compression.wide_cnn import wide_cnn, wide_data
 
 
 def test_teacher_labels_and_checks_run_in_batches_that_fit_the_memory_setting(tmp_path: Path) -> None:
-    teacher = _wide_cnn(tmp_path / "teacher.onnx")
-    student = _wide_cnn(tmp_path / "student.onnx", scale=0.9)
-    train, selection = _data(24, 1), _data(8, 2)
+    teacher = wide_cnn(tmp_path / "teacher.onnx")
+    student = wide_cnn(tmp_path / "student.onnx", scale=0.9)
+    train, selection = wide_data(24, 1), wide_data(8, 2)
     step = DistillConfig.model_validate({"epochs": 1, "batch_size": 4, "auto_hints": 0, "augment": 0})
     settings = EngineSettings(eval_activation_memory_mb=16)  # ~4 MB of activations per sample: 4 per batch at most
     distiller = Distiller(teacher, student, train, selection, step, settings, QuietHooks())
@@ -64,11 +31,11 @@ def test_teacher_labels_and_checks_run_in_batches_that_fit_the_memory_setting(tm
 
 
 def test_a_training_step_too_large_for_memory_runs_as_smaller_forwards(tmp_path: Path, monkeypatch) -> None:
-    teacher = _wide_cnn(tmp_path / "teacher.onnx")
-    student = _wide_cnn(tmp_path / "student.onnx", scale=0.9)
+    teacher = wide_cnn(tmp_path / "teacher.onnx")
+    student = wide_cnn(tmp_path / "student.onnx", scale=0.9)
     step = DistillConfig.model_validate({"epochs": 1, "batch_size": 8, "auto_hints": 0, "augment": 0})
     settings = EngineSettings(distill_activation_memory_mb=16)  # 3 x ~4 MB per sample: 1 sample per forward
-    distiller = Distiller(teacher, student, _data(24, 1), _data(8, 2), step, settings, QuietHooks())
+    distiller = Distiller(teacher, student, wide_data(24, 1), wide_data(8, 2), step, settings, QuietHooks())
     assert distiller.micro_batch == 1 and distiller.run_batch > 1
     sizes: list[int] = []
     forward = distiller.forward
@@ -82,5 +49,5 @@ def test_a_training_step_too_large_for_memory_runs_as_smaller_forwards(tmp_path:
     outcome = distiller.run()
     assert sizes and max(sizes) == 1 and sum(sizes) == 24  # every sample trained, one per forward
     assert outcome.history[-1].epoch == 1
-    roomy = Distiller(teacher, student, _data(24, 1), _data(8, 2), step, EngineSettings(), QuietHooks())
+    roomy = Distiller(teacher, student, wide_data(24, 1), wide_data(8, 2), step, EngineSettings(), QuietHooks())
     assert roomy.micro_batch == 8  # the step's batch when it fits
