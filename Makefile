@@ -51,7 +51,7 @@ format: install
 
 # Development-model benches (minutes); the real-model ones (about an hour on 2 cores) run with `make bench-real`.
 BENCH_DEV := bench/quantization.py bench/pruning.py bench/distillation.py bench/executor.py
-BENCH_REAL := bench/real_models.py bench/pruning_real.py bench/distill_real.py
+BENCH_REAL := bench/real_models.py bench/pruning_real.py bench/distill_real.py bench/step_memory.py
 
 bench: install
 	for script in $(BENCH_DEV); do $(PY) $$script || exit 1; done
