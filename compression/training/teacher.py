@@ -73,6 +73,12 @@ def teacher_targets(
                 f"teacher targets exceed {max_bytes >> 20} MB (distill_max_target_mb): use fewer train samples, "
                 "fewer hints, or raise the setting"
             )
+    ragged = any(len({part.shape[1:] for part in parts}) > 1 for parts in collected.values())
+    if ragged and dataset.layout == "batched" and batch_size < dataset.n_samples:
+        # a data-dependent length (a decoder Loop runs until every sample of its batch is done) differs between
+        # batches: label the whole set in one run, so every sample shares one length, as before batches were
+        # sized by memory (slanet_plus: 44 and 36 steps in two batches)
+        return teacher_targets(teacher_path, dataset, extra, threads, dataset.n_samples, max_bytes, batch_axes)
     return {name: np.concatenate(parts, axis=0) for name, parts in collected.items()}
 
 
