@@ -56,19 +56,18 @@ def activation_size(
     )
 
 
-def batch_within(size: ActivationSize | None, memory_mb: int, batch: int, factor: float = 1.0) -> int:
-    """`batch`, or fewer samples (at least 1) when `factor` x their float tensors would pass `memory_mb`."""
-    if size is None:
-        return batch
-    return int(max(1, min(batch, (memory_mb << 20) // max(1, int(factor * size.activations)))))
+def batch_for(budget_bytes: int, per_sample_bytes: int, copies: float = 1.0, cap: int = 64) -> int:
+    """Samples per batch so that `copies` times a batch's tensors fit `budget_bytes` (at least 1, at most cap)."""
+    return int(max(1, min(cap, budget_bytes // max(1, int(copies * per_sample_bytes)))))
 
 
-def memory_batch(model_path: Path, dataset: Dataset, memory_mb: int, batch: int, factor: float = 1.0) -> int:
+def memory_batch(model_path: Path, dataset: Dataset, memory_mb: int, batch: int) -> int:
     """Samples per run of `model_path` over `dataset`: `batch`, fewer when one batch's float tensors (measured on
     one sample) would pass `memory_mb`. Stacked data runs one entry at a time: `batch` unchanged."""
     if dataset.layout != "batched" or dataset.n_samples < 1:
         return batch
-    return batch_within(activation_size(model_path, dataset.take(1).first_feed(1)), memory_mb, batch, factor)
+    size = activation_size(model_path, dataset.take(1).first_feed(1))
+    return batch_for(memory_mb << 20, size.activations, cap=batch)
 
 
 def activation_bytes_per_sample(model_path: Path, feed: dict[str, np.ndarray], samples_in_feed: int, work: Path) -> int:

@@ -42,12 +42,14 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
         ctx.progress(0.05, f"prune ({config.method})")
         before = _facts(model_path)
         details: dict[str, Any]
+        batch_size: int | None = None  # runs on the calibration data: sized once, on the input model
         if isinstance(config, StructuredPruneConfig):
             dataset = ctx.datasets.calibration or ctx.datasets.train  # also feeds the analysis' shape run
             if config.importance == "activation" or config.bias_compensation:
                 purpose = "activation importance" if config.importance == "activation" else "bias compensation"
                 dataset = ctx.require("calibration", "train", purpose=f"structured pruning with {purpose}")
-            details = self._structured(model_path, out, config, dataset, ctx)
+            batch_size = self._batch(model_path, dataset, ctx)
+            details = self._structured(model_path, out, config, dataset, batch_size, ctx)
             changed = details["channels_removed"] > 0
             for skipped in details["skipped"]:
                 ctx.event("group left unpruned", **skipped)
@@ -65,7 +67,7 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
             )
             changed = details["achieved_sparsity"] > 0
         ctx.check_canceled()
-        details["batchnorm_recalibrated"] = self._recalibrate(out, ctx, changed)
+        details["batchnorm_recalibrated"] = self._recalibrate(out, ctx, changed, batch_size)
         ctx.progress(0.9, "measuring the pruned model")
         after = _facts(out)
         metrics = {"method": config.method, **details, "before": before, "after": after}
@@ -74,10 +76,14 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
         return PassResult(model_path=out if changed else None, metrics=metrics)
 
     def _structured(
-        self, model_path: Path, out: Path, config: StructuredPruneConfig, dataset: Dataset | None, ctx: PassContext
+        self,
+        model_path: Path,
+        out: Path,
+        config: StructuredPruneConfig,
+        dataset: Dataset | None,
+        batch_size: int,
+        ctx: PassContext,
     ) -> dict[str, Any]:
-        batch_size = self._batch(model_path, dataset, ctx)
-
         def prune(destination: Path, round_to: int) -> dict[str, Any]:
             return structured_prune(
                 model_path,
@@ -142,7 +148,7 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
             "speed_check_s": budget.elapsed,
         }
 
-    def _recalibrate(self, path: Path, ctx: PassContext, changed: bool) -> list[str] | str:
+    def _recalibrate(self, path: Path, ctx: PassContext, changed: bool, batch_size: int | None) -> list[str] | str:
         """BatchNorm names re-estimated, or why none were."""
         if not self.config.recalibrate_batchnorm or not changed:
             return "off" if not self.config.recalibrate_batchnorm else "not needed (nothing pruned)"
@@ -151,7 +157,8 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
             ctx.event("BatchNorm statistics kept: give a calibration or train dataset to re-estimate them")
             return "skipped (needs a calibration or train dataset)"
         ctx.progress(0.7, "re-estimating BatchNorm statistics")
-        batch_size = self._batch(path, dataset, ctx)
+        if batch_size is None:  # unstructured: sized here, on the pruned model (same shapes as the input)
+            batch_size = self._batch(path, dataset, ctx)
         return recalibrate_batchnorm(
             path, dataset, batch_size, ctx.settings.prune.activation_samples, ctx.check_canceled
         )
@@ -160,7 +167,8 @@ class PrunePass(CompressionPass[MagnitudePruneConfig | NMPruneConfig | Structure
     def _batch(model_path: Path, dataset: Dataset | None, ctx: PassContext) -> int:
         """Samples per run of the model on the calibration data (importance statistics, allocation trials, BatchNorm
         statistics): eval_batch_size, fewer when one batch's tensors would pass eval_activation_memory_mb (a
-        640x640 detector: one page per run; 64 pages in one run would hold ~40 GB)."""
+        640x640 detector: one page per run; 64 pages in one run would hold ~40 GB). A pruned model's tensors are
+        smaller than its input's, so the input's batch serves both."""
         knobs = ctx.settings.evaluation
         if dataset is None:
             return knobs.batch_size

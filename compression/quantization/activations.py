@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from compression.metrics.activation_size import activation_bytes_per_sample, activation_size
+from compression.metrics.activation_size import activation_bytes_per_sample, activation_size, batch_for
 
 __all__ = ["activation_bytes_per_sample", "activation_size", "batch_for", "lean_session"]
 
@@ -25,8 +25,3 @@ def lean_session(path: Path, threads: int = 1, optimize: bool = True) -> ort.Inf
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def batch_for(budget_bytes: int, per_sample_bytes: int, copies: float = 1.0, cap: int = 64) -> int:
-    """Samples per batch so that `copies` times a batch's tensors fit `budget_bytes` (at least 1, at most cap)."""
-    return int(max(1, min(cap, budget_bytes // max(1, int(copies * per_sample_bytes)))))

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from compression.datasets import Dataset
 from compression.errors import CompressionError, DatasetMismatchError
-from compression.metrics.activation_size import activation_size, batch_within
+from compression.metrics.activation_size import activation_size, batch_for
 from compression.settings import EngineSettings
 from compression.training import losses
 from compression.training.augment import augment, auto_copies
@@ -215,9 +215,12 @@ class Distiller:
         per_step = min(config.batch_size, train.n_samples)
         # inference runs (teacher labels, checks) within eval_activation_memory_mb, training forwards within
         # distill_activation_memory_mb, both measured on one sample of the teacher (a pruned student's are smaller)
-        size = activation_size(teacher_path, train.take(1).first_feed(1)) if train.layout == "batched" else None
-        self.run_batch = batch_within(size, settings.evaluation.activation_memory_mb, settings.evaluation.batch_size)
-        self.micro_batch = batch_within(size, settings.distill.activation_memory_mb, per_step, BACKWARD_MEMORY_FACTOR)
+        self.run_batch, self.micro_batch = settings.evaluation.batch_size, per_step  # stacked: one entry per run
+        if train.layout == "batched":
+            per_sample = activation_size(teacher_path, train.take(1).first_feed(1)).activations
+            self.run_batch = batch_for(settings.evaluation.activation_memory_mb << 20, per_sample, cap=self.run_batch)
+            self.micro_batch = batch_for(settings.distill.activation_memory_mb << 20, per_sample,
+                                         BACKWARD_MEMORY_FACTOR, cap=per_step)  # fmt: skip
         bn_train = config.batchnorm == "train" or (  # batch statistics come from one forward's samples
             config.batchnorm == "auto" and train.layout == "batched" and min(per_step, self.micro_batch) >= BN_MIN_BATCH
         )
