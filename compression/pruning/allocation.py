@@ -439,10 +439,14 @@ def allocate(
     counter = _WeightCount(prunable)
     tryable.sort(key=lambda item: -counter.gain({}, item[0].id, item[0].size))
     feeds = [feed for feed, _ in dataset.take(limits.samples).batches(batch_size)]
-    names = {slot.node.inputs[slot.input_index].name for _, slots in tryable for slot in slots}  # type: ignore[union-attr]
+    base = {  # the consumer weights the trials feed zeroed copies of, by name
+        slot.node.inputs[slot.input_index].name: slot.node.inputs[slot.input_index].const_value.numpy()  # type: ignore[union-attr]
+        for _, slots in tryable
+        for slot in slots
+    }
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            probe = _Probe(proto, names, feeds, Path(tmp))
+            probe = _Probe(proto, set(base), feeds, Path(tmp))
         except Exception as exc:  # an exotic graph onnxruntime will not load with overridable weights
             report.method, report.reason = "uniform", f"probe session failed: {str(exc).splitlines()[0][:200]}"
             return uniform, report
@@ -450,11 +454,6 @@ def allocate(
             report.method, report.reason = "uniform", "the model has no float outputs to measure damage on"
             return uniform, report
         deadline = started + limits.seconds
-        base = {
-            slot.node.inputs[slot.input_index].name: slot.node.inputs[slot.input_index].const_value.numpy()  # type: ignore[union-attr]
-            for _, slots in tryable
-            for slot in slots
-        }
         try:
             report.samples = probe.fit_samples(dataset, min(limits.samples, dataset.n_samples), batch_size,
                                                len(tryable), deadline)  # fmt: skip
