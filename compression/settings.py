@@ -289,7 +289,8 @@ class PruneSettings(SettingsGroup):
         15.0,
         gt=0,
         description="time budget of structured pruning's sensitivity allocation (each group tried alone at a few "
-        "sparsities); groups not measured when it is spent keep the requested sparsity",
+        "sparsities): every group's trial at the requested sparsity first, then the other levels (extrapolated when "
+        "it is spent); when it cannot give every group that one trial, the prune stays uniform",
     )
     allocation_samples: int = Field(8, ge=1, description="calibration samples each allocation trial runs on")
     allocation_max_group_sparsity: float = Field(

@@ -45,7 +45,8 @@ EMBEDDED_BROKER_PREFIX = "sqla+sqlite:///"
 def _make_embedded_broker_folder(sender: Any = None, **_: Any) -> None:
     """The embedded (SQLite) broker's folder is made when a worker starts, not when this module is imported
     (importing it, as `celery inspect` or a health check does, must not create ./data in the working directory)."""
-    url = str(getattr(getattr(sender, "app", None), "conf", {}).get("broker_url") or "")
+    app = getattr(sender, "app", None)  # the starting WorkController's Celery app
+    url = str(app.conf.broker_url or "") if app is not None else ""
     if url.startswith(EMBEDDED_BROKER_PREFIX):
         Path(url.removeprefix(EMBEDDED_BROKER_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
 
